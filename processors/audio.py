@@ -1,0 +1,196 @@
+"""Audio constants and conversions: the one place every engine, adapter and server reads them from.
+
+Rates and frame sizes are fixed by the models (Qwen3-TTS 12 Hz codec: 24 kHz, 1920 samples per 80 ms frame;
+Parakeet and Silero: 16 kHz) and by the transports (20 ms frames; telephony 8 kHz mu-law).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+# --- model rates -------------------------------------------------------------------------------
+TTS_SAMPLE_RATE = 24_000  # Qwen3-TTS output
+CODEC_FRAME_SAMPLES = 1_920  # samples per 12.5 Hz codec frame at 24 kHz
+CODEC_FRAME_MS = 80
+ESPEAK_SAMPLE_RATE = 22_050  # libespeak-ng output
+STT_SAMPLE_RATE = 16_000  # Parakeet, pocketsphinx, Silero VAD
+VAD_SAMPLE_RATES = (8_000, 16_000)  # Silero accepts only these
+
+# --- transports ----------------------------------------------------------------------------------
+TRANSPORT_FRAME_MS = 20  # input frames fed to the pipeline
+TELEPHONY_SAMPLE_RATE = 8_000  # Twilio / Telnyx / Plivo media streams (mu-law)
+PIPELINE_OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)  # output rates the TTS adapters serve
+BROWSER_SAMPLE_RATE = 48_000
+
+# --- voice references ------------------------------------------------------------------------------
+REFERENCE_MIN_SECONDS = 3.0
+REFERENCE_MAX_SECONDS = 30.0
+REFERENCE_TAIL_SILENCE_SECONDS = 0.5  # appended before encoding: stops the last phoneme leaking into speech
+MAX_AUDIO_BYTES = 20 * 1024 * 1024  # largest reference/upload we decode
+
+# Stream resampling quality: soxr "HQ" holds back ~19 ms at 24k->8k where "VHQ" holds back 80 ms
+# (measured; see docs/benchmarks.md). Quality is still far above telephony's band limit.
+STREAM_RESAMPLE_QUALITY = "HQ"
+
+AudioSource = Union[str, Path, bytes, bytearray, "tuple[np.ndarray, int]"]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: undecodable, wrong length, wrong rate. The message says why."""
+
+
+def to_mono_float32(audio: np.ndarray) -> np.ndarray:
+    """Any numeric array (samples,) or (samples, channels) or int PCM -> float32 mono in [-1, 1]."""
+    a = np.asarray(audio)
+    if a.ndim == 2:
+        # soundfile gives (frames, channels); average the channels
+        a = a.mean(axis=1) if a.shape[1] <= 8 else a.mean(axis=0)
+    elif a.ndim != 1:
+        raise AudioError(f"audio must be 1-D or 2-D, got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    """float32 [-1, 1] -> little-endian int16 bytes (clipped, rounded)."""
+    a = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return np.round(a * 32767.0).astype("<i2").tobytes()
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """little-endian int16 bytes -> float32 [-1, 1]."""
+    if len(data) % 2:
+        raise AudioError(f"PCM16 data must have an even number of bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Resample a whole signal (not for streams: use StreamResampler there)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if src_rate == dst_rate or audio.size == 0:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, src_rate, dst_rate, quality="VHQ").astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk with state carried across chunks, so seams do not click.
+
+    Resampling each chunk on its own restarts the filter at every seam (an audible click);
+    this keeps one soxr stream per utterance and flushes its tail at the end.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int, quality: str = STREAM_RESAMPLE_QUALITY):
+        self.src_rate, self.dst_rate = int(src_rate), int(dst_rate)
+        self._stream = None
+        if self.src_rate != self.dst_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.src_rate, self.dst_rate, 1, dtype="float32", quality=quality)
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if self._stream is None:
+            return chunk
+        return self._stream.resample_chunk(chunk, last=False)
+
+    def flush(self) -> np.ndarray:
+        """The samples still held in the filter; call once at the end of the utterance."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        out = self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return out
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / float(self.sample_rate)
+
+
+def _decode_soundfile(data: bytes) -> DecodedAudio:
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return DecodedAudio(to_mono_float32(samples), int(rate))
+
+
+def _decode_av(data: bytes) -> DecodedAudio:
+    """Containers soundfile cannot read (webm/opus from browsers, m4a): PyAV ships with aiortc."""
+    import av
+
+    chunks, rate = [], None
+    with av.open(io.BytesIO(data)) as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise AudioError("the file has no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono")
+        for frame in container.decode(stream):
+            rate = rate or frame.sample_rate
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+    if not chunks or rate is None:
+        raise AudioError("the file decodes to no audio")
+    return DecodedAudio(np.concatenate(chunks).astype(np.float32), int(rate))
+
+
+def load_audio(source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES) -> DecodedAudio:
+    """Decode a path, encoded bytes (WAV, FLAC, OGG, MP3, WebM, M4A...) or an ``(array, rate)`` pair."""
+    if isinstance(source, tuple):
+        samples, rate = source
+        if not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
+        return DecodedAudio(to_mono_float32(samples), int(rate))
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise AudioError(f"audio file not found: {path}")
+        if path.stat().st_size > max_bytes:
+            raise AudioError(f"audio file {path} is larger than {max_bytes // (1024 * 1024)} MiB")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        raise AudioError(f"cannot read audio from {type(source).__name__}")
+    if not data:
+        raise AudioError("the audio is empty")
+    if len(data) > max_bytes:
+        raise AudioError(f"audio is larger than {max_bytes // (1024 * 1024)} MiB")
+    errors = []
+    for decode in (_decode_soundfile, _decode_av):
+        try:
+            decoded = decode(data)
+        except AudioError:
+            raise
+        except Exception as e:  # each decoder raises its own types for garbage
+            errors.append(f"{decode.__name__.strip('_')}: {e}")
+            continue
+        if decoded.samples.size == 0:
+            raise AudioError("the audio decodes to no samples")
+        if not np.all(np.isfinite(decoded.samples)):
+            raise AudioError("the audio contains NaN or infinite samples")
+        return decoded
+    raise AudioError("could not decode the audio (tried WAV/FLAC/OGG/MP3 and WebM/M4A): " + "; ".join(errors))
+
+
+def check_duration(audio: DecodedAudio, min_s: float, max_s: float, what: str = "audio") -> None:
+    if not (min_s <= audio.seconds <= max_s):
+        raise AudioError(f"{what} must be {min_s:g}-{max_s:g} s long, got {audio.seconds:.2f} s")
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    import soundfile as sf
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(samples, dtype=np.float32), int(sample_rate), subtype="PCM_16")
