@@ -1,0 +1,208 @@
+"""``EngineTTSService``: the one pipecat adapter for every Duplex TTS engine (Qwen3-TTS, espeak, ...).
+
+It translates frames and threads, nothing else:
+
+* ``engine.stream`` runs in a worker thread; chunks cross to the event loop through a queue and leave as
+  ``TTSAudioRawFrame``s as soon as they arrive, resampled to the pipeline's output rate by ONE stream resampler
+  per utterance (per-chunk resampling restarts the filter and clicks at every seam);
+* on interruption, cancellation or shutdown the worker's ``threading.Event`` is set in ``finally``; engines stop
+  within one step (one codec frame for Qwen3-TTS), so the thread is gone within one frame. A pipecat task
+  cancellation alone would leave a ``to_thread`` worker running;
+* word timestamps are estimated from each word's share of the audio and released as the audio covering them is
+  produced (``WordTimer``), so an interrupted reply leaves exactly the played words in the assistant context;
+* voice and language are pipecat settings, switchable at runtime with ``TTSUpdateSettingsFrame``;
+  engine errors become ``ErrorFrame``s with the engine's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+from pipecat.transcriptions.language import Language
+
+from processors.audio import StreamResampler, float_to_pcm16
+from processors.tts_engine import TTSEngine, TTSError, VoiceError
+
+# pipecat Language codes -> the language names our engines use
+LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese", "cmn": "Chinese", "ja": "Japanese", "ko": "Korean", "de": "German",
+    "fr": "French", "ru": "Russian", "pt": "Portuguese", "es": "Spanish", "it": "Italian",
+}
+_END = object()
+
+
+class WordTimer:
+    """Estimates word start times from each word's share of the characters, releasing a word once the audio that
+    reaches its start exists. Times are seconds of audio from the utterance start and never go backwards."""
+
+    def __init__(self, text: str, seconds_per_char: float = 0.065):
+        self.words = text.split()
+        total = sum(len(w) + 1 for w in self.words) or 1
+        starts, acc = [], 0
+        for w in self.words:
+            starts.append(acc / total)
+            acc += len(w) + 1
+        self._fractions = starts
+        self._expected = total * seconds_per_char
+        self._next = 0
+        self._last = 0.0
+
+    def advance(self, audio_seconds: float, final: bool = False) -> list[tuple[str, float]]:
+        duration = audio_seconds if final else max(audio_seconds, self._expected)
+        out = []
+        while self._next < len(self.words):
+            t = self._fractions[self._next] * duration
+            if not final and t > audio_seconds:
+                break
+            t = max(t, self._last)
+            out.append((self.words[self._next], t))
+            self._last = t
+            self._next += 1
+        return out
+
+
+class EngineTTSService(TTSService):
+    """Any ``TTSEngine`` as a pipecat TTS service (see module docstring)."""
+
+    def __init__(
+        self,
+        engine: TTSEngine,
+        *,
+        voice: Any = None,
+        voice_id: str | None = None,
+        voices: Mapping[str, Any] | Callable[[str], Any] | None = None,
+        language: str = "English",
+        generation: dict[str, Any] | None = None,
+        sample_rate: int | None = None,
+        **kwargs: Any,
+    ):
+        """``voice``: the engine's default voice object; ``voices``: id -> voice object (a mapping, or a callable
+        that raises ``VoiceError``/``KeyError`` for unknown ids), used when settings name a voice id."""
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            push_text_frames=False,
+            sample_rate=sample_rate,
+            settings=TTSSettings(model=engine.name, voice=voice_id, language=language),
+            **kwargs,
+        )
+        self._engine = engine
+        self._default_voice = voice
+        self._voices = voices
+        self._generation = dict(generation or {})
+        self._active: set[threading.Event] = set()
+        self.last_worker: threading.Thread | None = None  # for tests and diagnostics
+
+    @property
+    def engine(self) -> TTSEngine:
+        return self._engine
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    def language_to_service_language(self, language: Language) -> str | None:
+        code = str(language.value).split("-")[0].lower()
+        return LANGUAGE_NAMES.get(code)
+
+    def _resolve_voice(self, voice_id: Any) -> Any:
+        if not voice_id:
+            if self._default_voice is None:
+                raise VoiceError("no voice configured")
+            return self._default_voice
+        if self._voices is None:
+            raise VoiceError(f"unknown voice {voice_id!r}: no voice registry configured")
+        try:
+            if callable(self._voices):
+                return self._voices(voice_id)
+            return self._voices[voice_id]
+        except KeyError:
+            raise VoiceError(f"unknown voice {voice_id!r}") from None
+
+    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
+        changed = await super()._update_settings(delta)
+        if "voice" in changed:
+            try:
+                await asyncio.to_thread(self._resolve_voice, self._settings.voice)
+            except (TTSError, ValueError) as e:
+                self._settings.voice = changed["voice"]  # keep the voice that works
+                await self.push_error(f"{self._engine.name} TTS: cannot switch voice: {e}")
+        return changed
+
+    async def stop(self, frame):
+        self._cancel_all()
+        await super().stop(frame)
+
+    async def cancel(self, frame):
+        self._cancel_all()
+        await super().cancel(frame)
+
+    def _cancel_all(self) -> None:
+        for event in list(self._active):
+            event.set()
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        language = self._settings.language or "English"
+        voice_id = self._settings.voice
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # loop closed during shutdown
+                cancel.set()
+
+        def work() -> None:
+            try:
+                voice = self._resolve_voice(voice_id)
+                for chunk in self._engine.stream(text, voice, str(language), cancel, **self._generation):
+                    if cancel.is_set():
+                        break
+                    put(chunk)
+            except Exception as e:  # reported as an ErrorFrame on the loop side
+                put(e)
+            finally:
+                put(_END)
+
+        worker = threading.Thread(target=work, name=f"tts-{self._engine.name}-{context_id[:8]}", daemon=True)
+        self._active.add(cancel)
+        self.last_worker = worker
+        resampler = StreamResampler(self._engine.sample_rate, self.sample_rate)
+        timer = WordTimer(text)
+        produced = 0  # engine samples so far
+        try:
+            await self.start_tts_usage_metrics(text)
+            worker.start()
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, Exception):
+                    message = str(item) if isinstance(item, (TTSError, ValueError)) else f"{type(item).__name__}: {item}"
+                    logger.error(f"{self} {self._engine.name} TTS failed: {message}")
+                    yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
+                    return
+                produced += len(item)
+                audio = resampler.process(item)
+                if len(audio):
+                    yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
+                words = timer.advance(produced / self._engine.sample_rate)
+                if words:
+                    await self.add_word_timestamps(words, context_id)
+            tail = resampler.flush()
+            if len(tail):
+                yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
+            words = timer.advance(produced / self._engine.sample_rate, final=True)
+            if words and produced:
+                await self.add_word_timestamps(words, context_id)
+        finally:
+            cancel.set()  # interruption, cancellation, error or done: the worker stops within one engine step
+            self._active.discard(cancel)
