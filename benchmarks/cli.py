@@ -1,0 +1,23 @@
+"""``duplex bench {tts,...}``: benchmarks print a table and write it into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "tts": "benchmarks.tts",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+        module.configure(p)
+        p.set_defaults(_bench_module=module)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_module.run(args) or 0)

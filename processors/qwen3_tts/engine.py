@@ -1,0 +1,311 @@
+"""``Qwen3TTSEngine``: streaming Qwen3-TTS-12Hz Base with voice cloning. Plain Python, no pipecat.
+
+Upstream ``qwen-tts`` returns a waveform only when the whole utterance is done. Here the talker/code-predictor loop
+runs one 80 ms codec frame at a time (``frame_loop.py``) and new frames are decoded exactly and incrementally
+(``codec_stream.py``), so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops
+within one frame of ``cancel`` being set.
+
+Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
+patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
+its first frame until the generator finishes or is closed. A second stream, from any thread, waits. Close
+abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from processors.audio import (
+    REFERENCE_MAX_SECONDS,
+    REFERENCE_MIN_SECONDS,
+    REFERENCE_TAIL_SILENCE_SECONDS,
+    TTS_SAMPLE_RATE,
+    AudioError,
+    AudioSource,
+    check_duration,
+    load_audio,
+)
+from processors.compat import ensure_qwen_tts_importable
+from processors.tts_engine import (
+    MAX_TEXT_CHARS,
+    TTSError,
+    VoiceError,
+    VoiceSpec,
+    collect,
+    resolve_language,
+    validate_text,
+)
+
+from .codec_stream import StreamingCodecDecoder
+from .frame_loop import FrameLoop, capture_prompt
+from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
+
+log = logging.getLogger("duplex.qwen3_tts")
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+SUPPORTED_LANGUAGES = (
+    "Chinese", "English", "Japanese", "Korean", "German", "French", "Russian", "Portuguese", "Spanish", "Italian",
+)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+class ModelUnavailableError(TTSError):
+    """The model cannot be loaded (not cached and no network, bad path, corrupt files)."""
+
+
+@dataclass
+class StreamStats:
+    """What the last ``stream`` did; read it after the generator finishes."""
+
+    frames: int = 0
+    chunks: int = 0
+    samples: int = 0
+    first_chunk_s: float | None = None  # time from the call to the first chunk
+    total_s: float = 0.0
+    frame_budget: int = 0
+    hit_budget: bool = False
+    cancelled: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def frame_budget(text: str, floor: int = 40, per_char: float = 2.0, per_cjk_char: float = 6.0) -> int:
+    """Runaway guard: the most frames a text may take. Real speech runs ~0.8 frames per Latin character and ~3 per
+    CJK character; this allows 2.5x that plus a floor, so it only stops generations that missed their end token."""
+    cjk = len(_CJK.findall(text))
+    return int(floor + per_char * (len(text) - cjk) + per_cjk_char * cjk)
+
+
+def pick_device(device: str | None, dtype: str | torch.dtype | None) -> tuple[str, torch.dtype]:
+    """CUDA + bfloat16 when a GPU is present, else CPU + float32, unless told otherwise."""
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}[dtype.lower()]
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return str(device), dtype
+
+
+class Qwen3TTSEngine:
+    """Streaming voice-cloning TTS on qwen-tts's own model classes (see module docstring for thread-safety)."""
+
+    name = "qwen3"
+    sample_rate = TTS_SAMPLE_RATE
+
+    def __init__(
+        self,
+        tts_model: Any,
+        model_id: str,
+        *,
+        first_chunk_frames: int = 1,
+        chunk_frames: int = 4,
+        cache_dir: str | Path | None = None,
+        max_text_chars: int = MAX_TEXT_CHARS,
+    ):
+        if first_chunk_frames < 1 or chunk_frames < 1:
+            raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
+        self.tts_model = tts_model  # qwen_tts.Qwen3TTSModel
+        self.model_id = model_id
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
+        self.max_text_chars = max_text_chars
+        self.voices = VoicePromptCache(Path(cache_dir) if cache_dir else None)
+        self._lock = threading.Lock()
+        self.last_stats = StreamStats()
+        model = tts_model.model
+        self.device = next(model.talker.parameters()).device
+        self.dtype = next(model.talker.parameters()).dtype
+        self.codec_decoder = model.speech_tokenizer.model.decoder
+        supported = model.get_supported_languages() or []
+        self._languages = tuple(l for l in SUPPORTED_LANGUAGES if l.lower() in {s.lower() for s in supported}) or SUPPORTED_LANGUAGES
+
+    # --- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = DEFAULT_MODEL,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        **options: Any,
+    ) -> "Qwen3TTSEngine":
+        """Load from a Hugging Face hub id (downloaded into the HF cache, with progress) or a local directory."""
+        ensure_qwen_tts_importable()
+        from qwen_tts import Qwen3TTSModel
+
+        device, torch_dtype = pick_device(device, dtype)
+        log.info("Qwen3-TTS: loading %s on %s as %s", model, device, str(torch_dtype).replace("torch.", ""))
+        t0 = time.perf_counter()
+        try:
+            tts_model = Qwen3TTSModel.from_pretrained(str(model), device_map=device, dtype=torch_dtype)
+        except Exception as e:  # OSError, HF hub errors, safetensors errors...
+            hint = ("it is not in the local Hugging Face cache and could not be downloaded (offline?); "
+                    "use a local directory, or the espeak fallback (--tts espeak)")
+            if Path(str(model)).exists():
+                hint = "the directory is not a complete Qwen3-TTS model"
+            raise ModelUnavailableError(f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})") from e
+        tts_model.model.eval()
+        log.info("Qwen3-TTS: loaded in %.1f s", time.perf_counter() - t0)
+        model_id = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
+        return cls(tts_model, f"{model_id}|{torch_dtype}", **options)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self._languages
+
+    # --- voices ------------------------------------------------------------------------------------
+    def create_voice(
+        self,
+        ref_audio: AudioSource,
+        ref_text: str | None = None,
+        x_vector_only: bool = False,
+        *,
+        cache_dir: str | Path | None = None,
+    ) -> VoicePrompt:
+        """A voice prompt from a 3-30 s reference clip (any rate, WAV/FLAC/OGG/MP3/WebM...).
+
+        With a transcript the prompt uses in-context learning (better cloning); without one, or with
+        ``x_vector_only=True``, only the speaker embedding. 0.5 s of silence is appended to the reference
+        before encoding, so its last phoneme does not leak into the first generated word.
+        """
+        try:
+            audio = load_audio(ref_audio)
+            check_duration(audio, REFERENCE_MIN_SECONDS, REFERENCE_MAX_SECONDS, "reference audio")
+        except AudioError as e:
+            raise VoiceError(str(e)) from e
+        ref_text = (ref_text or "").strip() or None
+        if ref_text is not None:
+            ref_text = validate_text(ref_text, self.max_text_chars)
+        x_vector_only = bool(x_vector_only or ref_text is None)
+        tail = np.zeros(int(round(REFERENCE_TAIL_SILENCE_SECONDS * audio.sample_rate)), dtype=np.float32)
+        samples = np.concatenate([audio.samples, tail])
+        key = prompt_key(self.model_id, samples, audio.sample_rate, ref_text, x_vector_only)
+        directory = Path(cache_dir) if cache_dir else None
+        cached = self.voices.get(key, directory)
+        if cached is not None:
+            return cached
+        with self._lock:
+            items = self.tts_model.create_voice_clone_prompt(
+                ref_audio=(samples, audio.sample_rate), ref_text=ref_text, x_vector_only_mode=x_vector_only
+            )
+        item = items[0]
+        item.ref_spk_embedding = item.ref_spk_embedding.detach().cpu()
+        if item.ref_code is not None:
+            item.ref_code = item.ref_code.detach().cpu()
+        vp = VoicePrompt(key=key, prompt=item, reference_seconds=audio.seconds)
+        self.voices.put(vp, directory)
+        log.info("Qwen3-TTS: voice %s (%s, %.1f s reference)", key[:8], vp.mode, audio.seconds)
+        return vp
+
+    def load_voice(self, spec: VoiceSpec) -> VoicePrompt:
+        if spec.reference_audio is None:
+            raise VoiceError(f"voice {spec.id!r} has no reference audio; Qwen3-TTS Base clones voices from a reference")
+        return self.create_voice(spec.reference_audio, spec.transcript, spec.x_vector_only, cache_dir=spec.cache_dir)
+
+    # --- synthesis ---------------------------------------------------------------------------------
+    def _decoder_for(self, voice: VoicePrompt) -> StreamingCodecDecoder:
+        """A fresh decoder state; in ICL mode primed with the reference codes (computed once per voice)."""
+        if voice.prompt.ref_code is None:
+            return StreamingCodecDecoder(self.codec_decoder)
+        primed = voice._primed_decoder
+        if primed is None or primed.decoder is not self.codec_decoder:
+            primed = StreamingCodecDecoder(self.codec_decoder)
+            primed.decode(voice.prompt.ref_code.to(self.device))
+            voice._primed_decoder = primed
+        return primed.fork()
+
+    def stream(
+        self,
+        text: str,
+        voice: VoicePrompt,
+        language: str = "English",
+        cancel: threading.Event | None = None,
+        *,
+        first_chunk_frames: int | None = None,
+        chunk_frames: int | None = None,
+        max_frames: int | None = None,
+        **generation: Any,
+    ) -> Iterator[np.ndarray]:
+        """Float32 mono chunks at 24 kHz while the model generates.
+
+        ``generation``: upstream's sampling options (do_sample, top_k, top_p, temperature, repetition_penalty,
+        subtalker_*, max_new_tokens); unset ones take the model's generate_config defaults. ``max_frames`` overrides
+        the runaway guard's text-length budget. Validation errors are raised at the call, before any frame.
+        """
+        text = validate_text(text, self.max_text_chars)
+        lang = resolve_language(language, self.languages)
+        if not isinstance(voice, VoicePrompt):
+            raise VoiceError(f"voice must be a VoicePrompt from create_voice/load_voice, got {type(voice).__name__}")
+        first = first_chunk_frames or self.first_chunk_frames
+        every = chunk_frames or self.chunk_frames
+        if first < 1 or every < 1:
+            raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
+        budget = max_frames if max_frames is not None else frame_budget(text)
+        return self._stream(text, voice, "Auto" if lang == "auto" else lang, cancel, first, every, budget, generation)
+
+    def _stream(self, text, voice, lang, cancel, first, every, budget, generation) -> Iterator[np.ndarray]:
+        stats = StreamStats(frame_budget=budget)
+        t0 = time.perf_counter()
+        with self._lock:
+            self.last_stats = stats
+            try:
+                prompt = capture_prompt(
+                    self.tts_model, text=text, language=lang,
+                    voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)], **generation,
+                )
+                loop = FrameLoop(self.tts_model.model.talker, prompt, budget)
+                decoder = self._decoder_for(voice)
+                pending: list[torch.Tensor] = []
+                t_gen = 0.0
+                t_dec = 0.0
+                t_mark = time.perf_counter()
+                for codes in loop.frames(cancel):
+                    t_gen += time.perf_counter() - t_mark
+                    stats.frames += 1
+                    pending.append(codes)
+                    if len(pending) >= (first if stats.chunks == 0 else every):
+                        td = time.perf_counter()
+                        chunk = self._decode(decoder, pending)
+                        t_dec += time.perf_counter() - td
+                        pending = []
+                        if cancel is not None and cancel.is_set():
+                            break
+                        stats.chunks += 1
+                        stats.samples += len(chunk)
+                        if stats.first_chunk_s is None:
+                            stats.first_chunk_s = time.perf_counter() - t0
+                        yield chunk
+                    t_mark = time.perf_counter()
+                if pending and not (cancel is not None and cancel.is_set()):
+                    chunk = self._decode(decoder, pending)
+                    stats.chunks += 1
+                    stats.samples += len(chunk)
+                    if stats.first_chunk_s is None:
+                        stats.first_chunk_s = time.perf_counter() - t0
+                    yield chunk
+                stats.hit_budget = loop.hit_budget
+                stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
+                stats.timings = {"generate_s": t_gen, "decode_s": t_dec}
+                if loop.hit_budget:
+                    log.warning("Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
+                                "characters of text: the model missed its end token", stats.frames,
+                                stats.frames * 0.08, len(text))
+            finally:
+                stats.total_s = time.perf_counter() - t0
+
+    def _decode(self, decoder: StreamingCodecDecoder, frames: list[torch.Tensor]) -> np.ndarray:
+        wav = decoder.decode(torch.stack(frames).to(self.device))
+        return wav.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def synthesize(self, text: str, voice: VoicePrompt, language: str = "English", **generation: Any) -> np.ndarray:
+        """The whole waveform (float32, 24 kHz), built on ``stream``."""
+        return collect(self.stream(text, voice, language, **generation))
