@@ -1,5 +1,8 @@
 """Streaming Qwen3-TTS vs upstream qwen-tts on the same tiny random model: exact parity, seams, cancellation,
-runaway guard and bad input. Greedy decoding (do_sample=False for talker and sub-talker) makes both deterministic."""
+runaway guard and bad input. Greedy decoding (do_sample=False for talker and sub-talker) makes both deterministic.
+
+Parity runs on the never-EOS variant capped by max_new_tokens, so every comparison covers the same, known number of
+frames (random weights make the end token arbitrary); `test_stops_at_eos_like_upstream` covers the end token."""
 
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ TEXT = "Hello there, this is a streaming test."
 TOL = 1e-4
 
 
+MAX_NEW = 41  # upstream emits max_new_tokens - 1 frames: 40 frames, 3.2 s
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_qwen_dir):
+def engine(tiny_qwen_never_eos_dir):
     torch.set_num_threads(1)
-    return Qwen3TTSEngine.from_pretrained(tiny_qwen_dir)
+    return Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def upstream(engine: Qwen3TTSEngine, voice: VoicePrompt, text: str, **gen) -> np
 
 @pytest.fixture(scope="module")
 def upstream_wav(engine, voice):
-    return upstream(engine, voice, TEXT, max_new_tokens=60)
+    return upstream(engine, voice, TEXT, max_new_tokens=MAX_NEW)
 
 
 def _aligned(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +70,9 @@ def _aligned(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("first,every", [(1, 1), (2, 2), (4, 4), (8, 8), (1, 4)])
 def test_stream_equals_upstream(engine, voice, upstream_wav, first, every):
     chunks = list(engine.stream(TEXT, voice, "english", first_chunk_frames=first, chunk_frames=every,
-                                max_new_tokens=60, **GREEDY))
+                                max_new_tokens=MAX_NEW, **GREEDY))
     ours, ref = _aligned(np.concatenate(chunks), upstream_wav)
-    assert len(ours) > CODEC_FRAME_SAMPLES
+    assert engine.last_stats.frames == MAX_NEW - 1 and len(ours) == (MAX_NEW - 1) * CODEC_FRAME_SAMPLES
     assert np.abs(ref).max() > 1e-3, "the tiny model must produce audible output for parity to mean anything"
     assert np.max(np.abs(ours - ref)) <= TOL
     # chunking: first chunk after `first` frames, then every `every` frames
@@ -75,7 +81,7 @@ def test_stream_equals_upstream(engine, voice, upstream_wav, first, every):
 
 
 def test_no_discontinuity_at_seams(engine, voice, upstream_wav):
-    chunks = list(engine.stream(TEXT, voice, "English", first_chunk_frames=1, chunk_frames=1, max_new_tokens=60, **GREEDY))
+    chunks = list(engine.stream(TEXT, voice, "English", first_chunk_frames=1, chunk_frames=1, max_new_tokens=MAX_NEW, **GREEDY))
     ours, ref = _aligned(np.concatenate(chunks), upstream_wav)
     seams = np.cumsum([len(c) for c in chunks])[:-1]
     for s in seams:
@@ -86,7 +92,7 @@ def test_no_discontinuity_at_seams(engine, voice, upstream_wav):
 
 
 def test_synthesize_is_stream_concatenated(engine, voice, upstream_wav):
-    ours, ref = _aligned(engine.synthesize(TEXT, voice, "English", max_new_tokens=60, **GREEDY), upstream_wav)
+    ours, ref = _aligned(engine.synthesize(TEXT, voice, "English", max_new_tokens=MAX_NEW, **GREEDY), upstream_wav)
     assert np.max(np.abs(ours - ref)) <= TOL
 
 
@@ -120,9 +126,17 @@ def test_cancel_from_another_thread_stops_worker(engine, voice):
     assert engine.last_stats.cancelled
 
 
-def test_runaway_guard(tiny_qwen_never_eos_dir, reference, caplog):
-    eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir)
-    vp = eng.create_voice(reference, None)
+def test_stops_at_eos_like_upstream(tiny_qwen_dir, reference):
+    eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_dir)
+    for vp in (eng.create_voice(reference, "A short reference sentence for cloning."), eng.create_voice(reference)):
+        ref = upstream(eng, vp, TEXT)
+        ours, ref = _aligned(eng.synthesize(TEXT, vp, "English", **GREEDY), ref)
+        assert not eng.last_stats.hit_budget and len(ours) == eng.last_stats.frames * CODEC_FRAME_SAMPLES
+        assert np.max(np.abs(ours - ref)) <= TOL
+
+
+def test_runaway_guard(engine, voice, caplog):
+    eng, vp = engine, voice
     text = "Hi."
     wav = eng.synthesize(text, vp, "English", **GREEDY)
     assert eng.last_stats.hit_budget
