@@ -72,7 +72,7 @@ LANGUAGE_VOICES: dict[str, str] = {
 SUPPORTED_LANGUAGES = tuple(LANGUAGE_VOICES)
 
 _VARIANT = re.compile(r"^[A-Za-z0-9 _-]{1,40}$")
-_ESPEAK_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_ESPEAK_NAME = re.compile(r"^([A-Za-z]{2,4}/)?[A-Za-z0-9_-]{1,40}$")  # "en-gb", "en-GB-x-rp", "gmw/en"
 
 # Sentence ends: . ! ? … (optionally followed by a closing quote/bracket) then whitespace; CJK full stops
 # anywhere; line breaks. "3.14" and "e.g.x" stay whole because a split needs whitespace after the stop.
@@ -303,6 +303,7 @@ class EspeakEngine:
         self.max_text_chars = max_text_chars
         self.last_stats = StreamStats()
         self._warned_cloning = False
+        self._by_id: dict[str, EspeakVoice] = {}  # voice_from_id cache: the adapter resolves the id every utterance
         with _LOCK:
             _library()
 
@@ -329,6 +330,37 @@ class EspeakEngine:
 
     def default_voice(self) -> EspeakVoice:
         return EspeakVoice()
+
+    def voice_from_id(self, voice_id: str) -> EspeakVoice:
+        """A voice from a short id, for runtime voice switching: ``[language-or-dialect][+variant]``, e.g.
+        ``f3``, ``German``, ``German+m3``, ``en-gb``, ``en-gb+f3``. Raises ``VoiceError`` for anything else."""
+        if not isinstance(voice_id, str) or not voice_id.strip():
+            raise VoiceError(f"invalid espeak voice id {voice_id!r}")
+        voice = self._by_id.get(voice_id)
+        if voice is None:
+            voice = self._by_id[voice_id] = self._voice_from_id(voice_id)
+        return voice
+
+    def _voice_from_id(self, voice_id: str) -> EspeakVoice:
+        head, _, variant = voice_id.strip().partition("+")
+        head, variant = head.strip(), (variant.strip() or None)
+        if not head:
+            return self.create_voice("English", variant, id=voice_id)
+        try:
+            return self.create_voice(resolve_language(head, self.languages, allow_auto=False), variant, id=voice_id)
+        except UnsupportedLanguageError:
+            pass
+        if variant is None and (data_path() / "voices" / "!v" / head).is_file() and _VARIANT.match(head):
+            return self.create_voice("English", head, id=voice_id)
+        resolved = _resolve_voice_name(head) if _ESPEAK_NAME.match(head) else None
+        if resolved is None:
+            raise VoiceError(f"unknown espeak voice {voice_id!r}: use [language or espeak dialect][+variant], e.g. "
+                             f"'German+m3', 'en-gb', 'f3'")
+        code = resolved.split("/")[-1].split("-")[0].lower()
+        language = next((name for name, v in LANGUAGE_VOICES.items() if v.split("-")[0] == code), None)
+        if language is None:
+            raise VoiceError(f"espeak voice {head!r} speaks a language Duplex does not list: {', '.join(self.languages)}")
+        return self.create_voice(language, variant, head, id=voice_id)
 
     def load_voice(self, spec: VoiceSpec) -> EspeakVoice:
         """espeak cannot clone: a registry voice becomes the plain espeak voice for its language."""
