@@ -1,0 +1,47 @@
+"""The LLM step: ``LocalLLMEngine`` (in-process, no pipecat), ``LocalLLMService`` (its pipecat adapter) and
+``create_llm_service`` (local or any OpenAI-compatible endpoint, from ``agent.settings.LLMSettings``).
+
+The engine names import eagerly (plain Python); the pipecat-dependent ones load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .local_engine import (
+    GenerationStats,
+    LLMError,
+    LLMInputError,
+    LLMUnavailableError,
+    LocalLLMEngine,
+    bundled_gguf_path,
+    default_cache_root,
+    get_shared_engine,
+)
+
+_LAZY = {
+    "LocalLLMService": ".local_service",
+    "chat_messages": ".local_service",
+    "create_llm_service": ".factory",
+    "LLMEndpointError": ".factory",
+}
+
+__all__ = [
+    "GenerationStats",
+    "LLMError",
+    "LLMInputError",
+    "LLMUnavailableError",
+    "LocalLLMEngine",
+    "bundled_gguf_path",
+    "default_cache_root",
+    "get_shared_engine",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
