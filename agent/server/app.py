@@ -1,0 +1,80 @@
+"""``create_app``: the one FastAPI app behind ``duplex serve``.
+
+The caller loads the models once and passes them in (``Engines``); the app never loads a model per request. Routes:
+``/api/v1/speak`` (WebSocket TTS), ``/api/v1/voices``, ``/healthz``, ``/readyz``, ``/metrics``. The pipeline
+entry points (browser page, WebRTC offer, ``/ws``, telephony) are further ``APIRouter``s passed as ``routers`` (or
+included later with ``app.include_router``); they read the shared state with ``get_context(request_or_ws)``
+(settings, engines, voice registry, metrics, the session cap) and should take a slot from ``ctx.sessions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Iterable
+
+from fastapi import APIRouter, FastAPI
+
+from voices.registry import VoiceRegistry
+
+from . import health, speak, voices_api
+from .context import Engines, ServerContext
+from .guards import ApiError, api_error_response
+
+log = logging.getLogger("duplex.server")
+
+
+async def _preload_default_voice(ctx: ServerContext) -> None:
+    """Build the default voice as soon as the TTS engine is ready, so the first session does not wait for it."""
+    while ctx.engines.tts_state == "loading":
+        await asyncio.sleep(0.2)
+    engine = ctx.engines.tts
+    if engine is None:
+        return
+    try:
+        voice = ctx.registry.default()
+        await ctx.voices.load(engine, voice)
+        log.info("default voice %r ready on %s", voice.id, engine.name)
+    except Exception as e:  # sessions report it when they try the voice
+        log.warning("cannot preload the default voice: %s", e)
+
+
+def create_app(
+    settings: Any,
+    engines: Engines,
+    *,
+    registry: VoiceRegistry | None = None,
+    routers: Iterable[APIRouter] = (),
+) -> FastAPI:
+    """The server app.
+
+    ``settings``: ``agent.settings.Settings`` (``server`` limits and token, ``tts.voice``/``tts.language``, voice dir).
+    ``engines``: models loaded by the caller; ``Engines(tts=engine)``, or ``Engines()`` now and ``set_tts``/``fail_tts``
+    later while the server already answers (MODEL_LOADING until then).
+    ``registry``: defaults to ``VoiceRegistry.from_settings(settings)``.
+    """
+    ctx = ServerContext(settings=settings, engines=engines,
+                        registry=registry if registry is not None else VoiceRegistry.from_settings(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        preload = asyncio.create_task(_preload_default_voice(ctx))
+        try:
+            yield
+        finally:
+            preload.cancel()
+            for session in list(ctx.speak_sessions):
+                session.abort()  # engines stop within one step; sessions then join their workers
+            await asyncio.gather(preload, return_exceptions=True)
+
+    app = FastAPI(title="Duplex", version="0.1.0", lifespan=lifespan, docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.duplex = ctx
+    app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
+    app.include_router(health.router)
+    app.include_router(voices_api.router)
+    app.include_router(speak.router)
+    for router in routers:
+        app.include_router(router)
+    return app
