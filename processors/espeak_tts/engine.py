@@ -7,8 +7,9 @@ and two threads synthesising at once crash the process. So every call into the l
 ``EspeakEngine`` in the process, goes through one module-level lock; the library is initialised once per process,
 and voice, rate and pitch are set again on every synthesis under that lock.
 
-``stream`` splits the text into sentences and synthesises ONE sentence at a time, fully, under the lock (~0.4-3 ms
-per sentence), into a list of the callback's 60 ms buffers; it then releases the lock and yields those buffers. So
+``stream`` splits the text into sentences and synthesises ONE sentence at a time, fully, under the lock (measured
+uncontended: 0.3 ms for "Stop.", 2.4 ms for a 47-character sentence, 25 ms for 222 characters; sentences are capped
+at 300 characters), into a list of the callback's 60 ms buffers; it then releases the lock and yields those buffers. So
 the lock is never held across a ``yield``, other threads interleave sentence by sentence, and the first audio leaves
 after one sentence's synthesis. ``cancel`` is checked by the synth callback (returning 1 aborts ``espeak_Synth``
 mid-sentence within one buffer; ``espeak_Cancel`` does not work from another thread), between buffers and between

@@ -185,7 +185,7 @@ async def test_runtime_language_switch(engine):
 
 
 async def test_unknown_language_at_runtime_becomes_error_frame(engine):
-    tts = EspeakTTSService(engine=engine)
+    tts = EspeakTTSService(engine=engine, stop_frame_timeout_s=0.3)  # no audio: the context closes on this timeout
     down, up = await run_test(
         tts,
         frames_to_send=[TTSUpdateSettingsFrame(delta=TTSSettings(language="Klingon")), TTSSpeakFrame("Hello."),
