@@ -7,6 +7,8 @@ import importlib
 
 BENCHMARKS = {
     "tts": "benchmarks.tts",
+    "espeak": "benchmarks.espeak_tts",
+    "llm": "benchmarks.llm",
 }
 
 
