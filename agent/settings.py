@@ -57,12 +57,15 @@ class TurnSettings(BaseModel):
     """Turn-taking and interruption policy (documented in pipelines/policy.py)."""
 
     stop_strategy: Literal["speech_timeout", "smart_turn"] = "speech_timeout"
-    stop_secs: float = 0.6  # speech_timeout: silence after VAD stop that ends the user's turn
-    barge_in: bool = True
-    false_interruption_timeout_s: float | None = 1.5  # resume after a barge-in with no words; None = off
+    stop_secs: float = Field(0.6, ge=0.0)  # speech_timeout: silence after VAD stop that ends the user's turn
+    smart_turn_stop_secs: float = Field(3.0, gt=0.0)  # smart_turn: silence that ends the turn on an INCOMPLETE verdict
+    user_turn_stop_timeout_s: float = Field(5.0, gt=0.0)  # a turn with no stop signal at all ends after this
+    barge_in: bool = True  # False: the user cannot interrupt the bot (speech while it talks still forms a turn)
+    false_interruption_timeout_s: float | None = Field(1.5, gt=0.0)  # resume after a barge-in with no words; None = off
     echo_guard: Literal["auto", "on", "off"] = "auto"  # auto: on for telephony, off for headset clients
-    echo_guard_window_s: float = 1.5  # the bot's first moments of speech that the guard protects
-    echo_guard_min_speech_s: float = 0.5  # sustained speech needed to interrupt inside the window
+    echo_guard_window_s: float = Field(1.5, ge=0.0)  # the bot's first moments of speech that the guard protects
+    echo_guard_min_speech_s: float = Field(0.5, ge=0.0)  # sustained speech needed to interrupt inside the window
+    echo_guard_min_words: int = Field(2, ge=1)  # ... or this many words in an interim transcript
 
 
 class ServerSettings(BaseModel):

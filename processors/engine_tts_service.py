@@ -98,6 +98,9 @@ class EngineTTSService(TTSService):
         self._voices = voices
         self._generation = dict(generation or {})
         self._active: set[threading.Event] = set()
+        # Seconds of audio already produced per audio context: pipecat reuses one context for all sentences of a
+        # reply and times words from the context's first audio, so each sentence's word times start from here.
+        self._context_seconds: dict[str, float] = {}
         self.last_worker: threading.Thread | None = None  # for tests and diagnostics
 
     @property
@@ -147,6 +150,14 @@ class EngineTTSService(TTSService):
         for event in list(self._active):
             event.set()
 
+    async def on_audio_context_interrupted(self, context_id: str):
+        self._context_seconds.pop(context_id, None)
+        await super().on_audio_context_interrupted(context_id)
+
+    async def on_audio_context_completed(self, context_id: str):
+        self._context_seconds.pop(context_id, None)
+        await super().on_audio_context_completed(context_id)
+
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -178,6 +189,11 @@ class EngineTTSService(TTSService):
         resampler = StreamResampler(self._engine.sample_rate, self.sample_rate)
         timer = WordTimer(text)
         produced = 0  # engine samples so far
+        offset = self._context_seconds.get(context_id, 0.0)  # earlier sentences of this context
+
+        def shifted(words: list[tuple[str, float]]) -> list[tuple[str, float]]:
+            return [(w, offset + t) for w, t in words]
+
         try:
             await self.start_tts_usage_metrics(text)
             worker.start()
@@ -196,13 +212,15 @@ class EngineTTSService(TTSService):
                     yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
                 words = timer.advance(produced / self._engine.sample_rate)
                 if words:
-                    await self.add_word_timestamps(words, context_id)
+                    await self.add_word_timestamps(shifted(words), context_id)
             tail = resampler.flush()
             if len(tail):
                 yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
             words = timer.advance(produced / self._engine.sample_rate, final=True)
             if words and produced:
-                await self.add_word_timestamps(words, context_id)
+                await self.add_word_timestamps(shifted(words), context_id)
         finally:
+            if produced:
+                self._context_seconds[context_id] = offset + produced / self._engine.sample_rate
             cancel.set()  # interruption, cancellation, error or done: the worker stops within one engine step
             self._active.discard(cancel)
