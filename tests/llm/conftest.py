@@ -61,5 +61,16 @@ def _llm_threads() -> list[str]:
 
 @pytest.fixture
 def llm_threads():
-    """Names of live Duplex LLM threads (generation and service workers); must be empty once a stream has ended."""
-    return _llm_threads
+    """Names of Duplex LLM threads (generation and service workers) still alive after waiting up to ``timeout``.
+
+    A service's worker thread finishes its last token after the pipeline has moved on, so give it a moment: on a
+    loaded shared machine one token can take a few hundred ms.
+    """
+
+    def alive(timeout: float = 3.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while (names := _llm_threads()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return names
+
+    return alive
