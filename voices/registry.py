@@ -147,6 +147,13 @@ class VoiceManifest(BaseModel):
             raise ValueError(f"reference must be a plain file name inside the voice folder, got {v!r}")
         return v
 
+    @field_validator("name", "language", "source", "licence")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if any(ord(c) < 32 and c not in "\t\n" for c in v):
+            raise ValueError("contains control characters")
+        return v
+
     @field_validator("description")
     @classmethod
     def _description(cls, v: str) -> str:

@@ -224,6 +224,7 @@ class SpeakSession:
         except _SEND_ERRORS:
             pass
         finally:
+            self.closing = True
             self.abort()
             player.cancel()
             await asyncio.gather(player, return_exceptions=True)
@@ -421,7 +422,7 @@ class SpeakSession:
 
     # --- playing -----------------------------------------------------------------------------------
     async def _play(self) -> None:
-        while True:
+        while not self.closing:
             while not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -469,10 +470,7 @@ class SpeakSession:
                     if cfg.pacing == "realtime" and paced_from is not None:
                         ahead = sent_samples / cfg.sample_rate - (time.perf_counter() - paced_from)
                         if ahead > cfg.pacing_lead_s:
-                            try:
-                                await asyncio.wait_for(job.cancelled_async.wait(), ahead - cfg.pacing_lead_s)
-                            except asyncio.TimeoutError:
-                                pass
+                            await _sleep_unless(job.cancelled_async, ahead - cfg.pacing_lead_s)
                     if cfg.audio_format == "json":
                         payload: bytes | str = AudioChunkMessage(
                             data=base64.b64encode(frame).decode("ascii"), sequence_number=seq,
@@ -609,6 +607,16 @@ class SpeakSession:
                 log.error("speak session %s: worker %s did not stop; releasing the session anyway", self.id,
                           thread.name)
             self.workers.discard(thread)
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    """Sleep, waking early when ``event`` is set. (Not ``asyncio.wait_for``: on Python 3.11 it can swallow a task
+    cancellation that races with the event, which would leave the player running after its session ended.)"""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 @router.websocket("/api/v1/speak")
