@@ -47,6 +47,8 @@ from processors.tts_engine import (
 
 from .codec_stream import StreamingCodecDecoder
 from .frame_loop import FrameLoop, capture_prompt
+from .lean_loop import LeanFrameLoop, build_lean_talker
+from .precision import quantize_talker
 from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
 
 log = logging.getLogger("duplex.qwen3_tts")
@@ -111,9 +113,16 @@ class Qwen3TTSEngine:
         chunk_frames: int = 4,
         cache_dir: str | Path | None = None,
         max_text_chars: int = MAX_TEXT_CHARS,
+        loop: str = "lean",
+        threads: int | None = None,
     ):
         if first_chunk_frames < 1 or chunk_frames < 1:
             raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
+        if loop not in ("lean", "reference"):
+            raise ValueError("loop must be 'lean' (static caches, lean_loop.py) or 'reference' (frame_loop.py)")
+        self.loop = loop
+        self.threads = threads  # torch threads for generation (process-wide); None leaves the setting alone
+        self._lean = None  # LeanTalker, built on first use
         self.tts_model = tts_model  # qwen_tts.Qwen3TTSModel
         self.model_id = model_id
         self.first_chunk_frames = first_chunk_frames
@@ -136,12 +145,20 @@ class Qwen3TTSEngine:
         model: str | Path = DEFAULT_MODEL,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
+        quantize: str | None = None,
         **options: Any,
     ) -> "Qwen3TTSEngine":
-        """Load from a Hugging Face hub id (downloaded into the HF cache, with progress) or a local directory."""
+        """Load from a Hugging Face hub id (downloaded into the HF cache, with progress) or a local directory.
+
+        ``quantize``: None, "int8" (weight-only, bf16 activations where supported) or "int8-dynamic" (torch.ao, fp32);
+        see ``precision.py``. With ``quantize="int8"`` and no dtype the model loads in bf16 where supported."""
         ensure_qwen_tts_importable()
         from qwen_tts import Qwen3TTSModel
 
+        if quantize == "int8" and dtype is None:
+            from .precision import bf16_supported
+
+            dtype = torch.bfloat16 if bf16_supported() else None
         device, torch_dtype = pick_device(device, dtype)
         log.info("Qwen3-TTS: loading %s on %s as %s", model, device, str(torch_dtype).replace("torch.", ""))
         t0 = time.perf_counter()
@@ -154,9 +171,11 @@ class Qwen3TTSEngine:
                 hint = "the directory is not a complete Qwen3-TTS model"
             raise ModelUnavailableError(f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})") from e
         tts_model.model.eval()
+        if quantize:
+            quantize_talker(tts_model.model.talker, quantize)
         log.info("Qwen3-TTS: loaded in %.1f s", time.perf_counter() - t0)
         model_id = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
-        return cls(tts_model, f"{model_id}|{torch_dtype}", **options)
+        return cls(tts_model, f"{model_id}|{torch_dtype}" + (f"|{quantize}" if quantize else ""), **options)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -262,7 +281,7 @@ class Qwen3TTSEngine:
                     self.tts_model, text=text, language=lang,
                     voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)], **generation,
                 )
-                loop = FrameLoop(self.tts_model.model.talker, prompt, budget)
+                loop = self._frame_loop(prompt, budget)
                 decoder = self._decoder_for(voice)
                 pending: list[torch.Tensor] = []
                 t_gen = 0.0
@@ -294,13 +313,21 @@ class Qwen3TTSEngine:
                     yield chunk
                 stats.hit_budget = loop.hit_budget
                 stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
-                stats.timings = {"generate_s": t_gen, "decode_s": t_dec}
+                stats.timings = {"generate_s": t_gen, "decode_s": t_dec, **getattr(loop, "timings", {})}
                 if loop.hit_budget:
                     log.warning("Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
                                 "characters of text: the model missed its end token", stats.frames,
                                 stats.frames * 0.08, len(text))
             finally:
                 stats.total_s = time.perf_counter() - t0
+
+    def _frame_loop(self, prompt, budget: int):
+        """The loop chosen by ``loop=``; the lean one keeps its static caches across utterances (engine lock held)."""
+        if self.loop == "reference":
+            return FrameLoop(self.tts_model.model.talker, prompt, budget)
+        if self._lean is None:
+            self._lean = build_lean_talker(self.tts_model.model.talker)
+        return LeanFrameLoop(self._lean, prompt, budget, threads=self.threads)
 
     def _decode(self, decoder: StreamingCodecDecoder, frames: list[torch.Tensor]) -> np.ndarray:
         wav = decoder.decode(torch.stack(frames).to(self.device))
