@@ -1,0 +1,159 @@
+"""What every speech-to-text engine offers, so one pipecat adapter (``processors/segmented_stt.py``) serves them all.
+
+An engine is plain Python (no pipecat): ``transcribe`` takes one whole utterance as float32 mono samples at
+``STT_SAMPLE_RATE`` (16 kHz) and returns a :class:`Transcript`. It blocks; callers on an event loop run it in a
+worker thread. Each engine's docstring states whether calls from several threads at once are safe (engines
+serialise them with a lock where the model is not re-entrant).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from processors.audio import STT_MAX_SEGMENT_SECONDS, STT_SAMPLE_RATE, AudioError
+
+
+class STTError(Exception):
+    """A transcription failure with a message fit for the user."""
+
+
+class STTInputError(STTError, AudioError):
+    """Audio the engine cannot transcribe: wrong dtype, shape or rate, NaN/inf samples, too long.
+
+    Also an ``AudioError`` (a ``ValueError``), like every other bad-audio error in Duplex.
+    """
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word and where it lies in the utterance (seconds from the start of the audio)."""
+
+    word: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One utterance's result.
+
+    ``words`` is empty when the engine gives no word timings (or the text is empty); it is never made up.
+    ``audio_seconds`` is the length of the audio given (before any padding the engine does itself);
+    ``compute_seconds`` the wall time the engine spent, so ``rtf`` = compute / audio.
+    """
+
+    text: str
+    words: tuple[Word, ...] = field(default_factory=tuple)
+    language: str | None = None
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor (compute seconds per audio second); 0 for empty audio."""
+        return self.compute_seconds / self.audio_seconds if self.audio_seconds > 0 else 0.0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text.strip()
+
+
+@runtime_checkable
+class STTEngine(Protocol):
+    """The engine interface (see module docstring)."""
+
+    name: str
+    language: str | None  # what it recognises ("en"), None if it detects the language itself
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
+        """Transcribe one utterance; raises STTInputError for unusable audio, STTError when the model fails."""
+        ...
+
+
+def validate_audio(
+    audio: object,
+    sample_rate: int = STT_SAMPLE_RATE,
+    *,
+    max_seconds: float = STT_MAX_SEGMENT_SECONDS,
+) -> np.ndarray:
+    """The utterance as a 1-D float32 array at 16 kHz, or STTInputError saying what is wrong.
+
+    Deliberately strict: engines do not resample or convert (the adapter does), so a caller passing
+    int16 PCM, stereo, 8 kHz audio or NaNs learns at once instead of getting a silently wrong transcript.
+    """
+    if not isinstance(audio, np.ndarray):
+        raise STTInputError(f"audio must be a numpy array, got {type(audio).__name__}")
+    if audio.dtype != np.float32:
+        raise STTInputError(
+            f"audio must be float32 in [-1, 1], got dtype {audio.dtype} "
+            "(convert int16 PCM with processors.audio.pcm16_to_float or to_mono_float32)"
+        )
+    if audio.ndim != 1:
+        raise STTInputError(f"audio must be mono 1-D samples, got shape {audio.shape} (use to_mono_float32)")
+    if not isinstance(sample_rate, (int, np.integer)) or int(sample_rate) != STT_SAMPLE_RATE:
+        raise STTInputError(
+            f"audio must be {STT_SAMPLE_RATE} Hz, got {sample_rate!r} Hz (resample with processors.audio.resample first)"
+        )
+    if audio.size and not np.all(np.isfinite(audio)):
+        raise STTInputError("audio contains NaN or infinite samples")
+    seconds = audio.size / STT_SAMPLE_RATE
+    if seconds > max_seconds:
+        raise STTInputError(
+            f"audio is {seconds:.1f} s long; engines take one VAD-bounded utterance of at most {max_seconds:g} s"
+        )
+    return np.ascontiguousarray(audio)
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds`` — compute time for ``Transcript.compute_seconds``."""
+
+    def __enter__(self) -> "Stopwatch":
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+
+
+def transcribe_long(
+    engine: STTEngine,
+    audio: np.ndarray,
+    *,
+    max_seconds: float = STT_MAX_SEGMENT_SECONDS,
+) -> Transcript:
+    """``engine.transcribe`` for audio of any length: pieces of at most ``max_seconds`` (cut where the signal is
+    quietest in the piece's last 10 %), joined into one Transcript with word times on the whole audio's clock.
+
+    A monologue longer than one engine call should take still yields one transcript instead of an error.
+    """
+    audio = validate_audio(audio, max_seconds=float("inf"))
+    limit = int(max_seconds * STT_SAMPLE_RATE)
+    if audio.size <= limit:
+        return engine.transcribe(audio, STT_SAMPLE_RATE)
+    texts, words, compute, language = [], [], 0.0, None
+    start = 0
+    while start < audio.size:
+        end = min(start + limit, audio.size)
+        if end < audio.size:  # cut at the quietest 20 ms window near the end of the piece
+            win = int(0.02 * STT_SAMPLE_RATE)
+            lo = start + int(0.9 * limit)
+            tail = audio[lo:end]
+            n = tail.size // win
+            if n > 1:
+                energy = (tail[: n * win].reshape(n, win) ** 2).mean(axis=1)
+                end = lo + int(np.argmin(energy)) * win + win // 2
+        part = engine.transcribe(audio[start:end], STT_SAMPLE_RATE)
+        offset = start / STT_SAMPLE_RATE
+        if part.text.strip():
+            texts.append(part.text.strip())
+        words.extend(Word(w.word, w.start_s + offset, w.end_s + offset) for w in part.words)
+        compute += part.compute_seconds
+        language = language or part.language
+        start = end
+    return Transcript(text=" ".join(texts), words=tuple(words), language=language,
+                      audio_seconds=audio.size / STT_SAMPLE_RATE, compute_seconds=compute)
