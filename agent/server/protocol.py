@@ -57,7 +57,9 @@ class StartMessage(_Message):
     language: str | None = Field(None, max_length=32)  # None -> the voice's language
     auth_token: str | None = Field(None, max_length=4096)
     audio_format: AudioFormat = "binary"  # "json": audio as base64 audioChunk messages instead of binary frames
-    pacing: Pacing = "asap"  # "realtime": audio is sent at most pacingLeadMs ahead of real time
+    # "realtime": audio leaves at most pacingLeadMs ahead of real time, so a cancel leaves at most that much audio
+    # queued at the client; "asap": as fast as the engine makes it (files, batch clients)
+    pacing: Pacing = "realtime"
     pacing_lead_ms: int = Field(160, ge=0, le=5_000, strict=True)
 
 

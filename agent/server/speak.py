@@ -168,6 +168,8 @@ class SpeakSession:
 
     async def fatal(self, code: str, message: str, close_code: int, reason: str) -> None:
         """A non-recoverable error, ``stopped``, and close."""
+        if code == "UNAUTHORIZED":
+            self.ctx.metrics.sessions_rejected.inc(kind=KIND, reason=code)
         await self.error(code, message, recoverable=False)
         await self.send(StoppedMessage(reason=reason))
         await self.close(close_code, reason)
@@ -202,7 +204,6 @@ class SpeakSession:
         token = presented_token(self.ws)
         if ctx.auth_token and token is not None:
             if not token_matches(ctx.auth_token, token):
-                ctx.metrics.sessions_rejected.inc(kind=KIND, reason="UNAUTHORIZED")
                 await self.fatal("UNAUTHORIZED", "the token is not valid", 1008, "unauthorized")
                 return
             self.authed = True
@@ -310,7 +311,6 @@ class SpeakSession:
         ctx = self.ctx
         if not self.authed:
             if not token_matches(ctx.auth_token, msg.auth_token):
-                ctx.metrics.sessions_rejected.inc(kind=KIND, reason="UNAUTHORIZED")
                 what = "is not valid" if msg.auth_token else "is missing: this server needs one"
                 await self.fatal("UNAUTHORIZED", f"authToken {what}", 1008, "unauthorized")
                 return

@@ -159,13 +159,14 @@ async def recv_json(ws: Any, timeout: float = 10.0) -> dict:
 
 
 async def open_session(url: str, start: dict | None = None, headers: dict | None = None) -> tuple[Any, dict, dict]:
-    """Connect, read ready, send start (if given) and read started. Returns (ws, ready, started)."""
+    """Connect, read ready, send start (if given; ``pacing`` defaults to "asap" here so tests run fast) and read
+    started. Returns (ws, ready, started)."""
     ws = await websockets.connect(url, additional_headers=headers, max_size=None)
     ready = await recv_json(ws)
     assert ready["type"] == "ready", ready
     started: dict = {}
     if start is not None:
-        await ws.send(json.dumps({"type": "start", **start}))
+        await ws.send(json.dumps({"type": "start", "pacing": "asap", **start}))
         started = await recv_json(ws)
         assert started["type"] == "started", started
     return ws, ready, started

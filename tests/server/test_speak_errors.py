@@ -154,7 +154,7 @@ async def test_engine_side_text_limit_is_invalid_text(espeak, server_factory):
 async def test_voice_not_found_falls_back_to_default(live):
     ws, _, _ = await open_session(live.speak_url)
     try:
-        await ws.send(json.dumps({"type": "start", "voice": "no-such-voice"}))
+        await ws.send(json.dumps({"type": "start", "voice": "no-such-voice", "pacing": "asap"}))
         err = await recv_json(ws)
         assert err["code"] == "VOICE_NOT_FOUND" and err["recoverable"] is True
         assert "'no-such-voice' not found" in err["message"] and "default voice 'default'" in err["message"]
@@ -177,7 +177,7 @@ async def test_unusable_voice_is_synthesis_error_with_fallback(any_engine, serve
     live = server_factory(any_engine, registry=registry)
     ws, _, _ = await open_session(live.speak_url)
     try:
-        await ws.send(json.dumps({"type": "start", "voice": "broken"}))
+        await ws.send(json.dumps({"type": "start", "voice": "broken", "pacing": "asap"}))
         err = await recv_json(ws, timeout=120)
         assert err["code"] == "SYNTHESIS_ERROR" and err["recoverable"] is True, err
         assert "voice 'broken' cannot be used" in err["message"] and "using the default voice" in err["message"]
@@ -203,7 +203,7 @@ async def test_model_loading_then_ready(espeak, server_factory):
         await ws.send(json.dumps({"type": "speak", "text": "Not yet."}))
         assert (await recv_json(ws))["message"] == "send a start message before speak"
         engines.set_tts(espeak)  # what duplex serve does once the model is loaded
-        await ws.send(json.dumps({"type": "start"}))
+        await ws.send(json.dumps({"type": "start", "pacing": "asap"}))
         assert (await recv_json(ws))["type"] == "started"
         await speak_ok(ws)
     finally:
@@ -371,7 +371,9 @@ def test_http_auth(auth_live):
     assert httpx.delete(base + "/api/v1/voices/default").status_code == 401
     assert httpx.post(base + "/api/v1/voices", files={"audio": ("a.wav", b"x")}, data={"name": "n"}).status_code == 401
     assert httpx.get(base + "/metrics").status_code == 401
-    assert httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert metrics.status_code == 200
+    assert 'duplex_sessions_rejected_total{kind="speak",reason="UNAUTHORIZED"}' in metrics.text  # test_auth_refuses
     assert httpx.get(base + "/healthz").status_code == 200  # probes stay open
     assert httpx.get(base + "/healthz").json()["auth"] is True
 

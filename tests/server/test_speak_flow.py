@@ -145,7 +145,7 @@ async def test_cancel_mid_stream_realtime(live, any_engine):
         assert after_ms <= lead_ms + 2 * CODEC_FRAME_MS
         assert t_end - t_cancel < 0.5
         # nothing more for the cancelled speak; the session still works
-        await ws.send(json.dumps({"type": "start", "sampleRate": rate}))
+        await ws.send(json.dumps({"type": "start", "sampleRate": rate, "pacing": "asap"}))
         assert (await recv_json(ws))["type"] == "started"
         await ws.send(json.dumps({"type": "speak", "text": "Still here.", "requestId": "next"}))
         frames, messages, end = await collect_speak(ws)
@@ -262,3 +262,27 @@ async def test_stop_ends_session(live):
     await asyncio.wait_for(ws.wait_closed(), 5)
     assert ws.close_code == 1000
     assert await await_until(lambda: live.ctx.sessions.active == 0 and not speak_threads())
+
+
+async def test_default_pacing_is_realtime(live, any_engine):
+    """Without ``pacing`` the server paces: audio never runs more than the 160 ms lead ahead of real time."""
+    ws, _, _ = await open_session(live.speak_url)
+    try:
+        await ws.send(json.dumps({"type": "start"}))
+        started = await recv_json(ws)
+        assert started["pacing"] == "realtime"
+        await ws.send(json.dumps({"type": "speak", "text": text_for(any_engine)}))
+        received, t_first, worst_lead = 0, None, 0.0
+        while True:
+            frame = await recv(ws, timeout=60)
+            if isinstance(frame, dict):
+                break
+            now = time.perf_counter()
+            t_first = t_first or now
+            received += len(frame) // 2
+            worst_lead = max(worst_lead, received / 24_000 - (now - t_first))
+        assert frame["type"] == "complete"
+        assert received / 24_000 > 0.3
+        assert worst_lead <= 0.160 + 2 * CODEC_FRAME_MS / 1000  # the lead, plus the frame being sent
+    finally:
+        await ws.close()

@@ -109,7 +109,7 @@ async def test_add_list_use_delete(live, voices_dir):
     # a deleted voice is not found by new sessions
     ws, _, _ = await open_session(live.speak_url)
     try:
-        await ws.send(json.dumps({"type": "start", "voice": "mine"}))
+        await ws.send(json.dumps({"type": "start", "voice": "mine", "pacing": "asap"}))
         assert (await recv_json(ws))["code"] == "VOICE_NOT_FOUND"
         assert (await recv_json(ws))["voice"] == "default"
     finally:
