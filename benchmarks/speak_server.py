@@ -115,7 +115,7 @@ async def measure_cancel(url: str, runs: int, pacing: str) -> dict:
 
 
 async def measure_first_audio(url: str, runs: int) -> dict:
-    ws = await _session(url, {"sampleRate": 24_000})
+    ws = await _session(url, {"sampleRate": 24_000, "pacing": "asap"})
     first = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -139,7 +139,7 @@ async def measure_sessions(url: str, pid: int, n: int = 10) -> dict:
 
     await asyncio.sleep(0.5)
     rss0, thr0, _ = snap()
-    sessions = [await _session(url, {"sampleRate": 48_000}) for _ in range(n)]
+    sessions = [await _session(url, {"sampleRate": 48_000, "pacing": "asap"}) for _ in range(n)]
     await asyncio.sleep(0.5)
     rss1, thr1, _ = snap()
     peak_threads = 0
