@@ -136,9 +136,20 @@ class LocalLLMService(LLMService):
     async def start(self, frame: StartFrame):
         await super().start(frame)
         if self._engine is None and self._load_task is None:
-            self._load_task = asyncio.ensure_future(
-                asyncio.to_thread(get_shared_engine, self._model, cache_dir=self._cache_dir)
-            )
+            self._start_loading()
+
+    def _start_loading(self) -> None:
+        self._load_task = asyncio.ensure_future(
+            asyncio.to_thread(get_shared_engine, self._model, cache_dir=self._cache_dir)
+        )
+
+        def report(task: asyncio.Future[LocalLLMEngine]) -> None:
+            # Retrieve the outcome here so a failed load is logged at start-up, not as "never retrieved" at exit;
+            # every later response reports it again as an ErrorFrame.
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.error(f"{self}: the local LLM could not be loaded: {error}")
+
+        self._load_task.add_done_callback(report)
 
     async def stop(self, frame: EndFrame):
         self._cancel_active()
@@ -159,9 +170,7 @@ class LocalLLMService(LLMService):
     async def _get_engine(self) -> LocalLLMEngine:
         if self._engine is None:
             if self._load_task is None:  # used without a StartFrame (e.g. run_inference): load now
-                self._load_task = asyncio.ensure_future(
-                    asyncio.to_thread(get_shared_engine, self._model, cache_dir=self._cache_dir)
-                )
+                self._start_loading()
             # shield: an interruption must not cancel the load itself, only this wait for it
             self._engine = await asyncio.shield(self._load_task)
         return self._engine

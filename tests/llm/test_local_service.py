@@ -132,3 +132,15 @@ async def test_unloadable_model_gives_a_clear_error_frame(tmp_path):
     errors = _kinds(up, ErrorFrame)
     assert len(errors) == 1 and "Local LLM unavailable" in errors[0].error and "no-such-model" in errors[0].error
     assert _kinds(down, LLMTextFrame) == []
+
+
+async def test_run_inference_answers_out_of_band(engine):
+    llm = LocalLLMService(engine=engine, settings=LocalLLMService.Settings(temperature=0, max_tokens=40))
+    context = LLMContext(messages=[{"role": "user", "content": QUESTION}])
+    answer = await llm.run_inference(context, max_tokens=8, system_instruction="Answer in one word.")
+    expected = engine.generate_text(
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_new_tokens=8,
+    )
+    assert answer == expected and answer
