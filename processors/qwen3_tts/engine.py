@@ -13,6 +13,7 @@ abandoned generators (``gen.close()``) so the lock is released at once. Voice cr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -115,6 +116,7 @@ class Qwen3TTSEngine:
         max_text_chars: int = MAX_TEXT_CHARS,
         loop: str = "lean",
         threads: int | None = None,
+        scheduler: Any = None,
     ):
         if first_chunk_frames < 1 or chunk_frames < 1:
             raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
@@ -123,6 +125,9 @@ class Qwen3TTSEngine:
         self.loop = loop
         self.threads = threads  # torch threads for generation (process-wide); None leaves the setting alone
         self._lean = None  # LeanTalker, built on first use
+        # batching.BatchScheduler: streams of this engine run concurrently, stepped together; the engine lock is then
+        # held only while a prompt is built
+        self.scheduler = scheduler
         self.tts_model = tts_model  # qwen_tts.Qwen3TTSModel
         self.model_id = model_id
         self.first_chunk_frames = first_chunk_frames
@@ -274,15 +279,17 @@ class Qwen3TTSEngine:
     def _stream(self, text, voice, lang, cancel, first, every, budget, generation) -> Iterator[np.ndarray]:
         stats = StreamStats(frame_budget=budget)
         t0 = time.perf_counter()
-        with self._lock:
+        batched = self.scheduler is not None
+        with contextlib.nullcontext() if batched else self._lock:
             self.last_stats = stats
             try:
-                prompt = capture_prompt(
-                    self.tts_model, text=text, language=lang,
-                    voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)], **generation,
-                )
+                with self._lock if batched else contextlib.nullcontext():
+                    prompt = capture_prompt(
+                        self.tts_model, text=text, language=lang,
+                        voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)], **generation,
+                    )
+                    decoder = self._decoder_for(voice)
                 loop = self._frame_loop(prompt, budget)
-                decoder = self._decoder_for(voice)
                 pending: list[torch.Tensor] = []
                 t_gen = 0.0
                 t_dec = 0.0
@@ -323,6 +330,8 @@ class Qwen3TTSEngine:
 
     def _frame_loop(self, prompt, budget: int):
         """The loop chosen by ``loop=``; the lean one keeps its static caches across utterances (engine lock held)."""
+        if self.scheduler is not None:
+            return self.scheduler.submit(prompt, budget)
         if self.loop == "reference":
             return FrameLoop(self.tts_model.model.talker, prompt, budget)
         if self._lean is None:

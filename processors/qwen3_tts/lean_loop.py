@@ -188,19 +188,18 @@ class DecoderStack:
         next call)."""
         same = all(s == starts[0] for s in starts)
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        if same:
+        masked = self.attention == "masked" and tokens == 1
+        if same and not masked:
             s0 = starts[0]
             cos = self.cos[s0 : s0 + tokens].view(1, tokens, 1, D)
             sin = self.sin[s0 : s0 + tokens].view(1, tokens, 1, D)
         else:
             if tokens != 1 or pos is None:
-                raise ValueError("streams at different positions step one token at a time, with `pos`")
+                raise ValueError("streams at different positions (and masked attention) step one token at a time, "
+                                 "with `pos`")
             cos = torch.index_select(self.cos, 0, pos, out=w.cos.view(batch, D)).view(batch, 1, 1, D)
             sin = torch.index_select(self.sin, 0, pos, out=w.sin.view(batch, D)).view(batch, 1, 1, D)
-        masked = self.attention == "masked" and tokens == 1
         if masked:
-            if pos is None:
-                raise ValueError("masked attention needs `pos`")
             if w.mask.shape != (batch, self.capacity):
                 w.mask = torch.empty(batch, self.capacity, dtype=torch.bool, device=self.device)
             torch.le(self._arange.unsqueeze(0), pos.unsqueeze(1), out=w.mask)  # key j visible iff j <= pos[b]
@@ -298,6 +297,8 @@ class LeanTalker:
     threads; one object is used by one thread at a time.
     """
 
+    cache_granule = CACHE_GRANULE
+
     def __init__(self, talker: torch.nn.Module, max_batch: int = 1, attention: str = "sliced"):
         self.talker = talker
         self.max_batch = max_batch
@@ -322,6 +323,7 @@ class LeanTalker:
         self.emb_sum = torch.empty(n, 1, Hd, dtype=self.dtype, device=self.device)
         self.logits0 = torch.empty(n, cfg.vocab_size, dtype=self.dtype, device=self.device)
         self.pos = torch.zeros(n, dtype=torch.long, device=self.device)
+        self._sub_tok = torch.zeros(n, dtype=torch.long, device=self.device)
         self.timings = {"prefill_s": 0.0, "talker_s": 0.0, "predictor_s": 0.0}
 
     # --- talker ---------------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class LeanTalker:
         Like upstream, the codec head runs over every prompt row (the row count changes kernels' rounding)."""
         t = time.perf_counter()
         L = inputs_embeds.shape[1]
-        self.stack.ensure_capacity(max(capacity, L + 1), CACHE_GRANULE)
+        self.stack.ensure_capacity(max(capacity, L + 1), self.cache_granule)
         w = self.stack.work(L, keep=False)
         w.x.copy_(inputs_embeds[0])
         hidden = self.stack.forward(w, 1, L, [0], slot=slot)
@@ -359,11 +361,21 @@ class LeanTalker:
             self.emb_sum[b].add_(row)
 
     # --- code predictor -------------------------------------------------------------------------------------------
-    def predict(self, n: int, hidden: torch.Tensor, token0: torch.Tensor,
-                pick: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def pick_sub(self, samplers: list["StreamSampler"], logits: torch.Tensor) -> torch.Tensor:
+        """Tokens (n,) of one sub-talker step from logits (n, V), each row with its stream's processors."""
+        if all(s.sub_greedy for s in samplers):
+            return torch.argmax(logits, dim=-1)  # what every row's (empty) processor list + argmax picks, in one call
+        if len(samplers) == 1:
+            return samplers[0].sub_token(logits)
+        out = self._sub_tok[: len(samplers)]
+        for b, s in enumerate(samplers):
+            out[b : b + 1].copy_(s.sub_token(logits[b : b + 1]))
+        return out
+
+    def predict(self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list["StreamSampler"]) -> torch.Tensor:
         """Codebooks 1..15 for streams 0..n-1 given the talker's last hidden (n, H) and codebook-0 tokens (n,).
 
-        ``pick(group, logits (n, V))`` returns the (n,) tokens of codebook ``group``. Fills ``self.codes[:n]`` and
+        Each row samples with its stream's sub-talker processors (``samplers[b]``). Fills ``self.codes[:n]`` and
         ``self.code_emb[:n]`` (the embeddings the next talker input sums) and returns ``self.codes[:n]``."""
         t = time.perf_counter()
         G, p = self.num_code_groups, self.pred
@@ -381,7 +393,7 @@ class LeanTalker:
         logits = self.lm_heads[0](h, None).view(n, 2, -1)[:, -1]
         w1 = p.work(n)
         for g in range(1, G):
-            tok = pick(g, logits)
+            tok = self.pick_sub(samplers, logits)
             codes[:, g].copy_(tok)
             torch.index_select(self.embeds[g - 1], 0, codes[:, g], out=emb[:, g])
             if g == G - 1:
@@ -427,6 +439,9 @@ class StreamSampler:
             top_k=o["subtalker_top_k"], top_p=o["subtalker_top_p"], device=self.device,
         )  # fmt: skip
         self.sub_sample = bool(o["subtalker_dosample"])
+        self.sub_greedy = not self.sub_sample and len(self.sub_procs) == 0
+        # what the sub-talker's sampling depends on (CUDA graphs are captured per combination)
+        self.sub_key = (self.sub_sample, o["subtalker_temperature"], o["subtalker_top_k"], o["subtalker_top_p"])
         self.generated = torch.zeros(1, self.max_frames + 2, dtype=torch.long, device=self.device)
         self._no_ids = self.generated[:, :0]
 
@@ -485,7 +500,7 @@ class LeanFrameLoop:
         hidden, logits = lean.prefill(0, prompt.inputs_embeds, L + self.max_frames + 1)
         token = sampler.talker_token(logits)
         frame = 0
-        pick = lambda g, lg: sampler.sub_token(lg)  # noqa: E731
+        samplers = [sampler]
         while True:
             if int(token) == sampler.eos:
                 return
@@ -495,7 +510,7 @@ class LeanFrameLoop:
             if cancel is not None and cancel.is_set():
                 self.cancelled = True
                 return
-            codes = lean.predict(1, hidden, token, pick)
+            codes = lean.predict(1, hidden, token, samplers)
             out[frame].copy_(codes[0])
             yield out[frame]
             if cancel is not None and cancel.is_set():

@@ -10,7 +10,8 @@ int8 1. Options:
 * ``quantize="int8"``: weight-only int8 (symmetric, per output channel) for every linear of the talker layers, the
   code predictor layers and both heads; activations stay in the model dtype (``_weight_int8pack_mm`` wants bf16).
 * ``quantize="int8-dynamic"``: torch.ao dynamic quantisation (fbgemm): int8 weights per channel AND activations
-  quantised per call; fp32 model. Fastest int8 kernel on x86 here, coarsest numerics.
+  quantised per call; fp32 model. Fastest int8 kernel on x86 here, coarsest numerics. torch.ao quantisation is
+  deprecated upstream in favour of torchao (not a dependency here); it works in torch 2.13 and may go away later.
 
 Embeddings, norms and the text projection stay as loaded. Quality on real weights is UNVERIFIED (real weights cannot
 be downloaded here); ``benchmarks/tts.py`` measures drift against fp32 on the full-size random model.
@@ -29,10 +30,10 @@ from torch import nn
 QUANTIZE_MODES = (None, "int8", "int8-dynamic")
 
 
-def bf16_supported() -> bool:
-    """True when bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16 / AMX-BF16)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+def bf16_supported(device: str | torch.device = "cpu") -> bool:
+    """True when bf16 matmuls run natively on ``device`` (a CUDA GPU with bf16, a CPU with AVX512-BF16 / AMX-BF16)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -93,13 +94,13 @@ def quantize_talker(talker: nn.Module, mode: str | None) -> int:
     if mode is None:
         return 0
     act = talker.model.norm.weight.dtype
+    if talker.model.norm.weight.device.type != "cpu":
+        raise ValueError("the int8 kernels here are CPU-only (fbgemm, _weight_int8pack_mm); on a GPU use dtype=bf16")
     if mode == "int8-dynamic":
         if act != torch.float32:
             raise ValueError("int8-dynamic quantises fp32 activations: load the model with dtype=float32")
-        if str(talker.model.norm.weight.device) != "cpu":
-            raise ValueError("int8-dynamic (fbgemm) is CPU-only; use quantize='int8' on a GPU")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's deprecation notice (torchao is not a dependency here)
+            warnings.simplefilter("ignore")
             from torch.ao.nn.quantized.dynamic import Linear as DynLinear
             from torch.ao.quantization import per_channel_dynamic_qconfig
 
@@ -107,7 +108,7 @@ def quantize_talker(talker: nn.Module, mode: str | None) -> int:
                 lin.qconfig = per_channel_dynamic_qconfig
                 return DynLinear.from_float(lin)
     else:
-        if act == torch.float32 and torch.device(talker.model.norm.weight.device).type == "cpu":
+        if act == torch.float32:
             # the int8 kernel is fast with bf16 activations only; fp32 models quantise through bf16 activations
             act = torch.bfloat16 if bf16_supported() else torch.float32
 
@@ -115,11 +116,13 @@ def quantize_talker(talker: nn.Module, mode: str | None) -> int:
             return Int8Linear(lin, act)
 
     n = 0
-    for parent, name in _loop_linears(talker):
-        lin = getattr(parent, name)
-        if isinstance(lin, nn.Linear):
-            setattr(parent, name, convert(lin))
-            n += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices: see the module docstring
+        for parent, name in _loop_linears(talker):
+            lin = getattr(parent, name)
+            if isinstance(lin, nn.Linear):
+                setattr(parent, name, convert(lin))
+                n += 1
     return n
 
 
@@ -132,8 +135,8 @@ class _Dense:
     """fp32 (and bf16 without native support): exactly upstream's ``F.linear`` arithmetic, written into ``out``."""
 
     def __init__(self, lin: nn.Linear):
-        self.wt = lin.weight.t()
-        self.bias = lin.bias
+        self.wt = lin.weight.detach().t()
+        self.bias = None if lin.bias is None else lin.bias.detach()
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         if self.bias is not None:
@@ -146,7 +149,7 @@ class _PackedBF16:
 
     def __init__(self, lin: nn.Linear):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), 1)
-        self.bias = lin.bias
+        self.bias = None if lin.bias is None else lin.bias.detach()
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
