@@ -83,21 +83,27 @@ class EngineSTTService(SegmentedSTTService):
         interim_max_s: float = 15.0,
         sample_rate: int | None = None,
         trailing_silence_secs: float = 0.5,
-        ttfs_p99_latency: float | None = DEFAULT_TTFS_P99,
+        ttfs_p99_latency: float | None = None,
         max_segment_s: float = STT_MAX_SEGMENT_SECONDS,
         **kwargs: Any,
     ):
         """``interim_interval_s``: re-transcribe the growing utterance after about this much new speech (None or
         <= 0: off). ``sample_rate``: the rate audio is buffered at (default: the pipeline's input rate).
-        ``ttfs_p99_latency``: speech end -> final transcript P99 that turn-stop strategies wait for (seconds).
+        ``ttfs_p99_latency``: speech end -> final transcript P99 that turn-stop strategies wait for (seconds;
+        default: the engine's ``ttfs_p99_s``, else pipecat's 1.0).
         ``max_segment_s``: longer utterances are transcribed in pieces of at most this length."""
         if interim_interval_s is not None and interim_interval_s <= 0:
             interim_interval_s = None
         super().__init__(
             sample_rate=sample_rate,
             trailing_silence_secs=trailing_silence_secs,
-            ttfs_p99_latency=ttfs_p99_latency,
-            settings=STTSettings(model=engine.name, language=getattr(engine, "language", None)),
+            ttfs_p99_latency=(
+                ttfs_p99_latency if ttfs_p99_latency is not None else getattr(engine, "ttfs_p99_s", DEFAULT_TTFS_P99)
+            ),
+            settings=STTSettings(
+                model=getattr(engine, "model_name", None) or getattr(engine, "name", type(engine).__name__),
+                language=getattr(engine, "language", None),
+            ),
             **kwargs,
         )
         self._engine = engine

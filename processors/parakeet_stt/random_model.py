@@ -11,6 +11,7 @@ instantiates a full-size random model for timing (never used in unit tests: ~620
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,15 @@ def _train_tokenizer(out_dir: Path, vocab_size: int) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
-    corpus.write_text(_CORPUS * 20, encoding="utf-8")
+    text = _CORPUS * 20
+    if vocab_size > 64:  # the sentences support ~100 merges; pseudo-words give BPE enough to reach real sizes
+        rng = random.Random(vocab_size)
+        letters = "etaoinshrdlcumwfgypbvkjxqz"
+        weights = [26 - i for i in range(26)]
+        lines = (" ".join("".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(12))
+                 for _ in range(vocab_size * 4))
+        text += "\n".join(lines) + "\n"
+    corpus.write_text(text, encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(corpus),
         model_prefix=str(out_dir / "tokenizer"),

@@ -16,9 +16,6 @@ from processors.segmented_stt import EngineSTTService
 
 from .engine import PocketsphinxEngine
 
-# Speech end -> final transcript P99: VAD stop_secs 0.2 + a pass over utterance and padding at RTF 0.13-0.26.
-POCKETSPHINX_TTFS_P99 = 1.0
-
 
 class PocketsphinxSTTService(EngineSTTService):
     """PocketSphinx as a pipecat 1.14 segmented STT service (weak fallback; see module docstring)."""
@@ -27,9 +24,8 @@ class PocketsphinxSTTService(EngineSTTService):
         self,
         *,
         engine: PocketsphinxEngine | None = None,
-        ttfs_p99_latency: float | None = POCKETSPHINX_TTFS_P99,
         **kwargs: Any,
     ):
         """``engine``: this session's own ``PocketsphinxEngine`` (a new one is made if omitted; do not share one
         between sessions). Other arguments go to ``EngineSTTService``."""
-        super().__init__(engine or PocketsphinxEngine(), ttfs_p99_latency=ttfs_p99_latency, **kwargs)
+        super().__init__(engine or PocketsphinxEngine(), **kwargs)

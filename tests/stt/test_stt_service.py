@@ -213,6 +213,15 @@ async def test_muted_service_transcribes_nothing():
     assert not of_type(down, TranscriptionFrame)
 
 
+def test_turn_latency_hint_and_model_come_from_the_engine(parakeet_engine, tiny_nemo):
+    stt = ParakeetSTTService(engine=parakeet_engine)
+    meta = stt.service_metadata_frame()
+    assert meta.ttfs_p99_latency == parakeet_engine.ttfs_p99_s == 1.5  # CPU
+    assert stt._settings.model == str(tiny_nemo)
+    assert PocketsphinxSTTService().service_metadata_frame().ttfs_p99_latency == 1.0
+    assert ParakeetSTTService(engine=parakeet_engine, ttfs_p99_latency=0.7).service_metadata_frame().ttfs_p99_latency == 0.7
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_non_positive_interim_interval_means_off(parakeet_engine, bad):
     assert ParakeetSTTService(engine=parakeet_engine, interim_interval_s=bad)._interim_interval_s is None
