@@ -57,7 +57,10 @@ class BatchedStream:
         self.out: torch.Tensor | None = None
 
     def frames(self, cancel: threading.Event | None = None) -> Iterator[torch.Tensor]:
-        """Frames as the scheduler makes them, until EOS, the budget or cancel (``cancel`` or the submit-time one)."""
+        """Frames as the scheduler makes them, until EOS, the budget or cancel (``cancel`` or the submit-time one).
+
+        After cancel nothing more is delivered, and the worker generates at most one more frame for this stream (it
+        checks cancel at every step)."""
         if self._started:
             raise RuntimeError("a BatchedStream can be iterated once")
         self._started = True
@@ -66,6 +69,9 @@ class BatchedStream:
             while True:
                 if cancel is not None and cancel.is_set():
                     self.cancel_event.set()
+                if self.cancel_event.is_set():
+                    self.cancelled = True  # frames already queued are dropped: nothing is delivered after cancel
+                    break
                 try:
                     item = self._queue.get(timeout=0.05)
                 except queue.Empty:
@@ -73,8 +79,6 @@ class BatchedStream:
                 if item is _DONE:
                     break
                 yield item
-                if cancel is not None and cancel.is_set():
-                    self.cancel_event.set()
         finally:
             self.cancel_event.set()  # a closed generator stops its stream at the next step
         if self.error is not None:
@@ -215,6 +219,9 @@ class BatchScheduler:
                 self.lean.stack.copy_slot(s.slot, new_slot, length)
                 hidden[new_slot].copy_(hidden[s.slot])
                 self.lean.pos[new_slot] = self.lean.pos[s.slot]
+                # this frame's code embeddings (the next talker input sums them when removal follows the predictor)
+                self.lean.code_emb[new_slot].copy_(self.lean.code_emb[s.slot])
+                self.lean.codes[new_slot].copy_(self.lean.codes[s.slot])
                 s.slot = new_slot
         self._active = keep
 
