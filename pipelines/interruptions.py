@@ -1,0 +1,407 @@
+"""Interruption policy that pipecat 1.14 lacks, built on its own hooks.
+
+* ``EchoGuardUserTurnStartStrategy`` — a user-turn *start* strategy. During the bot's first moments of speech
+  (``window_s`` after ``BotStartedSpeakingFrame``) a VAD start does not open a user turn at once: the speech must last
+  ``min_speech_s`` (counted in audio from its onset, i.e. VAD start minus the VAD's ``start_secs``) or an interim
+  transcript must reach ``min_words`` words. A shorter burst (the bot's own voice coming back through a speakerphone before the
+  client's echo canceller has converged, a "mhm") is dropped together with its transcript. Outside the window it
+  passes every frame on, so pipecat's ``VADUserTurnStartStrategy`` / ``TranscriptionUserTurnStartStrategy`` behind
+  it decide as usual. It sits first in ``UserTurnStrategies.start``.
+
+* ``FalseInterruptionUserTurnStopStrategy`` + ``ReplyResumer`` — false-interruption recovery. A user turn that has
+  produced no words ``timeout_s`` after the user went quiet (a cough, a door) is ended by the stop strategy
+  (pipecat would keep it open for ``user_turn_stop_timeout`` and, meanwhile, ignore the next real barge-in because a
+  turn is already open). It then pushes a ``FalseInterruptionFrame`` downstream. ``ReplyResumer`` sits between the
+  LLM and the TTS: it has seen the reply's text, and learns the words actually played from the assistant
+  aggregator (which built them from the TTS word timestamps released by the output transport as the audio played).
+  It re-sends the unspoken remainder as a reply of its own (``ResumedResponseStartFrame`` ... ``LLMFullResponseEndFrame``),
+  so TTS, output and context treat it like any reply, and afterwards joins the two halves into one assistant
+  message. If nothing had been generated yet (the user coughed while the bot was thinking) it asks the LLM to run
+  again instead. pipecat's own ``EmptyUserTurnConfig`` recovery (an LLM call "ask the user to repeat") must be off
+  when this is on; ``pipelines.policy`` does that.
+
+* ``IdleInterruptionFilter`` — pipecat broadcasts an ``InterruptionFrame`` at every user-turn start, bot speaking or
+  not, and output transports forward it to the client (Twilio gets a ``clear``, browsers an interruption event).
+  Placed just before ``transport.output()``, this drops the frame when nothing of a reply is downstream of it
+  (no reply open, no bot audio unplayed), so the client hears about interruptions only when there was something
+  to interrupt. Everything upstream (LLM, TTS) has already handled the frame by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    ControlFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMRunFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import ProcessingMetricsData
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
+from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+
+@dataclass
+class FalseInterruptionFrame(ControlFrame):
+    """The user turn that interrupted the bot produced no words: resume the interrupted reply (if any)."""
+
+
+@dataclass
+class ResumedResponseStartFrame(LLMFullResponseStartFrame):
+    """Starts a reply that re-sends the unspoken remainder of an interrupted one (not a new LLM answer)."""
+
+
+def _words_in(frame: Frame) -> int:
+    return len(getattr(frame, "text", "").split())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Echo guard
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class EchoGuardUserTurnStartStrategy(BaseUserTurnStartStrategy):
+    """Requires sustained speech (or words) to start a user turn during the bot's first moments of speech.
+
+    Time is measured in audio, not on the wall clock: the window is the user audio received since the
+    ``BotStartedSpeakingFrame``, and after a held VAD start the ``InputAudioRawFrame``s the user aggregator processes
+    are counted until ``min_speech_s - start_secs`` (the VAD start already took ``start_secs`` of speech) have passed
+    without a VAD stop. A stalled event loop or a replay faster than real time therefore changes nothing. With Silero's own ~0.15 s detection lag and ``stop_secs`` = 0.2, bursts shorter than about
+    ``min_speech_s - 0.05`` s are dropped (measured: a 0.4 s word stays below, 0.5 s of speech interrupts).
+    """
+
+    def __init__(self, *, window_s: float = 1.5, min_speech_s: float = 0.5, min_words: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.window_s = window_s
+        self.min_speech_s = min_speech_s
+        self.min_words = min_words
+        self._bot_speech_s: float | None = None  # input audio since BotStartedSpeakingFrame; None: bot not speaking
+        self._turn_active = False
+        self._held = False  # a VAD start is being held back (speech still running, not yet sustained)
+        self._held_audio_s = 0.0  # audio processed since the held VAD start
+        self._needed_s = 0.0
+        self._suppressed = False  # the held segment ended too soon: its transcript is dropped too
+        self.suppressed_segments = 0  # for tests and diagnostics
+
+    def _guarding(self) -> bool:
+        return self._bot_speech_s is not None and not self._turn_active and self._bot_speech_s < self.window_s
+
+    async def handle_user_turn_started(self):
+        self._turn_active = True
+        self._held = False
+        self._suppressed = False
+
+    async def handle_user_turn_stopped(self):
+        self._turn_active = False
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, InputAudioRawFrame):
+            seconds = frame.num_frames / frame.sample_rate
+            if self._bot_speech_s is not None:
+                self._bot_speech_s += seconds
+            if self._held:
+                self._held_audio_s += seconds
+                if self._held_audio_s >= self._needed_s - 1e-9:
+                    await self._start_turn("sustained speech")
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speech_s = 0.0
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speech_s = None
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._suppressed = False
+            if self._guarding():
+                self._held = True
+                self._held_audio_s = 0.0
+                self._needed_s = max(0.0, self.min_speech_s - (frame.start_secs or 0.0))
+                return ProcessFrameResult.STOP  # keep VADUserTurnStartStrategy from starting the turn now
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            if self._held:  # the speech ended before it was sustained: echo or a backchannel
+                self._held = False
+                self._suppressed = True
+                self.suppressed_segments += 1
+                logger.debug(f"{self}: speech too short during the bot's first moments; not interrupting")
+        elif isinstance(frame, (InterimTranscriptionFrame, TranscriptionFrame)):
+            if self._held:
+                if isinstance(frame, InterimTranscriptionFrame) and _words_in(frame) >= self.min_words:
+                    await self._start_turn("interim words")
+                    return ProcessFrameResult.STOP
+                await self.trigger_reset_aggregation()
+                return ProcessFrameResult.STOP
+            if self._suppressed:
+                if isinstance(frame, TranscriptionFrame):  # the dropped segment's final transcript
+                    self._suppressed = False
+                await self.trigger_reset_aggregation()
+                return ProcessFrameResult.STOP
+        return ProcessFrameResult.CONTINUE
+
+    async def _start_turn(self, why: str):
+        self._held = False
+        logger.debug(f"{self}: user turn starts during the bot's first moments ({why})")
+        await self.trigger_user_turn_started()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# False-interruption recovery
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
+    """Ends a user turn that produced no words ``timeout_s`` after the user went quiet, and asks for a resume.
+
+    ``stt_name``: the STT service's processor name. The segmented STT transcribes one segment per VAD stop and
+    reports its processing time (``MetricsFrame``) when done, words or not; with the name known, a decision due while
+    the STT is still working on the turn's speech waits for it (up to ``stt_grace_s`` more: it always answers unless
+    it broke). Resuming over words the STT is about to deliver would be worse than resuming late (a CPU fallback STT
+    can take longer than ``timeout_s``). Without the name, the decision is made at ``timeout_s``.
+    """
+
+    def __init__(self, *, timeout_s: float = 1.5, stt_name: str | None = None, stt_grace_s: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.timeout_s = timeout_s
+        self.stt_name = stt_name
+        self.stt_grace_s = stt_grace_s
+        self._turn_active = False
+        self._user_speaking = False
+        self._heard_words = False
+        self._stt_pending = 0  # VAD-bounded segments the STT has not finished yet
+        self._stt_idle = asyncio.Event()
+        self._stt_idle.set()
+        self._timer: asyncio.Task | None = None
+        self.false_interruptions = 0  # for tests and diagnostics
+
+    async def handle_user_turn_started(self):
+        self._turn_active = True
+        self._heard_words = False
+        await self._cancel_timer()
+        if not self._user_speaking:  # a turn opened after the speech ended (e.g. by a transcript)
+            self._arm()
+
+    async def handle_user_turn_stopped(self):
+        self._turn_active = False
+        await self._cancel_timer()
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._cancel_timer()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._user_speaking = True
+            await self._cancel_timer()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._user_speaking = False
+            if self.stt_name:
+                self._stt_pending += 1
+                self._stt_idle.clear()
+            self._arm()
+        elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)) and frame.text.strip():
+            self._heard_words = True
+            await self._cancel_timer()
+        elif isinstance(frame, MetricsFrame) and self.stt_name:
+            if any(isinstance(d, ProcessingMetricsData) and d.processor == self.stt_name for d in frame.data):
+                self._stt_pending = max(0, self._stt_pending - 1)
+                if self._stt_pending == 0:
+                    self._stt_idle.set()
+        return ProcessFrameResult.CONTINUE
+
+    def _arm(self):
+        if not self._turn_active or self._heard_words or self._timer:
+            return
+        self._timer = self.task_manager.create_task(self._expire(), f"{self}::false_interruption")
+
+    async def _expire(self):
+        try:
+            await asyncio.sleep(self.timeout_s)
+            if not self._stt_idle.is_set():
+                try:
+                    await asyncio.wait_for(self._stt_idle.wait(), self.stt_grace_s)
+                except asyncio.TimeoutError:
+                    logger.warning(f"{self}: the STT is still busy {self.stt_grace_s:g} s after the timeout")
+                # its MetricsFrame (a system frame) overtakes the TranscriptionFrame it pushed just after it
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            return
+        self._timer = None
+        if not self._turn_active or self._heard_words or self._user_speaking:
+            return
+        self.false_interruptions += 1
+        logger.info(f"{self}: no words {self.timeout_s:g} s after the user went quiet: false interruption")
+        await self.push_frame(FalseInterruptionFrame())
+        await self.trigger_user_turn_stopped()
+
+    async def _cancel_timer(self):
+        timer, self._timer = self._timer, None
+        if timer and timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(timer)
+
+
+_TOKEN = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def _norm(word: str) -> str:
+    return _TOKEN.sub("", word.lower())
+
+
+def unspoken_remainder(reply: str, played: str, lookahead: int = 3) -> str:
+    """The words of ``reply`` after those in ``played`` (the played words are a prefix of the reply, word by word,
+    up to punctuation and case; small mismatches are skipped over). Whitespace is normalised to single spaces."""
+    words = reply.split()
+    heard = [_norm(w) for w in played.split() if _norm(w)]
+    i = 0
+    for h in heard:
+        for k in range(i, min(i + 1 + lookahead, len(words))):
+            if _norm(words[k]) == h:
+                i = k + 1
+                break
+        else:
+            i += 1  # no match nearby: count it as one word
+        if i >= len(words):
+            return ""
+    return " ".join(words[i:])
+
+
+@dataclass
+class _Interrupted:
+    text: str  # the whole reply text generated so far
+    played: str | None = None  # the words played before the interruption (None: no assistant turn reported)
+
+
+class ReplyResumer(FrameProcessor):
+    """Between the LLM and the TTS: re-sends the unspoken remainder of a reply after a ``FalseInterruptionFrame``.
+
+    ``context`` and ``assistant`` are the pipeline's ``LLMContext`` and ``LLMAssistantAggregator``: the aggregator's
+    ``on_assistant_turn_stopped`` event reports the words actually played, and the context is where the two halves of
+    a resumed reply are joined back into one assistant message.
+    """
+
+    def __init__(self, *, context: LLMContext, assistant, **kwargs):
+        super().__init__(**kwargs)
+        self._context = context
+        self._reply: list[str] = []  # text of the reply in progress
+        self._reply_active = False  # a reply passed here and has not finished playing
+        self._interrupted: _Interrupted | None = None
+        self._merge_next_turn = False  # the next assistant turn continues the previous assistant message
+        self.resumed: list[str] = []  # remainders re-sent (for tests and diagnostics)
+        assistant.add_event_handler("on_assistant_turn_stopped", self._on_assistant_turn_stopped)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, LLMFullResponseStartFrame) and not frame.skip_tts:
+                self._start_reply()
+            elif isinstance(frame, LLMTextFrame) and not frame.skip_tts:
+                self._reply.append(frame.text)
+            elif isinstance(frame, InterruptionFrame):
+                if self._reply_active:
+                    self._interrupted = _Interrupted(text="".join(self._reply))
+                    self._reply_active = False
+            elif isinstance(frame, FalseInterruptionFrame):
+                await self._resume()
+                return  # consumed here
+        await self.push_frame(frame, direction)
+
+    def _start_reply(self):
+        self._reply = []
+        self._reply_active = True
+        self._interrupted = None  # a new answer supersedes any pending resume
+        self._merge_next_turn = False
+
+    async def _on_assistant_turn_stopped(self, _aggregator, message):
+        if self._interrupted is not None and self._interrupted.played is None:
+            self._interrupted.played = message.content or ""
+        elif not message.interrupted:
+            self._reply_active = False  # the reply finished playing
+        if self._merge_next_turn:
+            self._merge_next_turn = False
+            self._join_last_assistant_messages(message.content or "")
+
+    def _join_last_assistant_messages(self, continuation: str):
+        messages = list(self._context.get_messages())
+        if len(messages) < 2 or not continuation:
+            return
+        last, prev = messages[-1], messages[-2]
+        if (
+            last.get("role") == "assistant"
+            and prev.get("role") == "assistant"
+            and isinstance(last.get("content"), str)
+            and isinstance(prev.get("content"), str)
+        ):
+            joined = {**prev, "content": f"{prev['content'].rstrip()} {last['content'].lstrip()}".strip()}
+            self._context.set_messages([*messages[:-2], joined])
+
+    async def _resume(self):
+        pending, self._interrupted = self._interrupted, None
+        if pending is None:
+            return
+        played = pending.played or ""
+        remainder = unspoken_remainder(pending.text, played)
+        if not remainder:
+            if not pending.text.strip():
+                logger.info(f"{self}: false interruption before any reply text; running the LLM again")
+                await self.push_frame(LLMRunFrame(), FrameDirection.UPSTREAM)
+            return
+        logger.info(f"{self}: false interruption; resuming with {remainder!r}")
+        self.resumed.append(remainder)
+        self._reply = [remainder]
+        self._reply_active = True
+        self._merge_next_turn = bool(played.strip())
+        await self.push_frame(ResumedResponseStartFrame())
+        await self.push_frame(LLMTextFrame(remainder))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# No interruption frames to an idle client
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class IdleInterruptionFilter(FrameProcessor):
+    """Just before the output transport: drops ``InterruptionFrame``s when no reply is downstream of it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._reply_open = False  # between LLMFullResponseStartFrame and LLMFullResponseEndFrame
+        self._audio_unplayed = False  # TTS audio passed and the output has not reported the bot stopped
+        self.dropped = 0  # for tests and diagnostics
+
+    @property
+    def idle(self) -> bool:
+        return not (self._reply_open or self._audio_unplayed)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, InterruptionFrame):
+                if self.idle:
+                    self.dropped += 1
+                    return
+                self._reply_open = self._audio_unplayed = False  # everything downstream is reset by it
+            elif isinstance(frame, LLMFullResponseStartFrame):
+                self._reply_open = True
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                self._reply_open = False
+            elif isinstance(frame, (TTSStartedFrame, TTSAudioRawFrame)):
+                self._audio_unplayed = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._audio_unplayed = False
+        await self.push_frame(frame, direction)

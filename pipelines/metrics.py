@@ -1,0 +1,339 @@
+"""Per-turn voice-to-voice latency with its breakdown, and barge-in stop latency, as a pipecat observer.
+
+Times are seconds on the pipeline clock (``FramePushed.timestamp``), the same clock the virtual transport records
+with, so observer and transport timelines line up.
+
+One ``TurnMetrics`` per user turn (``UserStartedSpeakingFrame`` from the user aggregator):
+
+    speech_end ─ vad_stop ─ user_turn_end ─ llm_request ─ first_sentence ─ tts_first_audio ─ bot_started
+                  (transcript_at somewhere after vad_stop)
+
+* ``vad_stop_wait``      speech end -> ``VADUserStoppedSpeakingFrame`` (VAD ``stop_secs`` + Silero's own lag;
+                          ``speech_end`` is ``vad_stop - stop_secs`` unless ground truth is applied)
+* ``turn_end_wait``      VAD stop -> end of the user turn (stop strategy: speech timeout / Smart Turn; for a
+                          segmented STT it includes waiting for the transcript)
+* ``stt``                VAD stop -> final ``TranscriptionFrame`` (overlaps ``turn_end_wait``)
+* ``llm_first_sentence`` ``LLMContextFrame`` -> the TTS starts the first sentence (``TTSStartedFrame`` /
+                          ``AggregatedTextFrame``): model TTFB + tokens up to the first sentence end
+* ``tts_first_audio``    first sentence -> first ``TTSAudioRawFrame`` out of the TTS
+* ``output``             first TTS audio -> ``BotStartedSpeakingFrame`` (output transport queue/chunking)
+* ``voice_to_voice``     speech end -> ``BotStartedSpeakingFrame`` (the first bot audio handed to the client)
+
+``BargeInMetrics`` when a user turn starts while the bot is speaking: speech onset (VAD start minus ``start_secs``,
+or ground truth), VAD start, the ``InterruptionFrame`` leaving the user aggregator and reaching the output, and the
+end of the last bot audio chunk the output transport wrote (its push after the write: the write paces playback, so
+this is when the client's audio actually stopped). ``stop_latency_from_vad`` / ``stop_latency_from_onset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    OutputAudioRawFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
+
+from .interruptions import ResumedResponseStartFrame
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+@dataclass
+class BargeInMetrics:
+    """How fast the bot went quiet when the user spoke over it (seconds, pipeline clock)."""
+
+    vad_start: float
+    speech_onset: float  # vad_start - VAD start_secs, or ground truth
+    interruption: float | None = None  # InterruptionFrame broadcast by the user aggregator
+    interruption_at_output: float | None = None  # ... reaching the output transport
+    last_bot_audio: float | None = None  # end of the last bot audio chunk written after (or just before) it
+    _open: bool = field(default=True, repr=False)
+
+    @property
+    def stop_latency_from_vad(self) -> float | None:
+        return _diff(self.vad_start, self.last_bot_audio)
+
+    @property
+    def stop_latency_from_onset(self) -> float | None:
+        return _diff(self.speech_onset, self.last_bot_audio)
+
+
+@dataclass
+class TurnMetrics:
+    """One user turn and the bot's answer to it (seconds, pipeline clock; None = did not happen)."""
+
+    index: int
+    user_turn_start: float
+    vad_start: float | None = None
+    speech_start: float | None = None
+    vad_stop: float | None = None
+    speech_end: float | None = None
+    user_turn_end: float | None = None
+    transcript_at: float | None = None
+    transcript: str = ""
+    llm_request_at: float | None = None
+    llm_first_text_at: float | None = None
+    first_sentence_at: float | None = None
+    tts_first_audio_at: float | None = None
+    bot_started_at: float | None = None
+    interrupted_bot: bool = False  # the turn started while the bot was speaking
+    resumed: bool = False  # the answer was the resumed remainder of the interrupted reply (false interruption)
+    barge_in: BargeInMetrics | None = None
+
+    @property
+    def vad_stop_wait(self) -> float | None:
+        return _diff(self.speech_end, self.vad_stop)
+
+    @property
+    def turn_end_wait(self) -> float | None:
+        return _diff(self.vad_stop, self.user_turn_end)
+
+    @property
+    def stt(self) -> float | None:
+        return _diff(self.vad_stop, self.transcript_at)
+
+    @property
+    def llm_ttfb(self) -> float | None:
+        return _diff(self.llm_request_at, self.llm_first_text_at)
+
+    @property
+    def llm_first_sentence(self) -> float | None:
+        return _diff(self.llm_request_at, self.first_sentence_at)
+
+    @property
+    def tts_first_audio(self) -> float | None:
+        return _diff(self.first_sentence_at, self.tts_first_audio_at)
+
+    @property
+    def output(self) -> float | None:
+        return _diff(self.tts_first_audio_at, self.bot_started_at)
+
+    @property
+    def voice_to_voice(self) -> float | None:
+        return _diff(self.speech_end, self.bot_started_at)
+
+    def breakdown(self) -> dict[str, float | None]:
+        return {
+            "voice_to_voice": self.voice_to_voice,
+            "vad_stop_wait": self.vad_stop_wait,
+            "turn_end_wait": self.turn_end_wait,
+            "stt": self.stt,
+            "llm_ttfb": self.llm_ttfb,
+            "llm_first_sentence": self.llm_first_sentence,
+            "tts_first_audio": self.tts_first_audio,
+            "output": self.output,
+        }
+
+    def summary(self) -> str:
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v * 1000:.0f}"
+
+        parts = " ".join(f"{k}={ms(v)}" for k, v in self.breakdown().items())
+        text = f" transcript={self.transcript!r}" if self.transcript else ""
+        flags = " resumed" if self.resumed else ""
+        return f"turn {self.index}: {parts} (ms){flags}{text}"
+
+
+class VoiceMetricsObserver(BaseObserver):
+    """Collects ``TurnMetrics`` (``.turns``) from the frames the pipeline pushes; logs each turn and barge-in.
+
+    ``bind`` tells it which processors are the user aggregator, STT, LLM, TTS, output transport (and the reply
+    resumer): frames are attributed by their source, so duplicates of broadcast frames are not double-counted.
+    """
+
+    def __init__(self, *, log: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.turns: list[TurnMetrics] = []
+        self._log = log
+        self._roles: dict[int, str] = {}
+        self._vad_start: tuple[float, float] | None = None  # (time, start_secs)
+        self._bot_speaking = False
+        self._reply_in_flight = False  # an LLM reply / resume started and the bot has not stopped since
+        self._last_audio_out: float | None = None
+        self._open_barge_in: BargeInMetrics | None = None
+
+    def bind(self, **processors: Any) -> None:
+        """``user=``, ``stt=``, ``llm=``, ``tts=``, ``output=``, ``resumer=`` (any may be None)."""
+        for role, processor in processors.items():
+            if processor is not None:
+                self._roles[id(processor)] = role
+
+    @property
+    def current(self) -> TurnMetrics | None:
+        return self.turns[-1] if self.turns else None
+
+    @property
+    def barge_ins(self) -> list[BargeInMetrics]:
+        return [t.barge_in for t in self.turns if t.barge_in is not None]
+
+    async def on_push_frame(self, data: FramePushed):
+        source = self._roles.get(id(data.source))
+        if source is None:
+            if isinstance(data.frame, InterruptionFrame) and self._roles.get(id(data.destination)) == "output":
+                self._interruption_at_output(data.timestamp / 1e9)
+            return
+        frame, t = data.frame, data.timestamp / 1e9
+        down = data.direction == FrameDirection.DOWNSTREAM
+        if isinstance(frame, InterruptionFrame) and self._roles.get(id(data.destination)) == "output":
+            self._interruption_at_output(t)
+        handler = getattr(self, f"_on_{source}", None)
+        if handler is not None and down:
+            handler(frame, t)
+
+    # -- per source --------------------------------------------------------------------------------------------
+
+    def _on_user(self, frame, t: float) -> None:
+        turn = self.current
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._vad_start = (t, frame.start_secs or 0.0)
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            if turn is not None and turn.user_turn_end is None:
+                turn.vad_stop = t
+                turn.speech_end = t - (frame.stop_secs or 0.0)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._start_turn(t)
+        elif isinstance(frame, InterruptionFrame):
+            if turn is not None and turn.barge_in is not None and turn.barge_in.interruption is None:
+                turn.barge_in.interruption = t
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            if turn is not None and turn.user_turn_end is None:
+                turn.user_turn_end = t
+        elif isinstance(frame, LLMContextFrame):
+            if turn is not None and turn.llm_request_at is None:
+                turn.llm_request_at = t
+                # the aggregator runs the LLM just before it announces the turn's end
+                turn.user_turn_end = turn.user_turn_end or t
+                self._reply_in_flight = True
+
+    def _on_stt(self, frame, t: float) -> None:
+        turn = self.current
+        if turn is None or turn.llm_request_at is not None:
+            return
+        if isinstance(frame, TranscriptionFrame) and frame.text.strip():
+            turn.transcript_at = t
+            turn.transcript = f"{turn.transcript} {frame.text.strip()}".strip()
+        elif isinstance(frame, InterimTranscriptionFrame):
+            pass
+
+    def _on_llm(self, frame, t: float) -> None:
+        turn = self.current
+        if isinstance(frame, LLMTextFrame) and turn is not None and turn.llm_request_at is not None:
+            if turn.llm_first_text_at is None:
+                turn.llm_first_text_at = t
+
+    def _on_resumer(self, frame, t: float) -> None:
+        turn = self.current
+        if isinstance(frame, ResumedResponseStartFrame) and turn is not None:
+            turn.resumed = True
+            turn.llm_request_at = turn.llm_request_at or t
+            self._reply_in_flight = True
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self._reply_in_flight = True
+
+    def _on_tts(self, frame, t: float) -> None:
+        turn = self.current
+        if isinstance(frame, (TTSStartedFrame, LLMFullResponseStartFrame)):
+            self._close_barge_in()
+        if turn is None or turn.llm_request_at is None:
+            return
+        if isinstance(frame, TTSStartedFrame) or (isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame)):
+            if turn.first_sentence_at is None:
+                turn.first_sentence_at = t
+        elif isinstance(frame, TTSAudioRawFrame) and turn.tts_first_audio_at is None:
+            turn.tts_first_audio_at = t
+
+    def _on_output(self, frame, t: float) -> None:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            turn = self.current
+            if turn is not None and turn.llm_request_at is not None and turn.bot_started_at is None:
+                turn.bot_started_at = t
+                if self._log:
+                    logger.info(f"voice metrics: {turn.summary()}")
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            self._reply_in_flight = False
+        elif isinstance(frame, OutputAudioRawFrame):
+            self._last_audio_out = t
+            if self._open_barge_in is not None:
+                self._open_barge_in.last_bot_audio = t
+
+    # -- turns and barge-ins -----------------------------------------------------------------------------------
+
+    def _start_turn(self, t: float) -> None:
+        self._close_barge_in()
+        turn = TurnMetrics(index=len(self.turns), user_turn_start=t)
+        if self._vad_start is not None and t - self._vad_start[0] < 5.0:
+            turn.vad_start = self._vad_start[0]
+            turn.speech_start = self._vad_start[0] - self._vad_start[1]
+        turn.interrupted_bot = self._bot_speaking
+        if self._bot_speaking:
+            vad = turn.vad_start if turn.vad_start is not None else t
+            onset = turn.speech_start if turn.speech_start is not None else t
+            turn.barge_in = BargeInMetrics(vad_start=vad, speech_onset=onset, last_bot_audio=self._last_audio_out)
+            self._open_barge_in = turn.barge_in
+        self.turns.append(turn)
+
+    def _interruption_at_output(self, t: float) -> None:
+        barge = self._open_barge_in
+        if barge is not None and barge.interruption_at_output is None:
+            barge.interruption_at_output = t
+
+    def _close_barge_in(self) -> None:
+        barge, self._open_barge_in = self._open_barge_in, None
+        if barge is None or not barge._open:
+            return
+        barge._open = False
+        if self._log:
+            def ms(v: float | None) -> str:
+                return "-" if v is None else f"{v * 1000:.0f} ms"
+
+            logger.info(
+                f"barge-in metrics: stop latency from VAD start {ms(barge.stop_latency_from_vad)}, "
+                f"from speech onset {ms(barge.stop_latency_from_onset)}, "
+                f"interruption at output {ms(_diff(barge.vad_start, barge.interruption_at_output))} after VAD start"
+            )
+
+    def finish(self) -> None:
+        """Close the last barge-in window (call after the pipeline stopped)."""
+        self._close_barge_in()
+
+
+def apply_ground_truth(turns: Sequence[TurnMetrics], speech: Iterable[tuple[float, float]], slack_s: float = 0.6) -> None:
+    """Replace VAD-estimated speech start/end with true ones (``(start, end)`` per user utterance, pipeline clock),
+    matching each turn to the utterance whose start lies within ``slack_s`` before its VAD start."""
+    spans = sorted(speech)
+    for turn in turns:
+        ref = turn.vad_start if turn.vad_start is not None else turn.user_turn_start
+        candidates = [s for s in spans if s[0] <= ref + 0.05 and ref - s[0] <= slack_s + 1.0]
+        if not candidates:
+            continue
+        start, end = candidates[-1]
+        turn.speech_start = start
+        if turn.vad_stop is not None:
+            turn.speech_end = end
+        if turn.barge_in is not None:
+            turn.barge_in.speech_onset = start

@@ -1,0 +1,147 @@
+"""Turn-taking and interruption policy: what each setting in ``agent.settings.TurnSettings`` / ``VADSettings`` means,
+and how it becomes pipecat 1.14 objects.
+
+VAD (``settings.vad``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on the user aggregator:
+  ``confidence`` / ``min_volume``: how sure / how loud a 32 ms window must be to count as speech;
+  ``start_secs``: speech needed before "user started speaking" (the floor of barge-in latency);
+  ``stop_secs``: silence needed before "user stopped speaking" (the first part of voice-to-voice latency).
+
+End of the user's turn (``turn.stop_strategy``):
+  ``"speech_timeout"`` (default, deterministic): ``SpeechTimeoutUserTurnStopStrategy`` — the turn ends ``turn.stop_secs``
+  after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses longer mid-sentence.
+  ``"smart_turn"``: ``TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3)`` — the Smart Turn v3 model (ships
+  in the wheel, CPU ONNX) judges at each VAD stop whether the utterance is complete; an INCOMPLETE verdict waits up
+  to ``turn.smart_turn_stop_secs`` of silence. Better at pauses, costs a model call (~10-60 ms CPU) per VAD stop.
+  ``turn.user_turn_stop_timeout_s``: a turn with no stop signal at all (no transcript ever) ends after this.
+
+Start of the user's turn = barge-in (``turn.barge_in``): pipecat's ``VADUserTurnStartStrategy`` (a VAD start opens the
+  turn and broadcasts ``InterruptionFrame``: LLM stream closed, TTS worker told to stop, queued audio dropped, assistant
+  context cut to the played words) and ``TranscriptionUserTurnStartStrategy`` (a transcript while no turn is open, for
+  speech the VAD missed). ``barge_in=False``: turns still start, but without ``InterruptionFrame``: the bot finishes.
+
+Echo guard (``turn.echo_guard`` auto/on/off; ``echo_guard_window_s``, ``echo_guard_min_speech_s``,
+  ``echo_guard_min_words``): during the bot's first ``window`` seconds of speech, interrupting takes ``min_speech_s`` of
+  sustained speech or ``min_words`` words in an interim transcript; shorter bursts (its own voice echoed back by a
+  speakerphone, a "mhm") are ignored. ``auto`` = on for telephony (8 kHz serializer transports: phones are often on
+  speaker and carriers' echo cancellers converge late), off for browser/headset clients (they run AEC and a 0.3 s
+  extra barge-in delay would only cost). See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
+
+False-interruption recovery (``turn.false_interruption_timeout_s``; None = off): a barge-in whose user turn produces no
+  words within this long after the user goes quiet (a cough, a door) ends, and the bot resumes with the unspoken
+  remainder of its reply. While on, pipecat's own empty-turn recovery (an LLM call asking the user to repeat) is off.
+  See ``pipelines.interruptions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from agent.settings import Settings, TurnSettings, VADSettings
+from processors.audio import TELEPHONY_SAMPLE_RATE
+
+from .interruptions import EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy
+
+TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage", "genesys")
+
+
+def build_vad_analyzer(vad: VADSettings, sample_rate: int | None = None) -> SileroVADAnalyzer:
+    """Silero VAD with the configured thresholds (a fresh analyzer per session: it keeps model state). The rate is
+    the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
+    params = VADParams(confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume)
+    return SileroVADAnalyzer(sample_rate=sample_rate, params=params)
+
+
+def is_telephony_transport(transport: Any) -> bool:
+    """A websocket transport with a phone-carrier serializer, or any transport whose input is 8 kHz."""
+    params = getattr(transport, "_params", None)
+    serializer = getattr(params, "serializer", None)
+    if serializer is not None:
+        module = type(serializer).__module__
+        if any(f"serializers.{name}" in module for name in TELEPHONY_SERIALIZER_MODULES):
+            return True
+    return getattr(params, "audio_in_sample_rate", None) == TELEPHONY_SAMPLE_RATE
+
+
+def echo_guard_enabled(turn: TurnSettings, *, telephony: bool) -> bool:
+    """``on``/``off`` as set; ``auto`` = on for telephony clients, off for browser/headset clients."""
+    if turn.echo_guard == "auto":
+        return telephony
+    return turn.echo_guard == "on"
+
+
+def build_user_turn_strategies(turn: TurnSettings, *, echo_guard: bool, stt_name: str | None = None) -> UserTurnStrategies:
+    """Start strategies (echo guard, VAD, transcription) and stop strategies (speech timeout or Smart Turn, then
+    false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``: the STT
+    processor's name, so false-interruption decisions wait for its verdict on the speech."""
+    interrupt = turn.barge_in
+    start: list = []
+    if echo_guard and interrupt:
+        start.append(
+            EchoGuardUserTurnStartStrategy(
+                window_s=turn.echo_guard_window_s,
+                min_speech_s=turn.echo_guard_min_speech_s,
+                min_words=turn.echo_guard_min_words,
+            )
+        )
+    start += [
+        VADUserTurnStartStrategy(enable_interruptions=interrupt),
+        TranscriptionUserTurnStartStrategy(enable_interruptions=interrupt),
+    ]
+    if turn.stop_strategy == "smart_turn":
+        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
+        stop: list = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
+    else:
+        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)]
+    if turn.false_interruption_timeout_s is not None and interrupt:
+        stop.append(FalseInterruptionUserTurnStopStrategy(timeout_s=turn.false_interruption_timeout_s, stt_name=stt_name))
+    return UserTurnStrategies(start=start, stop=stop)
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """The policy resolved for one session (what ``auto`` became), for logs and tests."""
+
+    stop_strategy: str
+    barge_in: bool
+    echo_guard: bool
+    false_interruption_timeout_s: float | None
+    telephony: bool
+
+    @property
+    def false_interruption_recovery(self) -> bool:
+        return self.barge_in and self.false_interruption_timeout_s is not None
+
+
+def resolve_policy(settings: Settings, *, telephony: bool) -> TurnPolicy:
+    turn = settings.turn
+    return TurnPolicy(
+        stop_strategy=turn.stop_strategy,
+        barge_in=turn.barge_in,
+        echo_guard=echo_guard_enabled(turn, telephony=telephony) and turn.barge_in,
+        false_interruption_timeout_s=turn.false_interruption_timeout_s,
+        telephony=telephony,
+    )
+
+
+def build_user_aggregator_params(settings: Settings, policy: TurnPolicy, *, stt_name: str | None = None) -> LLMUserAggregatorParams:
+    """VAD + turn strategies + timeouts for the user aggregator."""
+    kwargs: dict[str, Any] = {}
+    if policy.false_interruption_recovery:
+        kwargs["empty_user_turn"] = None  # our resume replaces pipecat's "ask to repeat" LLM call
+    return LLMUserAggregatorParams(
+        vad_analyzer=build_vad_analyzer(settings.vad),
+        user_turn_strategies=build_user_turn_strategies(settings.turn, echo_guard=policy.echo_guard, stt_name=stt_name),
+        user_turn_stop_timeout=settings.turn.user_turn_stop_timeout_s,
+        **kwargs,
+    )

@@ -1,0 +1,237 @@
+"""The turn/interruption policy pieces on their own: settings -> pipecat objects, and each custom strategy and
+processor driven with frames through pipecat's ``run_test`` (no audio, no models)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import ProcessingMetricsData
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator, LLMUserAggregatorParams
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.time import time_now_iso8601
+
+from agent.settings import Settings
+from pipelines.interruptions import (
+    EchoGuardUserTurnStartStrategy,
+    FalseInterruptionUserTurnStopStrategy,
+    IdleInterruptionFilter,
+    unspoken_remainder,
+)
+from pipelines.policy import (
+    build_user_aggregator_params,
+    build_user_turn_strategies,
+    echo_guard_enabled,
+    is_telephony_transport,
+    resolve_policy,
+)
+
+
+def turn_settings(**kw):
+    return Settings().turn.model_copy(update=kw)
+
+
+# --- settings -> strategies ---------------------------------------------------------------------------------------
+
+
+def test_default_strategies():
+    s = build_user_turn_strategies(turn_settings(), echo_guard=False, stt_name="stt#0")
+    assert [type(x) for x in s.start] == [VADUserTurnStartStrategy, TranscriptionUserTurnStartStrategy]
+    assert [type(x) for x in s.stop] == [SpeechTimeoutUserTurnStopStrategy, FalseInterruptionUserTurnStopStrategy]
+    assert s.stop[0]._user_speech_timeout == 0.6
+    assert s.stop[1].timeout_s == 1.5 and s.stop[1].stt_name == "stt#0"
+
+
+def test_smart_turn_echo_guard_and_no_recovery():
+    s = build_user_turn_strategies(
+        turn_settings(stop_strategy="smart_turn", smart_turn_stop_secs=2.0, false_interruption_timeout_s=None),
+        echo_guard=True,
+    )
+    assert isinstance(s.start[0], EchoGuardUserTurnStartStrategy)
+    assert [type(x) for x in s.stop] == [TurnAnalyzerUserTurnStopStrategy]
+    assert s.stop[0]._turn_analyzer.params.stop_secs == 2.0
+
+
+def test_barge_in_off_means_no_interruptions():
+    s = build_user_turn_strategies(turn_settings(barge_in=False), echo_guard=True)
+    assert all(not x._enable_interruptions for x in s.start)
+    assert not any(isinstance(x, (EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy))
+                   for x in [*s.start, *s.stop])
+
+
+def test_echo_guard_auto_follows_the_client():
+    assert echo_guard_enabled(turn_settings(), telephony=True)
+    assert not echo_guard_enabled(turn_settings(), telephony=False)
+    assert echo_guard_enabled(turn_settings(echo_guard="on"), telephony=False)
+    assert not echo_guard_enabled(turn_settings(echo_guard="off"), telephony=True)
+
+
+def test_telephony_detection():
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+
+    twilio = SimpleNamespace(_params=SimpleNamespace(serializer=TwilioFrameSerializer("sid", params=TwilioFrameSerializer.InputParams(auto_hang_up=False)), audio_in_sample_rate=None))
+    browser = SimpleNamespace(_params=SimpleNamespace(serializer=None, audio_in_sample_rate=16000))
+    eight_k = SimpleNamespace(_params=SimpleNamespace(audio_in_sample_rate=8000))
+    assert is_telephony_transport(twilio) and is_telephony_transport(eight_k)
+    assert not is_telephony_transport(browser) and not is_telephony_transport(object())
+
+
+def test_aggregator_params():
+    settings = Settings()
+    settings.vad = settings.vad.model_copy(update={"start_secs": 0.15, "stop_secs": 0.3})
+    params = build_user_aggregator_params(settings, resolve_policy(settings, telephony=False), stt_name="x")
+    assert params.vad_analyzer.params.start_secs == 0.15 and params.vad_analyzer.params.stop_secs == 0.3
+    assert params.empty_user_turn is None  # our resume replaces pipecat's "ask to repeat"
+    settings.turn = settings.turn.model_copy(update={"false_interruption_timeout_s": None})
+    params = build_user_aggregator_params(settings, resolve_policy(settings, telephony=False))
+    assert params.empty_user_turn is not None
+
+
+# --- unspoken remainder ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply,played,remainder",
+    [
+        ("It is sunny in Paris today. Enjoy!", "It is sunny in", "Paris today. Enjoy!"),
+        ("It is sunny in Paris today.", "", "It is sunny in Paris today."),
+        ("It is sunny in Paris today.", "It is sunny in Paris today.", ""),
+        ("Hello, world. How  are\nyou?", "hello world how", "are you?"),  # case, punctuation, whitespace
+        ("one two three four five", "one too three", "four five"),  # a word the TTS spelled differently
+    ],
+)
+def test_unspoken_remainder(reply, played, remainder):
+    assert unspoken_remainder(reply, played) == remainder
+
+
+# --- echo guard through the real user aggregator -----------------------------------------------------------------
+
+
+def audio(seconds: float) -> list[InputAudioRawFrame]:
+    return [InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1) for _ in range(round(seconds / 0.02))]
+
+
+def aggregator(start, stop=None) -> LLMUserAggregator:
+    strategies = UserTurnStrategies(start=start, stop=stop or [SpeechTimeoutUserTurnStopStrategy()])
+    return LLMUserAggregator(LLMContext(), params=LLMUserAggregatorParams(user_turn_strategies=strategies))
+
+
+def names(frames) -> list[str]:
+    return [type(f).__name__ for f in frames if not isinstance(f, (InputAudioRawFrame, MetricsFrame))]
+
+
+async def test_echo_guard_drops_a_short_burst_and_its_transcript():
+    guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5)
+    agg = aggregator([guard, VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()])
+    down, _ = await run_test(agg, frames_to_send=[
+        BotStartedSpeakingFrame(), *audio(0.3),
+        VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.24), VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        TranscriptionFrame("woof woof", "", time_now_iso8601()), *audio(0.1),
+    ])
+    assert "UserStartedSpeakingFrame" not in names(down) and "InterruptionFrame" not in names(down)
+    assert guard.suppressed_segments == 1 and agg.aggregation_string() == ""
+
+
+async def test_echo_guard_lets_sustained_speech_start_a_turn_after_min_speech():
+    guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5)
+    agg = aggregator([guard, VADUserTurnStartStrategy()])
+    frames = [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.28)]
+    down, _ = await run_test(agg, frames_to_send=frames)
+    assert "UserStartedSpeakingFrame" not in names(down)  # 0.2 + 0.28 s < 0.5 s
+    agg = aggregator([EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5), VADUserTurnStartStrategy()])
+    down, _ = await run_test(agg, frames_to_send=[*frames[:2], *audio(0.32)])
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and "InterruptionFrame" in names(down)
+
+
+async def test_echo_guard_words_and_outside_the_window():
+    guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5, min_words=2)
+    agg = aggregator([guard, VADUserTurnStartStrategy()])
+    down, _ = await run_test(agg, frames_to_send=[
+        BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.1),
+        InterimTranscriptionFrame("wait a", "", time_now_iso8601()),
+    ])
+    assert names(down).count("UserStartedSpeakingFrame") == 1  # two words in an interim: a real interruption
+    guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5)
+    agg = aggregator([guard, VADUserTurnStartStrategy()])
+    down, _ = await run_test(agg, frames_to_send=[
+        BotStartedSpeakingFrame(), *audio(1.6), VADUserStartedSpeakingFrame(start_secs=0.2),
+    ])
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and guard.suppressed_segments == 0  # window over
+    agg = aggregator([EchoGuardUserTurnStartStrategy(), VADUserTurnStartStrategy()])
+    down, _ = await run_test(agg, frames_to_send=[
+        BotStartedSpeakingFrame(), BotStoppedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2),
+    ])
+    assert names(down).count("UserStartedSpeakingFrame") == 1  # the bot is silent: nothing to guard
+
+
+# --- false-interruption stop strategy ---------------------------------------------------------------------------
+
+
+async def test_false_interruption_ends_a_wordless_turn():
+    stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.2)
+    agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
+    down, _ = await run_test(agg, frames_to_send=[
+        VADUserStartedSpeakingFrame(), SleepFrame(0.05), VADUserStoppedSpeakingFrame(), SleepFrame(0.4),
+    ])
+    n = names(down)
+    assert n.count("FalseInterruptionFrame") == 1 and n.index("FalseInterruptionFrame") < n.index("UserStoppedSpeakingFrame")
+    assert stop.false_interruptions == 1
+
+
+async def test_false_interruption_not_when_words_arrive():
+    agg = aggregator([VADUserTurnStartStrategy()],
+                     [SpeechTimeoutUserTurnStopStrategy(), FalseInterruptionUserTurnStopStrategy(timeout_s=0.2)])
+    down, _ = await run_test(agg, frames_to_send=[
+        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.1),
+        TranscriptionFrame("hello there", "", time_now_iso8601(), finalized=True), SleepFrame(0.4),
+    ])
+    assert "FalseInterruptionFrame" not in names(down)
+
+
+async def test_false_interruption_waits_for_a_busy_stt():
+    stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
+    agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
+    done = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=0.5)])
+    down, _ = await run_test(agg, frames_to_send=[
+        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.4),  # STT still working
+        TranscriptionFrame("late words", "", time_now_iso8601(), finalized=True), done, SleepFrame(0.4),
+    ])
+    assert "FalseInterruptionFrame" not in names(down) and stop.false_interruptions == 0
+    stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
+    agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
+    down, _ = await run_test(agg, frames_to_send=[
+        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.4), done, SleepFrame(0.3),
+    ])
+    assert names(down).count("FalseInterruptionFrame") == 1  # the STT heard nothing: resume
+
+
+# --- idle interruption filter ------------------------------------------------------------------------------------
+
+
+async def test_idle_interruption_filter():
+    f = IdleInterruptionFilter()
+    down, _ = await run_test(f, frames_to_send=[
+        InterruptionFrame(),  # bot idle: dropped
+        LLMFullResponseStartFrame(), SleepFrame(0.05), InterruptionFrame(),  # reply open: passed
+        InterruptionFrame(),  # everything downstream was reset by the previous one: dropped
+        TTSAudioRawFrame(bytes(480), 24000, 1), LLMFullResponseEndFrame(), SleepFrame(0.05), InterruptionFrame(),
+    ])
+    assert names(down).count("InterruptionFrame") == 2 and f.dropped == 2
