@@ -98,7 +98,8 @@ def validate_audio(
         raise STTInputError(f"audio must be mono 1-D samples, got shape {audio.shape} (use to_mono_float32)")
     if not isinstance(sample_rate, (int, np.integer)) or int(sample_rate) != STT_SAMPLE_RATE:
         raise STTInputError(
-            f"audio must be {STT_SAMPLE_RATE} Hz, got {sample_rate!r} Hz (resample with processors.audio.resample first)"
+            f"audio must be {STT_SAMPLE_RATE} Hz, got {sample_rate!r} Hz "
+            "(resample with processors.audio.resample first)"
         )
     if audio.size and not np.all(np.isfinite(audio)):
         raise STTInputError("audio contains NaN or infinite samples")

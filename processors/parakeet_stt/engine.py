@@ -129,7 +129,8 @@ class ParakeetEngine:
             except (OSError, ConnectionError) as e:
                 where = "read" if local else "download or find in the Hugging Face cache"
                 hint = "" if local else (
-                    " Without internet, fill the cache once elsewhere (then HF_HUB_OFFLINE=1 works) or pass a local .nemo path."
+                    " Without internet, fill the cache once elsewhere (then HF_HUB_OFFLINE=1 works)"
+                    " or pass a local .nemo path."
                 )
                 raise STTError(f"could not {where} Parakeet model {model!r}: {e}.{hint}") from e
             except Exception as e:  # corrupt archive, wrong model class, config errors

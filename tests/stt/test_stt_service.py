@@ -219,7 +219,8 @@ def test_turn_latency_hint_and_model_come_from_the_engine(parakeet_engine, tiny_
     assert meta.ttfs_p99_latency == parakeet_engine.ttfs_p99_s == 1.5  # CPU
     assert stt._settings.model == str(tiny_nemo)
     assert PocketsphinxSTTService().service_metadata_frame().ttfs_p99_latency == 1.0
-    assert ParakeetSTTService(engine=parakeet_engine, ttfs_p99_latency=0.7).service_metadata_frame().ttfs_p99_latency == 0.7
+    custom = ParakeetSTTService(engine=parakeet_engine, ttfs_p99_latency=0.7)
+    assert custom.service_metadata_frame().ttfs_p99_latency == 0.7
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0])
