@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,9 +28,9 @@ class STTInputError(STTError, AudioError):
     """
 
 
-@dataclass(frozen=True)
-class Word:
-    """One recognised word and where it lies in the utterance (seconds from the start of the audio)."""
+class Word(NamedTuple):
+    """One recognised word and where it lies in the utterance (seconds from the start of the audio).
+    A named tuple, so ``for word, start_s, end_s in transcript.words`` works."""
 
     word: str
     start_s: float
