@@ -36,7 +36,6 @@ from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
-    InterimTranscriptionFrame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseStartFrame,
@@ -171,7 +170,6 @@ class VoiceMetricsObserver(BaseObserver):
         self._roles: dict[int, str] = {}
         self._vad_start: tuple[float, float] | None = None  # (time, start_secs)
         self._bot_speaking = False
-        self._reply_in_flight = False  # an LLM reply / resume started and the bot has not stopped since
         self._last_audio_out: float | None = None
         self._open_barge_in: BargeInMetrics | None = None
 
@@ -190,18 +188,12 @@ class VoiceMetricsObserver(BaseObserver):
         return [t.barge_in for t in self.turns if t.barge_in is not None]
 
     async def on_push_frame(self, data: FramePushed):
-        source = self._roles.get(id(data.source))
-        if source is None:
-            if isinstance(data.frame, InterruptionFrame) and self._roles.get(id(data.destination)) == "output":
-                self._interruption_at_output(data.timestamp / 1e9)
-            return
-        frame, t = data.frame, data.timestamp / 1e9
-        down = data.direction == FrameDirection.DOWNSTREAM
-        if isinstance(frame, InterruptionFrame) and self._roles.get(id(data.destination)) == "output":
+        t = data.timestamp / 1e9
+        if isinstance(data.frame, InterruptionFrame) and self._roles.get(id(data.destination)) == "output":
             self._interruption_at_output(t)
-        handler = getattr(self, f"_on_{source}", None)
-        if handler is not None and down:
-            handler(frame, t)
+        source = self._roles.get(id(data.source))
+        if source is not None and data.direction == FrameDirection.DOWNSTREAM:
+            getattr(self, f"_on_{source}")(data.frame, t)
 
     # -- per source --------------------------------------------------------------------------------------------
 
@@ -226,7 +218,6 @@ class VoiceMetricsObserver(BaseObserver):
                 turn.llm_request_at = t
                 # the aggregator runs the LLM just before it announces the turn's end
                 turn.user_turn_end = turn.user_turn_end or t
-                self._reply_in_flight = True
 
     def _on_stt(self, frame, t: float) -> None:
         turn = self.current
@@ -235,8 +226,6 @@ class VoiceMetricsObserver(BaseObserver):
         if isinstance(frame, TranscriptionFrame) and frame.text.strip():
             turn.transcript_at = t
             turn.transcript = f"{turn.transcript} {frame.text.strip()}".strip()
-        elif isinstance(frame, InterimTranscriptionFrame):
-            pass
 
     def _on_llm(self, frame, t: float) -> None:
         turn = self.current
@@ -247,11 +236,8 @@ class VoiceMetricsObserver(BaseObserver):
     def _on_resumer(self, frame, t: float) -> None:
         turn = self.current
         if isinstance(frame, ResumedResponseStartFrame) and turn is not None:
-            turn.resumed = True
+            turn.resumed = True  # its "LLM request" is the resume itself
             turn.llm_request_at = turn.llm_request_at or t
-            self._reply_in_flight = True
-        elif isinstance(frame, LLMFullResponseStartFrame):
-            self._reply_in_flight = True
 
     def _on_tts(self, frame, t: float) -> None:
         turn = self.current
@@ -275,7 +261,6 @@ class VoiceMetricsObserver(BaseObserver):
                     logger.info(f"voice metrics: {turn.summary()}")
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
-            self._reply_in_flight = False
         elif isinstance(frame, OutputAudioRawFrame):
             self._last_audio_out = t
             if self._open_barge_in is not None:
@@ -322,13 +307,15 @@ class VoiceMetricsObserver(BaseObserver):
         self._close_barge_in()
 
 
-def apply_ground_truth(turns: Sequence[TurnMetrics], speech: Iterable[tuple[float, float]], slack_s: float = 0.6) -> None:
-    """Replace VAD-estimated speech start/end with true ones (``(start, end)`` per user utterance, pipeline clock),
-    matching each turn to the utterance whose start lies within ``slack_s`` before its VAD start."""
-    spans = sorted(speech)
+def apply_ground_truth(turns: Sequence[TurnMetrics], speech: Iterable[tuple], max_lead_s: float = 1.5) -> None:
+    """Replace the VAD-estimated speech start/end (and barge-in onset) with true ones.
+
+    ``speech``: ``(start, end, ...)`` per user utterance on the pipeline clock, e.g. ``VirtualTransport.user_speech``.
+    A turn gets the last utterance that started before its VAD start (at most ``max_lead_s`` before it)."""
+    spans = sorted((float(s[0]), float(s[1])) for s in speech)
     for turn in turns:
         ref = turn.vad_start if turn.vad_start is not None else turn.user_turn_start
-        candidates = [s for s in spans if s[0] <= ref + 0.05 and ref - s[0] <= slack_s + 1.0]
+        candidates = [s for s in spans if s[0] <= ref + 0.02 and ref - s[0] <= max_lead_s]
         if not candidates:
             continue
         start, end = candidates[-1]

@@ -11,7 +11,6 @@ import asyncio
 import re
 import threading
 
-import pytest
 from pipecat.frames.frames import (
     InterruptionFrame,
     LLMTextFrame,
@@ -22,6 +21,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from agent.settings import Settings
 from pipelines.engines import create_stt_service
+from pipelines.metrics import apply_ground_truth
 from pipelines.virtual_transport import UserUtterance, VirtualTransport
 from pipelines.voice_agent import build_voice_agent
 from processors.espeak_tts import EspeakTTSService
@@ -97,6 +97,9 @@ async def test_full_turn_real_engines(local_llm_engine):
 
     turn = agent.metrics.turns[0]
     assert {"weather", "paris"} <= set(words(turn.transcript)), turn.transcript
+    check_turn_timeline(turn)
+    apply_ground_truth(agent.metrics.turns, transport.user_speech)  # true speech end instead of VAD stop - stop_secs
+    assert turn.speech_end == transport.user_speech[0][1] and turn.vad_stop_wait >= settings.vad.stop_secs
     check_turn_timeline(turn)
     assert transport.bot_speech_seconds() > 0.5  # the reply was audible
     messages = agent.context.get_messages()

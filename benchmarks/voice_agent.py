@@ -1,0 +1,134 @@
+"""Voice agent latency: voice-to-voice per turn (with its breakdown) and barge-in stop latency, fallback engines.
+
+    python -m benchmarks.voice_agent [--runs 5] [--no-write]
+
+Each run is one conversation through ``build_voice_agent`` over the ``VirtualTransport`` in real time, with the
+offline fallback engines (Silero VAD, pocketsphinx STT, the bundled SmolLM2, espeak-ng TTS): a flite question, the
+bot's answer, and a second flite utterance 1 s into that answer (a barge-in), then the answer to it. Latencies use
+the true speech boundaries the transport fed (not VAD estimates): voice-to-voice = end of the user's speech -> first
+bot audio handed to the client; barge-in = onset of the user's speech (and VAD start) -> end of the last bot audio
+chunk played. The breakdown columns are the ``TurnMetrics`` stages (medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+
+QUESTIONS = ["flite_weather_kal16.wav", "flite_lights_slt.wav", "flite_table_rms.wav", "flite_pizza_kal16.wav",
+             "flite_story_slt.wav"]
+BARGE_IN = "flite_meeting_rms.wav"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=int, default=5, help="conversations to run")
+    p.add_argument("--max-tokens", type=int, default=24, help="LLM reply length")
+    p.add_argument("--interim", action="store_true", help="keep interim STT passes on (they stall the loop with pocketsphinx)")
+    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+
+
+async def one_run(question: str, args, llm_engine) -> tuple[list, object, object]:
+    from agent.settings import Settings
+    from pipecat.workers.runner import WorkerRunner
+    from pipelines.engines import create_stt_service
+    from pipelines.metrics import apply_ground_truth
+    from pipelines.virtual_transport import UserUtterance, VirtualTransport
+    from pipelines.voice_agent import build_voice_agent
+    from processors.audio import STT_SAMPLE_RATE, load_audio, resample
+    from processors.espeak_tts import EspeakTTSService
+    from processors.llm import LocalLLMService
+    from processors.pocketsphinx_stt import PocketsphinxEngine
+
+    fixtures = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "speech")
+
+    def speech(name):
+        d = load_audio(os.path.join(fixtures, name))
+        return resample(d.samples, d.sample_rate, STT_SAMPLE_RATE)
+
+    settings = Settings()
+    if not args.interim:
+        settings.stt = settings.stt.model_copy(update={"interim_interval_s": None})
+    transport = VirtualTransport([
+        UserUtterance(speech(question), at_s=0.3, label="question"),
+        UserUtterance(speech(BARGE_IN), after="bot_started_speaking", offset_s=1.0, label="barge-in"),
+    ])
+    llm = LocalLLMService(engine=llm_engine, settings=LocalLLMService.Settings(
+        system_instruction=settings.llm.system_prompt, max_tokens=args.max_tokens, temperature=0.0))
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService())
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(agent.worker)
+    task = asyncio.create_task(runner.run())
+
+    def done():
+        kinds = [e.kind for e in transport.events]
+        return kinds.count("bot_started_speaking") >= 2 and kinds[-1] == "bot_stopped_speaking"
+
+    try:
+        await transport.wait_for(done, 120)
+    finally:
+        await agent.worker.cancel()
+        await asyncio.wait_for(task, 10)
+        agent.metrics.finish()
+    apply_ground_truth(agent.metrics.turns, transport.user_speech)
+    return agent.metrics.turns, transport, agent
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    from processors.llm.local_engine import get_shared_engine
+
+    engine = get_shared_engine(None)
+    answered, barges = [], []
+    for i in range(args.runs):
+        turns, _, _ = asyncio.run(one_run(QUESTIONS[i % len(QUESTIONS)], args, engine))
+        for t in turns:
+            if t.voice_to_voice is not None:
+                answered.append(t)
+            if t.barge_in is not None and t.barge_in.last_bot_audio is not None:
+                barges.append(t.barge_in)
+        print(f"run {i + 1}: " + " | ".join(t.summary() for t in turns))
+
+    def med(values) -> float:
+        values = [v for v in values if v is not None]
+        return statistics.median(values) * 1000 if values else float("nan")
+
+    cols = ["voice_to_voice", "vad_stop_wait", "turn_end_wait", "stt", "llm_ttfb", "llm_first_sentence",
+            "tts_first_audio", "output"]
+    from benchmarks.report import markdown_table, write_section
+
+    rows = [[c, round(med(getattr(t, c) for t in answered)), round(min(getattr(t, c) for t in answered if getattr(t, c) is not None) * 1000),
+             round(max(getattr(t, c) for t in answered if getattr(t, c) is not None) * 1000)] for c in cols]
+    rows += [
+        ["barge-in: speech onset -> last bot audio", round(med(b.stop_latency_from_onset for b in barges)),
+         round(min(b.stop_latency_from_onset for b in barges) * 1000), round(max(b.stop_latency_from_onset for b in barges) * 1000)],
+        ["barge-in: VAD start -> last bot audio", round(med(b.stop_latency_from_vad for b in barges)),
+         round(min(b.stop_latency_from_vad for b in barges) * 1000), round(max(b.stop_latency_from_vad for b in barges) * 1000)],
+        ["barge-in: VAD start -> InterruptionFrame at output",
+         round(med(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output)),
+         round(min(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output) * 1000),
+         round(max(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output) * 1000)],
+    ]
+    table = markdown_table(["stage", "median ms", "min ms", "max ms"], rows)
+    body = (
+        "## Voice agent latency (fallback engines)\n\n"
+        f"`python -m benchmarks.voice_agent --runs {args.runs}` on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs: pocketsphinx STT (interim passes {'on' if args.interim else 'off'}), SmolLM2-135M "
+        f"(max {args.max_tokens} tokens), espeak-ng TTS, Silero VAD (stop 0.2 s), speech timeout 0.6 s. "
+        f"{len(answered)} answered turns, {len(barges)} barge-ins; true speech boundaries.\n\n" + table + "\n"
+    )
+    print(body)
+    if not args.no_write:
+        print(f"wrote {write_section('voice_agent', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    configure(parser)
+    raise SystemExit(run(parser.parse_args()))
