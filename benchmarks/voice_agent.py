@@ -26,7 +26,8 @@ BARGE_IN = "flite_meeting_rms.wav"
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="conversations to run")
     p.add_argument("--max-tokens", type=int, default=24, help="LLM reply length")
-    p.add_argument("--interim", action="store_true", help="keep interim STT passes on (they stall the loop with pocketsphinx)")
+    p.add_argument("--interim", action="store_true",
+                   help="keep interim STT passes on (pocketsphinx holds the GIL: they stall the event loop)")
     p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
 
 
@@ -94,25 +95,21 @@ def run(args: argparse.Namespace) -> int:
                 barges.append(t.barge_in)
         print(f"run {i + 1}: " + " | ".join(t.summary() for t in turns))
 
-    def med(values) -> float:
-        values = [v for v in values if v is not None]
-        return statistics.median(values) * 1000 if values else float("nan")
+    def ms(values) -> list[int]:
+        """median, min, max in ms of the values that exist"""
+        v = [x for x in values if x is not None]
+        return [round(statistics.median(v) * 1000), round(min(v) * 1000), round(max(v) * 1000)] if v else ["-"] * 3
 
     cols = ["voice_to_voice", "vad_stop_wait", "turn_end_wait", "stt", "llm_ttfb", "llm_first_sentence",
             "tts_first_audio", "output"]
     from benchmarks.report import markdown_table, write_section
 
-    rows = [[c, round(med(getattr(t, c) for t in answered)), round(min(getattr(t, c) for t in answered if getattr(t, c) is not None) * 1000),
-             round(max(getattr(t, c) for t in answered if getattr(t, c) is not None) * 1000)] for c in cols]
+    rows = [[c, *ms(getattr(t, c) for t in answered)] for c in cols]
     rows += [
-        ["barge-in: speech onset -> last bot audio", round(med(b.stop_latency_from_onset for b in barges)),
-         round(min(b.stop_latency_from_onset for b in barges) * 1000), round(max(b.stop_latency_from_onset for b in barges) * 1000)],
-        ["barge-in: VAD start -> last bot audio", round(med(b.stop_latency_from_vad for b in barges)),
-         round(min(b.stop_latency_from_vad for b in barges) * 1000), round(max(b.stop_latency_from_vad for b in barges) * 1000)],
+        ["barge-in: speech onset -> last bot audio", *ms(b.stop_latency_from_onset for b in barges)],
+        ["barge-in: VAD start -> last bot audio", *ms(b.stop_latency_from_vad for b in barges)],
         ["barge-in: VAD start -> InterruptionFrame at output",
-         round(med(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output)),
-         round(min(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output) * 1000),
-         round(max(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output) * 1000)],
+         *ms(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output)],
     ]
     table = markdown_table(["stage", "median ms", "min ms", "max ms"], rows)
     body = (

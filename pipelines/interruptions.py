@@ -3,10 +3,10 @@
 * ``EchoGuardUserTurnStartStrategy`` — a user-turn *start* strategy. During the bot's first moments of speech
   (``window_s`` after ``BotStartedSpeakingFrame``) a VAD start does not open a user turn at once: the speech must last
   ``min_speech_s`` (counted in audio from its onset, i.e. VAD start minus the VAD's ``start_secs``) or an interim
-  transcript must reach ``min_words`` words. A shorter burst (the bot's own voice coming back through a speakerphone before the
-  client's echo canceller has converged, a "mhm") is dropped together with its transcript. Outside the window it
-  passes every frame on, so pipecat's ``VADUserTurnStartStrategy`` / ``TranscriptionUserTurnStartStrategy`` behind
-  it decide as usual. It sits first in ``UserTurnStrategies.start``.
+  transcript must reach ``min_words`` words. A shorter burst (residual echo of the bot's own voice from a speakerphone
+  before the client's echo canceller has converged, a "mhm") is dropped together with its transcript. Outside the
+  window it passes every frame on, so pipecat's ``VADUserTurnStartStrategy`` / ``TranscriptionUserTurnStartStrategy``
+  behind it decide as usual. It sits first in ``UserTurnStrategies.start``.
 
 * ``FalseInterruptionUserTurnStopStrategy`` + ``ReplyResumer`` — false-interruption recovery. A user turn that has
   produced no words ``timeout_s`` after the user went quiet (a cough, a door) is ended by the stop strategy
@@ -14,11 +14,13 @@
   turn is already open). It then pushes a ``FalseInterruptionFrame`` downstream. ``ReplyResumer`` sits between the
   LLM and the TTS: it has seen the reply's text, and learns the words actually played from the assistant
   aggregator (which built them from the TTS word timestamps released by the output transport as the audio played).
-  It re-sends the unspoken remainder as a reply of its own (``ResumedResponseStartFrame`` ... ``LLMFullResponseEndFrame``),
-  so TTS, output and context treat it like any reply, and afterwards joins the two halves into one assistant
-  message. If nothing had been generated yet (the user coughed while the bot was thinking) it asks the LLM to run
-  again instead. pipecat's own ``EmptyUserTurnConfig`` recovery (an LLM call "ask the user to repeat") must be off
-  when this is on; ``pipelines.policy`` does that.
+  It re-sends the unspoken remainder as a reply of its own (``ResumedResponseStartFrame``, ``LLMTextFrame``,
+  ``LLMFullResponseEndFrame``), so TTS, output and context treat it like any reply, and afterwards joins the parts
+  into one assistant message. If nothing had been generated yet (the user coughed while the bot was thinking) it
+  asks the LLM to run again instead. The LLM stream is closed by the barge-in, so a reply cut while the LLM was still
+  generating resumes with what had been generated (the rest of that reply is lost). pipecat's own
+  ``EmptyUserTurnConfig`` recovery (an LLM call "ask the user to repeat") must be off when this is on;
+  ``pipelines.policy`` does that.
 
 * ``IdleInterruptionFilter`` — pipecat broadcasts an ``InterruptionFrame`` at every user-turn start, bot speaking or
   not, and output transports forward it to the client (Twilio gets a ``clear``, browsers an interruption event).
@@ -86,8 +88,9 @@ class EchoGuardUserTurnStartStrategy(BaseUserTurnStartStrategy):
     Time is measured in audio, not on the wall clock: the window is the user audio received since the
     ``BotStartedSpeakingFrame``, and after a held VAD start the ``InputAudioRawFrame``s the user aggregator processes
     are counted until ``min_speech_s - start_secs`` (the VAD start already took ``start_secs`` of speech) have passed
-    without a VAD stop. A stalled event loop or a replay faster than real time therefore changes nothing. With Silero's own ~0.15 s detection lag and ``stop_secs`` = 0.2, bursts shorter than about
-    ``min_speech_s - 0.05`` s are dropped (measured: a 0.4 s word stays below, 0.5 s of speech interrupts).
+    without a VAD stop. A stalled event loop or a replay faster than real time therefore changes nothing.
+    With Silero's own ~0.15 s detection lag and ``stop_secs`` = 0.2, bursts shorter than about
+    ``min_speech_s - 0.05`` s are dropped (measured: a 0.4 s burst stays below, 0.5 s of speech interrupts).
     """
 
     def __init__(self, *, window_s: float = 1.5, min_speech_s: float = 0.5, min_words: int = 2, **kwargs):
@@ -300,7 +303,8 @@ class ReplyResumer(FrameProcessor):
         self._reply: list[str] = []  # text of the reply in progress
         self._reply_active = False  # a reply passed here and has not finished playing
         self._interrupted: _Interrupted | None = None
-        self._merge_next_turn = False  # the next assistant turn continues the previous assistant message
+        self._chain_has_message = False  # this reply (or its resumed parts) already has an assistant message
+        self._merge_next_turn = False  # the next assistant turn continues that message
         self.resumed: list[str] = []  # remainders re-sent (for tests and diagnostics)
         assistant.add_event_handler("on_assistant_turn_stopped", self._on_assistant_turn_stopped)
 
@@ -324,6 +328,7 @@ class ReplyResumer(FrameProcessor):
         self._reply = []
         self._reply_active = True
         self._interrupted = None  # a new answer supersedes any pending resume
+        self._chain_has_message = False
         self._merge_next_turn = False
 
     async def _on_assistant_turn_stopped(self, _aggregator, message):
@@ -334,6 +339,8 @@ class ReplyResumer(FrameProcessor):
         if self._merge_next_turn:
             self._merge_next_turn = False
             self._join_last_assistant_messages(message.content or "")
+        if message.content:
+            self._chain_has_message = True
 
     def _join_last_assistant_messages(self, continuation: str):
         messages = list(self._context.get_messages())
@@ -364,7 +371,7 @@ class ReplyResumer(FrameProcessor):
         self.resumed.append(remainder)
         self._reply = [remainder]
         self._reply_active = True
-        self._merge_next_turn = bool(played.strip())
+        self._merge_next_turn = self._chain_has_message
         await self.push_frame(ResumedResponseStartFrame())
         await self.push_frame(LLMTextFrame(remainder))
         await self.push_frame(LLMFullResponseEndFrame())

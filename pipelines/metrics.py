@@ -245,7 +245,8 @@ class VoiceMetricsObserver(BaseObserver):
             self._close_barge_in()
         if turn is None or turn.llm_request_at is None:
             return
-        if isinstance(frame, TTSStartedFrame) or (isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame)):
+        announced = isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame)
+        if isinstance(frame, TTSStartedFrame) or announced:
             if turn.first_sentence_at is None:
                 turn.first_sentence_at = t
         elif isinstance(frame, TTSAudioRawFrame) and turn.tts_first_audio_at is None:

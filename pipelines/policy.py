@@ -7,11 +7,12 @@ VAD (``settings.vad``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on th
   ``stop_secs``: silence needed before "user stopped speaking" (the first part of voice-to-voice latency).
 
 End of the user's turn (``turn.stop_strategy``):
-  ``"speech_timeout"`` (default, deterministic): ``SpeechTimeoutUserTurnStopStrategy`` — the turn ends ``turn.stop_secs``
-  after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses longer mid-sentence.
+  ``"speech_timeout"`` (default, deterministic): ``SpeechTimeoutUserTurnStopStrategy`` — the turn ends
+  ``turn.stop_secs`` after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses
+  longer mid-sentence.
   ``"smart_turn"``: ``TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3)`` — the Smart Turn v3 model (ships
   in the wheel, CPU ONNX) judges at each VAD stop whether the utterance is complete; an INCOMPLETE verdict waits up
-  to ``turn.smart_turn_stop_secs`` of silence. Better at pauses, costs a model call (~10-60 ms CPU) per VAD stop.
+  to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per VAD stop (40-80 ms here).
   ``turn.user_turn_stop_timeout_s``: a turn with no stop signal at all (no transcript ever) ends after this.
 
 Start of the user's turn = barge-in (``turn.barge_in``): pipecat's ``VADUserTurnStartStrategy`` (a VAD start opens the
@@ -23,13 +24,14 @@ Echo guard (``turn.echo_guard`` auto/on/off; ``echo_guard_window_s``, ``echo_gua
   ``echo_guard_min_words``): during the bot's first ``window`` seconds of speech, interrupting takes ``min_speech_s`` of
   sustained speech or ``min_words`` words in an interim transcript; shorter bursts (its own voice echoed back by a
   speakerphone, a "mhm") are ignored. ``auto`` = on for telephony (8 kHz serializer transports: phones are often on
-  speaker and carriers' echo cancellers converge late), off for browser/headset clients (they run AEC and a 0.3 s
-  extra barge-in delay would only cost). See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
+  speaker, and an echo canceller needs a moment to converge), off for browser/headset clients (they run AEC, and the
+  guard's extra 0.3 s of barge-in delay would only cost). See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
 
 False-interruption recovery (``turn.false_interruption_timeout_s``; None = off): a barge-in whose user turn produces no
   words within this long after the user goes quiet (a cough, a door) ends, and the bot resumes with the unspoken
-  remainder of its reply. While on, pipecat's own empty-turn recovery (an LLM call asking the user to repeat) is off.
-  See ``pipelines.interruptions``.
+  remainder of its reply. A decision due while the segmented STT is still transcribing waits for its verdict (a CPU
+  STT can be slower than the timeout). While on, pipecat's own empty-turn recovery (an LLM call asking the user to
+  repeat) is off. See ``pipelines.interruptions``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage",
 def build_vad_analyzer(vad: VADSettings, sample_rate: int | None = None) -> SileroVADAnalyzer:
     """Silero VAD with the configured thresholds (a fresh analyzer per session: it keeps model state). The rate is
     the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
-    params = VADParams(confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume)
+    params = VADParams(
+        confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume
+    )
     return SileroVADAnalyzer(sample_rate=sample_rate, params=params)
 
 
@@ -77,7 +81,9 @@ def echo_guard_enabled(turn: TurnSettings, *, telephony: bool) -> bool:
     return turn.echo_guard == "on"
 
 
-def build_user_turn_strategies(turn: TurnSettings, *, echo_guard: bool, stt_name: str | None = None) -> UserTurnStrategies:
+def build_user_turn_strategies(
+    turn: TurnSettings, *, echo_guard: bool, stt_name: str | None = None
+) -> UserTurnStrategies:
     """Start strategies (echo guard, VAD, transcription) and stop strategies (speech timeout or Smart Turn, then
     false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``: the STT
     processor's name, so false-interruption decisions wait for its verdict on the speech."""
@@ -104,7 +110,9 @@ def build_user_turn_strategies(turn: TurnSettings, *, echo_guard: bool, stt_name
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)]
     if turn.false_interruption_timeout_s is not None and interrupt:
-        stop.append(FalseInterruptionUserTurnStopStrategy(timeout_s=turn.false_interruption_timeout_s, stt_name=stt_name))
+        stop.append(
+            FalseInterruptionUserTurnStopStrategy(timeout_s=turn.false_interruption_timeout_s, stt_name=stt_name)
+        )
     return UserTurnStrategies(start=start, stop=stop)
 
 
@@ -134,7 +142,9 @@ def resolve_policy(settings: Settings, *, telephony: bool) -> TurnPolicy:
     )
 
 
-def build_user_aggregator_params(settings: Settings, policy: TurnPolicy, *, stt_name: str | None = None) -> LLMUserAggregatorParams:
+def build_user_aggregator_params(
+    settings: Settings, policy: TurnPolicy, *, stt_name: str | None = None
+) -> LLMUserAggregatorParams:
     """VAD + turn strategies + timeouts for the user aggregator."""
     kwargs: dict[str, Any] = {}
     if policy.false_interruption_recovery:

@@ -72,7 +72,9 @@ class PipelineClock:
             await asyncio.sleep(delay)
 
 
-def voiced_span(audio: np.ndarray, sample_rate: int, rel_db: float = -30.0, window_s: float = 0.01) -> tuple[float, float]:
+def voiced_span(
+    audio: np.ndarray, sample_rate: int, rel_db: float = -30.0, window_s: float = 0.01
+) -> tuple[float, float]:
     """(start, end) seconds of the part of ``audio`` louder than ``rel_db`` below its loudest 10 ms window."""
     n = max(1, int(sample_rate * window_s))
     frames = len(audio) // n

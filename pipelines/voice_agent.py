@@ -30,6 +30,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregator,
 )
 from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
 
 from agent.settings import Settings
@@ -103,8 +104,10 @@ def build_voice_agent(
         tts = create_tts_service(settings)
 
     context = context or LLMContext()
+    # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
+    stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
     user, assistant = LLMContextAggregatorPair(
-        context, user_params=build_user_aggregator_params(settings, policy, stt_name=stt.name)
+        context, user_params=build_user_aggregator_params(settings, policy, stt_name=stt_name)
     )
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()

@@ -3,6 +3,7 @@ processor driven with frames through pipecat's ``run_test`` (no audio, no models
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,10 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
+    LLMRunFrame,
+    LLMTextFrame,
     MetricsFrame,
+    SystemFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
@@ -22,7 +26,14 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import ProcessingMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator, LLMUserAggregatorParams
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_response_universal import (
+    AssistantTurnStoppedMessage,
+    LLMContextAggregatorPair,
+    LLMUserAggregator,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
@@ -32,8 +43,11 @@ from pipecat.utils.time import time_now_iso8601
 from agent.settings import Settings
 from pipelines.interruptions import (
     EchoGuardUserTurnStartStrategy,
+    FalseInterruptionFrame,
     FalseInterruptionUserTurnStopStrategy,
     IdleInterruptionFilter,
+    ReplyResumer,
+    ResumedResponseStartFrame,
     unspoken_remainder,
 )
 from pipelines.policy import (
@@ -87,7 +101,8 @@ def test_echo_guard_auto_follows_the_client():
 def test_telephony_detection():
     from pipecat.serializers.twilio import TwilioFrameSerializer
 
-    twilio = SimpleNamespace(_params=SimpleNamespace(serializer=TwilioFrameSerializer("sid", params=TwilioFrameSerializer.InputParams(auto_hang_up=False)), audio_in_sample_rate=None))
+    serializer = TwilioFrameSerializer("sid", params=TwilioFrameSerializer.InputParams(auto_hang_up=False))
+    twilio = SimpleNamespace(_params=SimpleNamespace(serializer=serializer, audio_in_sample_rate=None))
     browser = SimpleNamespace(_params=SimpleNamespace(serializer=None, audio_in_sample_rate=16000))
     eight_k = SimpleNamespace(_params=SimpleNamespace(audio_in_sample_rate=8000))
     assert is_telephony_transport(twilio) and is_telephony_transport(eight_k)
@@ -126,7 +141,8 @@ def test_unspoken_remainder(reply, played, remainder):
 
 
 def audio(seconds: float) -> list[InputAudioRawFrame]:
-    return [InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1) for _ in range(round(seconds / 0.02))]
+    n = round(seconds / 0.02)
+    return [InputAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1) for _ in range(n)]
 
 
 def aggregator(start, stop=None) -> LLMUserAggregator:
@@ -192,7 +208,8 @@ async def test_false_interruption_ends_a_wordless_turn():
         VADUserStartedSpeakingFrame(), SleepFrame(0.05), VADUserStoppedSpeakingFrame(), SleepFrame(0.4),
     ])
     n = names(down)
-    assert n.count("FalseInterruptionFrame") == 1 and n.index("FalseInterruptionFrame") < n.index("UserStoppedSpeakingFrame")
+    assert n.count("FalseInterruptionFrame") == 1
+    assert n.index("FalseInterruptionFrame") < n.index("UserStoppedSpeakingFrame")
     assert stop.false_interruptions == 1
 
 
@@ -235,3 +252,91 @@ async def test_idle_interruption_filter():
         TTSAudioRawFrame(bytes(480), 24000, 1), LLMFullResponseEndFrame(), SleepFrame(0.05), InterruptionFrame(),
     ])
     assert names(down).count("InterruptionFrame") == 2 and f.dropped == 2
+
+
+# --- reply resumer ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallFrame(SystemFrame):
+    """Runs ``fn`` when it reaches the Hook (to fire aggregator events at a set point of a run_test script)."""
+
+    fn: object = None
+
+
+class Hook(FrameProcessor):
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, CallFrame):
+            await frame.fn()
+            return
+        await self.push_frame(frame, direction)
+
+
+def resumer_setup():
+    context = LLMContext()
+    _, assistant = LLMContextAggregatorPair(context)
+    resumer = ReplyResumer(context=context, assistant=assistant)
+
+    def played(text: str, interrupted: bool = True):
+        message = AssistantTurnStoppedMessage(content=text, interrupted=interrupted, timestamp="")
+        return CallFrame(fn=lambda: resumer._on_assistant_turn_stopped(assistant, message))
+
+    return context, Pipeline([Hook(), resumer]), resumer, played
+
+
+async def test_resumer_resends_the_unspoken_remainder_and_joins_the_context():
+    context, pipeline, resumer, played = resumer_setup()
+    context.add_message({"role": "user", "content": "weather?"})
+    reply = "It is sunny in Paris. Take a hat."
+    down, up = await run_test(pipeline, frames_to_send=[
+        LLMFullResponseStartFrame(), LLMTextFrame("It is sunny"), LLMTextFrame(" in Paris. Take a hat."),
+        LLMFullResponseEndFrame(), SleepFrame(0.05), InterruptionFrame(),
+        SleepFrame(0.05), played("It is sunny"), FalseInterruptionFrame(), SleepFrame(0.05),
+    ])
+    assert resumer.resumed == ["in Paris. Take a hat."]
+    tail = [f for f in down if isinstance(f, (LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame))][-3:]
+    assert isinstance(tail[0], ResumedResponseStartFrame) and tail[1].text == "in Paris. Take a hat."
+    assert not any(isinstance(f, FalseInterruptionFrame) for f in down)  # consumed
+    # the aggregator wrote the played part when interrupted, then the resumed part when it was spoken
+    context.add_message({"role": "assistant", "content": "It is sunny"})
+    context.add_message({"role": "assistant", "content": "in Paris. Take a hat."})
+    await resumer._on_assistant_turn_stopped(None, AssistantTurnStoppedMessage("in Paris. Take a hat.", False, ""))
+    assert context.get_messages()[-1] == {"role": "assistant", "content": reply}
+    assert len(context.get_messages()) == 2
+
+
+async def test_resumer_reruns_the_llm_when_nothing_was_generated():
+    _, pipeline, resumer, _ = resumer_setup()
+    down, up = await run_test(pipeline, frames_to_send=[
+        LLMFullResponseStartFrame(), SleepFrame(0.05), InterruptionFrame(), SleepFrame(0.05),
+        FalseInterruptionFrame(), SleepFrame(0.05),
+    ])
+    assert any(isinstance(f, LLMRunFrame) for f in up) and resumer.resumed == []
+
+
+async def test_resumer_does_nothing_after_a_real_turn_or_a_finished_reply():
+    _, pipeline, resumer, played = resumer_setup()
+    down, up = await run_test(pipeline, frames_to_send=[
+        LLMFullResponseStartFrame(), LLMTextFrame("One. Two."), SleepFrame(0.05), InterruptionFrame(),
+        SleepFrame(0.05), played("One."), LLMFullResponseStartFrame(), LLMTextFrame("New answer."),  # a real turn
+        SleepFrame(0.05), played("New answer.", interrupted=False),  # ... answered and played out
+        FalseInterruptionFrame(), SleepFrame(0.05),
+    ])
+    assert resumer.resumed == [] and not any(isinstance(f, LLMRunFrame) for f in up)
+
+
+async def test_resumer_joins_a_reply_resumed_twice_into_one_message():
+    context, pipeline, resumer, played = resumer_setup()
+    context.add_message({"role": "user", "content": "weather?"})
+    await run_test(pipeline, frames_to_send=[
+        LLMFullResponseStartFrame(), LLMTextFrame("One two three four five."), SleepFrame(0.05), InterruptionFrame(),
+        SleepFrame(0.05), played("One two"), FalseInterruptionFrame(), SleepFrame(0.05),
+        InterruptionFrame(), SleepFrame(0.05), played(""),  # the resumed part cut before a word played
+        FalseInterruptionFrame(), SleepFrame(0.05),
+    ])
+    assert resumer.resumed == ["three four five.", "three four five."]
+    context.add_message({"role": "assistant", "content": "One two"})  # what the aggregator wrote at the first cut
+    context.add_message({"role": "assistant", "content": "three four five."})
+    await resumer._on_assistant_turn_stopped(None, AssistantTurnStoppedMessage("three four five.", False, ""))
+    assert context.get_messages()[1:] == [{"role": "assistant", "content": "One two three four five."}]

@@ -1,4 +1,4 @@
-"""The virtual transport on its own: 20 ms input frames on schedule, anchors on bot events, output paced and recorded."""
+"""The virtual transport on its own: 20 ms input frames on schedule, anchors on bot events, paced recorded output."""
 
 from __future__ import annotations
 

@@ -311,8 +311,8 @@ async def test_echo_guard_ignores_short_burst():
     agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
                               llm=llm, tts=EspeakTTSService(rate=220), telephony=True)
     assert agent.policy.echo_guard
-    await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport) and transport.schedule_done.is_set(),
-                    timeout=40, settle_s=1.0)
+    await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport)
+                    and transport.schedule_done.is_set(), timeout=40, settle_s=1.0)
 
     guard = agent.user_aggregator._params.user_turn_strategies.start[0]
     assert guard.suppressed_segments == 1  # VAD heard the "mhm" ...
