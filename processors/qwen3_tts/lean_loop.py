@@ -54,37 +54,45 @@ class _LayerWeights:
     down: Any
     ln1: torch.Tensor
     ln2: torch.Tensor
-    q_norm: torch.Tensor
-    k_norm: torch.Tensor
+    qk_norm: torch.Tensor  # (heads + kv_heads, head_dim): q_norm's weight per query head, then k_norm's per kv head
 
 
 class _Work:
-    """Activation buffers for one (rows, hidden) shape; rows = batch x tokens."""
+    """Activation buffers and their views for one (batch, tokens) shape; rows = batch x tokens.
 
-    def __init__(self, rows: int, hidden: int, n_heads: int, n_kv: int, head_dim: int, inter: int, dtype, device):
+    q, k and v are written side by side into ``qkv``, so q and k are normalised and rotated in one go (per head,
+    exactly upstream's arithmetic)."""
+
+    def __init__(self, batch: int, tokens: int, hidden: int, n_heads: int, n_kv: int, head_dim: int, inter: int,
+                 dtype, device):
         e = lambda *s: torch.empty(*s, dtype=dtype, device=device)  # noqa: E731
+        rows, H, KV, D = batch * tokens, n_heads, n_kv, head_dim
         self.x = e(rows, hidden)  # residual stream
         self.h = e(rows, hidden)  # normed input of a sublayer
         self.sq = e(rows, hidden)
         self.var = e(rows, 1)
-        self.q = e(rows, n_heads * head_dim)
-        self.k = e(rows, n_kv * head_dim)
-        self.v = e(rows, n_kv * head_dim)
-        self.qn, self.q_sq, self.q_rot, self.q_emb = (e(rows * n_heads * head_dim) for _ in range(4))
-        self.kn, self.k_sq, self.k_rot, self.k_emb = (e(rows * n_kv * head_dim) for _ in range(4))
-        self.q_var, self.k_var = e(rows * n_heads), e(rows * n_kv)
-        self.attn = e(rows, n_heads * head_dim)
+        self.qkv = e(rows, (H + 2 * KV) * D)
+        self.q_out, self.k_out, self.v_out = self.qkv[:, : H * D], self.qkv[:, H * D : (H + KV) * D], self.qkv[:, (H + KV) * D :]
+        heads = self.qkv.view(batch, tokens, H + 2 * KV, D)
+        self.qk = heads[:, :, : H + KV]  # (batch, tokens, H + KV, D), a strided view
+        self.v = heads[:, :, H + KV :]  # (batch, tokens, KV, D)
+        self.qk_sq, self.qk_n, self.qk_rot, self.qk_emb = (e(batch, tokens, H + KV, D) for _ in range(4))
+        self.qk_var = e(batch, tokens, H + KV, 1)
+        self.q4 = self.qk_emb[:, :, :H].transpose(1, 2)  # (batch, H, tokens, D) for SDPA
+        self.k = self.qk_emb[:, :, H:]  # (batch, tokens, KV, D)
+        self.attn = e(batch, tokens, H, D)
+        self.attn2d = self.attn.view(rows, H * D)
         self.o = e(rows, hidden)
         self.g = e(rows, inter)
         self.u = e(rows, inter)
         self.d = e(rows, hidden)
-        self.cos = e(rows, head_dim)
-        self.sin = e(rows, head_dim)
-        self.mask = torch.empty(rows, 1, dtype=torch.bool, device=device)  # resized on use (masked attention)
+        self.cos = e(batch, head_dim)
+        self.sin = e(batch, head_dim)
+        self.mask = torch.empty(batch, 1, dtype=torch.bool, device=device)  # resized on use (masked attention)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, out: torch.Tensor, sq: torch.Tensor, var: torch.Tensor):
-    """Upstream's Qwen3TTSRMSNorm, op for op (float32 statistics), into ``out``."""
+    """Upstream's Qwen3TTSRMSNorm over the last dim, op for op (float32 statistics), into ``out``."""
     if x.dtype == torch.float32:
         torch.pow(x, 2, out=sq)
         torch.mean(sq, -1, keepdim=True, out=var)
@@ -98,13 +106,19 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, out: torch.Tensor, sq: to
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``x*cos + rotate_half(x)*sin`` (upstream's formula and op order) into ``out``; x, rot, out: (rows, heads, D)."""
+    """``x*cos + rotate_half(x)*sin`` (upstream's formula and op order) into ``out``; x, rot, out: (..., heads, D)."""
     half = x.shape[-1] // 2
     torch.neg(x[..., half:], out=rot[..., :half])
     rot[..., half:].copy_(x[..., :half])
     torch.mul(x, cos, out=out)
     rot.mul_(sin)
     return out.add_(rot)
+
+
+def _into(y: torch.Tensor, out: torch.Tensor) -> None:
+    """Kernels without ``out=`` return a new tensor: copy it where the next op reads."""
+    if y.data_ptr() != out.data_ptr():
+        out.copy_(y)
 
 
 class DecoderStack:
@@ -130,7 +144,7 @@ class DecoderStack:
                 q=make_linear(a.q_proj), k=make_linear(a.k_proj), v=make_linear(a.v_proj), o=make_linear(a.o_proj),
                 gate=make_linear(m.gate_proj), up=make_linear(m.up_proj), down=make_linear(m.down_proj),
                 ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-                q_norm=a.q_norm.weight, k_norm=a.k_norm.weight,
+                qk_norm=torch.cat([a.q_norm.weight.expand(self.n_heads, -1), a.k_norm.weight.expand(self.n_kv, -1)]),
             ))  # fmt: skip
         self.norm = model.norm.weight
         self.dtype = self.norm.dtype
@@ -164,12 +178,13 @@ class DecoderStack:
         self._arange = torch.arange(cap, device=self.device)
         self.capacity = cap
 
-    def work(self, rows: int, keep: bool = True) -> _Work:
-        w = self._work.get(rows)
+    def work(self, batch: int, tokens: int, keep: bool = True) -> _Work:
+        w = self._work.get((batch, tokens))
         if w is None:
-            w = _Work(rows, self.hidden, self.n_heads, self.n_kv, self.head_dim, self.inter, self.dtype, self.device)
+            w = _Work(batch, tokens, self.hidden, self.n_heads, self.n_kv, self.head_dim, self.inter, self.dtype,
+                      self.device)  # fmt: skip
             if keep:
-                self._work[rows] = w
+                self._work[(batch, tokens)] = w
         return w
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
@@ -197,8 +212,8 @@ class DecoderStack:
             if tokens != 1 or pos is None:
                 raise ValueError("streams at different positions (and masked attention) step one token at a time, "
                                  "with `pos`")
-            cos = torch.index_select(self.cos, 0, pos, out=w.cos.view(batch, D)).view(batch, 1, 1, D)
-            sin = torch.index_select(self.sin, 0, pos, out=w.sin.view(batch, D)).view(batch, 1, 1, D)
+            cos = torch.index_select(self.cos, 0, pos, out=w.cos).view(batch, 1, 1, D)
+            sin = torch.index_select(self.sin, 0, pos, out=w.sin).view(batch, 1, 1, D)
         if masked:
             if w.mask.shape != (batch, self.capacity):
                 w.mask = torch.empty(batch, self.capacity, dtype=torch.bool, device=self.device)
@@ -207,18 +222,15 @@ class DecoderStack:
             rows = self._bidx(batch) + slot
         x = w.x
         cslice = slice(slot, slot + batch)
+        q4, k, v, attn = w.q4, w.k, w.v, w.attn
         for li, L in enumerate(self.layers):
             h = _rms(x, L.ln1, self.eps, w.h, w.sq, w.var)
-            q = L.q(h, w.q).view(batch, tokens, H, D)
-            k = L.k(h, w.k).view(batch, tokens, KV, D)
-            v = L.v(h, w.v).view(batch, tokens, KV, D)
-            q = _rope(_rms(q, L.q_norm, self.eps, w.qn.view(q.shape), w.q_sq.view(q.shape), w.q_var.view(*q.shape[:3], 1)),
-                      cos, sin, w.q_rot.view(q.shape), w.q_emb.view(q.shape))
-            k = _rope(_rms(k, L.k_norm, self.eps, w.kn.view(k.shape), w.k_sq.view(k.shape), w.k_var.view(*k.shape[:3], 1)),
-                      cos, sin, w.k_rot.view(k.shape), w.k_emb.view(k.shape))
+            _into(L.q(h, w.q_out), w.q_out)
+            _into(L.k(h, w.k_out), w.k_out)
+            _into(L.v(h, w.v_out), w.v_out)
+            qk = _rms(w.qk, L.qk_norm, self.eps, w.qk_n, w.qk_sq, w.qk_var)
+            _rope(qk, cos, sin, w.qk_rot, w.qk_emb)  # -> q4 (batch, H, tokens, D), k (batch, tokens, KV, D)
             kc, vc = self.k_cache[li], self.v_cache[li]
-            q4 = q.transpose(1, 2)
-            attn = w.attn.view(batch, tokens, H, D)
             if masked:
                 kc.index_put_((rows, pos), k[:, 0])
                 vc.index_put_((rows, pos), v[:, 0])
@@ -243,7 +255,7 @@ class DecoderStack:
                                                          vc[c : c + 1, : s + 1].transpose(1, 2), scale=self.scale,
                                                          enable_gqa=True)
                     attn[b].copy_(out[0].transpose(0, 1))
-            x.add_(L.o(w.attn, w.o))
+            x.add_(L.o(w.attn2d, w.o))
             h = _rms(x, L.ln2, self.eps, w.h, w.sq, w.var)
             g = F.silu(L.gate(h, w.g), inplace=True)
             g.mul_(L.up(h, w.u))
@@ -334,7 +346,7 @@ class LeanTalker:
         t = time.perf_counter()
         L = inputs_embeds.shape[1]
         self.stack.ensure_capacity(max(capacity, L + 1), self.cache_granule)
-        w = self.stack.work(L, keep=False)
+        w = self.stack.work(1, L, keep=False)
         w.x.copy_(inputs_embeds[0])
         hidden = self.stack.forward(w, 1, L, [0], slot=slot)
         logits = self.codec_head(hidden, None)
@@ -347,7 +359,7 @@ class LeanTalker:
         ``starts``: each stream's position; ``self.pos[:n]`` must hold the same values. Returns (hidden (n, H),
         logits (n, V)), workspace buffers valid until the next step."""
         t = time.perf_counter()
-        w = self.stack.work(n)
+        w = self.stack.work(n, 1)
         w.x.copy_(self.emb_sum[:n, 0])
         hidden = self.stack.forward(w, n, 1, starts, self.pos[:n])
         logits = self.codec_head(hidden, self.logits0[:n])
@@ -383,7 +395,7 @@ class LeanTalker:
         codes[:, 0].copy_(token0)
         torch.index_select(self.embed0, 0, token0, out=emb[:, 0])
         # prefill: [past_hidden, embed(code 0)] at positions 0, 1
-        w2 = p.work(2 * n)
+        w2 = p.work(n, 2)
         x2 = w2.x.view(n, 2, -1)
         x2[:, 0].copy_(hidden)
         x2[:, 1].copy_(emb[:, 0])
@@ -391,7 +403,7 @@ class LeanTalker:
             w2.x.copy_(self.mtp_proj(w2.x, None))
         h = p.forward(w2, n, 2, [0] * n)
         logits = self.lm_heads[0](h, None).view(n, 2, -1)[:, -1]
-        w1 = p.work(n)
+        w1 = p.work(n, 1)
         for g in range(1, G):
             tok = self.pick_sub(samplers, logits)
             codes[:, g].copy_(tok)

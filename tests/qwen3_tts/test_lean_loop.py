@@ -97,12 +97,12 @@ def test_static_buffers_are_reused(engine, voice):
     lean = LeanTalker(engine.tts_model.model.talker)
     _lean(lean, engine, voice, **GREEDY)
     caches = [c.data_ptr() for c in lean.stack.k_cache + lean.stack.v_cache + lean.pred.k_cache]
-    work = lean.stack.work(1)
+    work = lean.stack.work(1, 1)
     x_ptr = work.x.data_ptr()
     # a second, shorter utterance fits: nothing is reallocated, and the result does not depend on the first one
     second = _lean(lean, engine, voice, n=N // 2, **GREEDY)
     assert [c.data_ptr() for c in lean.stack.k_cache + lean.stack.v_cache + lean.pred.k_cache] == caches
-    assert lean.stack.work(1) is work and work.x.data_ptr() == x_ptr
+    assert lean.stack.work(1, 1) is work and work.x.data_ptr() == x_ptr
     assert torch.equal(second, _lean(LeanTalker(engine.tts_model.model.talker), engine, voice, n=N // 2, **GREEDY))
 
 
