@@ -49,7 +49,7 @@ from processors.tts_engine import (
 from .codec_stream import StreamingCodecDecoder
 from .frame_loop import FrameLoop, capture_prompt
 from .lean_loop import LeanFrameLoop, build_lean_talker
-from .precision import quantize_talker
+from .precision import prepare_talker
 from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
 
 log = logging.getLogger("duplex.qwen3_tts")
@@ -176,8 +176,7 @@ class Qwen3TTSEngine:
                 hint = "the directory is not a complete Qwen3-TTS model"
             raise ModelUnavailableError(f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})") from e
         tts_model.model.eval()
-        if quantize:
-            quantize_talker(tts_model.model.talker, quantize)
+        prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU
         log.info("Qwen3-TTS: loaded in %.1f s", time.perf_counter() - t0)
         model_id = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
         return cls(tts_model, f"{model_id}|{torch_dtype}" + (f"|{quantize}" if quantize else ""), **options)

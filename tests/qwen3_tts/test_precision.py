@@ -116,19 +116,31 @@ def test_int8_dynamic_needs_fp32(tiny_qwen_never_eos_dir):
 @pytest.mark.parametrize("options", [dict(dtype="bfloat16"), dict(quantize="int8"), dict(quantize="int8-dynamic")],
                          ids=["bf16", "int8", "int8-dynamic"])  # fmt: skip
 def test_lean_equals_reference_at_same_precision(tiny_qwen_never_eos_dir, ref_audio, options):
-    """Quantised/bf16 models run in every loop; the lean loop with the same kernels gives the reference loop's codes
-    (bf16: the packed oneDNN kernel rounds differently from F.linear, so only the length and loudness are checked)."""
+    """Quantised/bf16 models run in every loop (the per-step linears are swapped at load), and the lean loop with the
+    same kernels gives the reference loop's output exactly: the lean loop adds no error of its own at any precision."""
     lean = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir, **options)
     ref = Qwen3TTSEngine(lean.tts_model, lean.model_id, loop="reference")
     vp = lean.create_voice(ref_audio, "A short reference sentence for cloning.")
     a = lean.synthesize(TEXT, vp, "English", max_new_tokens=N + 1, **GREEDY)
     b = ref.synthesize(TEXT, vp, "English", max_new_tokens=N + 1, **GREEDY)
     assert len(a) == len(b) == N * 1920 and np.abs(a).max() > 1e-3
-    if "quantize" in options or not bf16_supported():
-        assert np.array_equal(a, b)
+    assert np.array_equal(a, b)
     if options.get("quantize") == "int8":
         assert lean.dtype == (torch.bfloat16 if bf16_supported() else torch.float32)  # int8 weights, bf16 activations
         assert lean.model_id.endswith("|int8")
+
+
+@needs_bf16
+def test_bf16_load_packs_the_per_step_linears_once(tiny_qwen_never_eos_dir):
+    from processors.qwen3_tts.precision import PackedBF16Linear
+
+    eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir, dtype="bfloat16")
+    talker = eng.tts_model.model.talker
+    assert isinstance(talker.codec_head, PackedBF16Linear)
+    assert all(isinstance(layer.mlp.down_proj, PackedBF16Linear) for layer in talker.code_predictor.model.layers)
+    assert not any(isinstance(m, nn.Linear) for layer in talker.model.layers for m in layer.modules())
+    assert isinstance(talker.text_projection.linear_fc1, nn.Linear)  # prompt-side modules stay as loaded
+    assert isinstance(make_linear(talker.codec_head), _PackedBF16)
 
 
 def test_token_agreement():
