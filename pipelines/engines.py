@@ -75,4 +75,10 @@ def create_stt_service(settings: Settings, *, engine: Any = None, **kwargs: Any)
             engine = PocketsphinxEngine()
         else:
             raise ValueError(f"unknown STT engine {name!r} (parakeet, pocketsphinx, auto)")
-    return EngineSTTService(engine, interim_interval_s=settings.stt.interim_interval_s, **kwargs)
+    interim = settings.stt.interim_interval_s
+    if interim and getattr(engine, "name", "") == "pocketsphinx":
+        # pocketsphinx holds the GIL while it decodes: re-transcribing the growing utterance every second stalls the
+        # event loop (measured: VAD stops 2-4 s late on a 6.6 s utterance), so its interim passes stay off
+        logger.info("pocketsphinx: interim transcripts off (decoding holds the GIL and would stall the pipeline)")
+        interim = None
+    return EngineSTTService(engine, interim_interval_s=interim, **kwargs)
