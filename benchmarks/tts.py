@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import tts_lean
+
 TEXT = ("Streaming speech should start while the model is still thinking, and it should stop the moment the "
         "listener interrupts, which is the whole point of a full duplex voice agent.")
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
@@ -33,8 +35,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-chunk-frames", type=int, default=1)
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench")
     p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
-    p.add_argument("--side", choices=["upstream", "stream"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=["upstream", "stream", "lean", "bandwidth", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    tts_lean.add_arguments(p)
 
 
 def _model_dir(cache: Path, size: str) -> Path:
@@ -52,6 +55,13 @@ def _measure_side(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    if args.side == "bandwidth":
+        return tts_lean.measure_bandwidth(args.threads)
+    if args.side == "lean":
+        return tts_lean.measure_lean(args)
+    if args.side == "batch":
+        return tts_lean.measure_batch(args)
+
     torch.set_num_threads(args.threads)
     from processors.qwen3_tts import Qwen3TTSEngine
     from processors.qwen3_tts.random_model import make_reference_audio
@@ -66,11 +76,18 @@ def _measure_side(args: argparse.Namespace) -> dict:
     n = args.frames
     out: dict = {"load_s": load_s}
     if args.side == "upstream":
-        t = time.perf_counter()
-        wavs, sr = engine.tts_model.generate_voice_clone(text=TEXT, language="English", voice_clone_prompt=[voice.prompt],
-                                                         max_new_tokens=n + 1, **GREEDY)
-        total = time.perf_counter() - t
-        out.update(total_s=total, first_audio_s=total, samples=len(wavs[0]))
+
+        def run() -> dict:
+            t = time.perf_counter()
+            wavs, sr = engine.tts_model.generate_voice_clone(text=TEXT, language="English", max_new_tokens=n + 1,
+                                                             voice_clone_prompt=[voice.prompt], **GREEDY)  # fmt: skip
+            total = time.perf_counter() - t
+            return dict(total_s=total, first_audio_s=total, samples=len(wavs[0]))
+
+        # with the code predictor, the codec decode and the codes observed (issue-7 table and drift check)
+        split = tts_lean.measure_upstream_split(engine, run)
+        split["codes"] = split["codes"].tolist() if split["codes"] is not None else None
+        out.update(split)
     else:
         t = time.perf_counter()
         first = None
@@ -107,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     checks = []
+    lean_body = ""
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         model_dir = _model_dir(args.cache, size)
         frames = args.frames if size == "full" else args.tiny_frames
@@ -122,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                        f"{total_ratio:.3f}", "<= 1.1", "yes" if total_ratio <= 1.1 else "NO"])
         print(f"[{size}] upstream {up['total_s']:.2f} s; ours first audio {ours['first_audio_s']:.2f} s, "
               f"total {ours['total_s']:.2f} s", flush=True)
+        if size == args.lean_size and not args.no_lean:
+            lean_body = tts_lean.run_sections(args, model_dir, up)
     headers = ["model", "side", "frames", "audio s", "first audio s", "total s", "ms/frame", "RTF (compute/audio)",
                "peak RSS MB"]
     table = markdown_table(headers, rows)
@@ -137,11 +157,13 @@ def run(args: argparse.Namespace) -> int:
         "the model is built never to emit its end token and both sides are capped at the same frame count. "
         "Upstream's first audio is its total: it returns nothing before the end.\n\n"
         f"{table}\n\nTargets on this CPU:\n\n{targets}\n\n"
-        "What this does not measure: quality on real weights; GPU figures. On a GPU the same loop runs the talker and "
-        "predictor in bf16; the frame time there is dominated by per-step kernel launches (faster-qwen3-tts reaches "
-        "RTF 0.2-0.26 compute/audio on RTX 4090/H100 only with CUDA graphs), so without the issue-7 lean loop we expect "
-        "first audio at roughly 1-2 frame times plus prefill (~0.2-0.4 s) and RTF near upstream's; unverified here.\n"
+        "\"Duplex stream\" is the engine's default loop (the lean loop, fp32). What this does not measure: quality on "
+        "real weights; GPU figures. On a GPU the engine runs the lean loop in bf16 with its per-frame steps replayed as "
+        "CUDA graphs (`processors/qwen3_tts/cuda_graphs.py`, the technique with which faster-qwen3-tts reaches RTF "
+        "0.2-0.26 compute/audio on RTX 4090/H100); it has not run here (no GPU), so no GPU figure is claimed.\n"
     )
+    if lean_body:
+        body += "\n" + lean_body
     print("\n" + body)
     if not args.no_write:
         print(f"written to {write_section('tts', body)}")

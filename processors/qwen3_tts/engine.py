@@ -151,12 +151,15 @@ class Qwen3TTSEngine:
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         quantize: str | None = None,
+        decoder_dtype: str | torch.dtype | None = None,
         **options: Any,
     ) -> "Qwen3TTSEngine":
         """Load from a Hugging Face hub id (downloaded into the HF cache, with progress) or a local directory.
 
         ``quantize``: None, "int8" (weight-only, bf16 activations where supported) or "int8-dynamic" (torch.ao, fp32);
-        see ``precision.py``. With ``quantize="int8"`` and no dtype the model loads in bf16 where supported."""
+        see ``precision.py``. With ``quantize="int8"`` and no dtype the model loads in bf16 where supported.
+        ``decoder_dtype``: the codec decoder's dtype when it should differ from ``dtype`` (bf16 halves its cost on
+        AMX CPUs; see docs/benchmarks.md for its drift)."""
         ensure_qwen_tts_importable()
         from qwen_tts import Qwen3TTSModel
 
@@ -177,9 +180,12 @@ class Qwen3TTSEngine:
             raise ModelUnavailableError(f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})") from e
         tts_model.model.eval()
         prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU
+        if decoder_dtype is not None:
+            tts_model.model.speech_tokenizer.model.decoder.to(pick_device(device, decoder_dtype)[1])
         log.info("Qwen3-TTS: loaded in %.1f s", time.perf_counter() - t0)
         model_id = str(Path(model).resolve()) if Path(str(model)).exists() else str(model)
-        return cls(tts_model, f"{model_id}|{torch_dtype}" + (f"|{quantize}" if quantize else ""), **options)
+        suffix = (f"|{quantize}" if quantize else "") + (f"|decoder {decoder_dtype}" if decoder_dtype else "")
+        return cls(tts_model, f"{model_id}|{torch_dtype}{suffix}", **options)
 
     @property
     def languages(self) -> tuple[str, ...]:
