@@ -194,6 +194,8 @@ async def test_barge_in_one_second_into_reply(tiny_parakeet_engine, tiny_qwen_tt
     # the TTS worker was generating at the barge-in and stopped within about one codec frame (80 ms)
     assert watch.alive_at_vad_start, "the TTS had finished before the barge-in: the test proves nothing"
     assert watch.gone_at is not None and watch.gone_at - barge.interruption < 0.15
+    print(f"TTS worker gone {1000 * (watch.gone_at - barge.interruption):.0f} ms after the interruption; "
+          f"last bot audio {1000 * barge.stop_latency_from_vad:.0f} ms after VAD start")
     assert llm.cancelled == 1  # the LLM stream was closed mid-reply
     # the context holds exactly the words whose audio had started playing
     messages = agent.context.get_messages()
