@@ -168,8 +168,11 @@ class DecoderStack:
             return
         cap = -(-positions // granule) * granule
         shape = (self.max_batch, cap, self.n_kv, self.head_dim)
-        new_k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
-        new_v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        # masked attention reads every position (masked ones with weight 0, but 0 * NaN garbage is NaN): zero them;
+        # sliced attention reads only written positions, and untouched pages of an empty buffer cost no memory
+        alloc = torch.zeros if self.attention == "masked" else torch.empty
+        new_k = [alloc(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        new_v = [alloc(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         for old, new in ((self.k_cache, new_k), (self.v_cache, new_v)):
             for o, n in zip(old, new):
                 n[:, : self.capacity].copy_(o)

@@ -145,6 +145,17 @@ def test_masked_attention_equals_reference(engine, voice):
     assert torch.equal(_lean(lean, engine, voice, **GREEDY), ref)
 
 
+def test_masked_caches_start_zeroed(engine):
+    """Masked attention multiplies every cached value (weight 0 for masked ones), so unwritten positions must hold
+    finite values: NaN garbage from an uninitialised buffer would poison every output (a flaky batch test found it)."""
+    lean = LeanTalker(engine.tts_model.model.talker, max_batch=2, attention="masked")
+    lean.stack.ensure_capacity(300, granule=256)
+    assert all(int(torch.count_nonzero(c)) == 0 for c in lean.stack.k_cache + lean.stack.v_cache)
+    lean.stack.k_cache[0][:, :10] = 1.0
+    lean.stack.ensure_capacity(600, granule=256)  # growth: old rows kept, new rows zero
+    assert int(torch.count_nonzero(lean.stack.k_cache[0])) == 2 * 10 * lean.stack.n_kv * lean.stack.head_dim
+
+
 def test_cancel_and_budget(engine, voice):
     lean = LeanTalker(engine.tts_model.model.talker)
     loop = LeanFrameLoop(lean, _prompt(engine, voice, n=200, **GREEDY), 7)
