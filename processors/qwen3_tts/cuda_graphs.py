@@ -12,7 +12,9 @@ the eager code paths of ``lean_loop.LeanTalker``, unchanged:
 
 The codebook-0 sampling stays eager (its repetition penalty reads a growing token list), and one host sync per frame
 reads the token for the EOS check. Talker graphs are recaptured when the cache grows (positions come in steps of
-``cache_granule``). Prefill stays eager (one per utterance, variable length).
+``cache_granule``). Prefill stays eager (one per utterance, variable length). Everything a graph reads or writes
+across replays (caches, ``emb_sum``, ``pos``, ``codes``, ``code_emb``, ``logits0``, the workspaces) is allocated
+eagerly, outside the graphs; only their temporaries live in the graphs' private pools.
 
 NOT RUN HERE: this machine has no GPU. ``tests/qwen3_tts/test_lean_loop.py`` runs the shared pieces (masked attention,
 position-gathered RoPE, batched slots) on CPU and the graph tests only where CUDA is present (``-m gpu``).
@@ -37,7 +39,6 @@ class CudaGraphTalker(LeanTalker):
             raise RuntimeError("CudaGraphTalker needs the model on a CUDA device")
         super().__init__(talker, max_batch=max_batch, attention="masked")
         self.warmup = warmup
-        self.pool = torch.cuda.graph_pool_handle()  # one memory pool shared by all graphs of this talker
         self._talker_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pred_graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._in_hidden = torch.zeros(max_batch, self.hidden, dtype=self.dtype, device=self.device)
@@ -53,7 +54,7 @@ class CudaGraphTalker(LeanTalker):
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):  # a private memory pool: graphs may be recaptured and replayed in any order
             fn()
         return graph
 

@@ -5,16 +5,24 @@ is memory bandwidth. Upstream (and ``frame_loop.FrameLoop``) add HF's per-call m
 every frame, mask construction, cache objects growing by ``torch.cat``, output dataclasses. Here the same arithmetic
 runs on plain tensors:
 
-* weights are taken from upstream's modules as they are (no copy in fp32/bf16; see ``precision.py`` for int8);
-* talker and code predictor each get a static KV cache ``(batch, positions, kv_heads, head_dim)`` written in place;
-* activations live in preallocated per-shape workspaces and the linears write into them (``out=``); what still
-  allocates per step is SDPA's output and the sampling processors' temporaries, all a few KB;
-* the 15 predictor steps are a plain Python loop over the same layer code.
+* weights are upstream's own tensors (no copy); bf16 and int8 linears are swapped in at load time by
+  ``precision.prepare_talker``, so every loop runs the same kernels;
+* talker and code predictor each get a static KV cache ``(batch, positions, kv_heads, head_dim)`` written in place
+  (the talker's grows in steps of 256 positions when an utterance needs more, once, before its first frame);
+* activations live in preallocated per-shape workspaces; fp32 linears and the elementwise ops write into them
+  (``out=``); what still allocates per step is SDPA's output, the outputs of the bf16/int8 kernels (they have no
+  ``out=``) and the sampling processors' temporaries, all a few KB;
+* q, k (and v) of a layer sit side by side, so q and k are normalised and rotated in one go;
+* the 15 predictor steps are a plain Python loop over the same layer code;
+* threads: ``torch.get_num_threads()`` as set by the process (``Qwen3TTSEngine(threads=...)`` sets it per
+  generation). On this 2-core shared box 1 thread is the robust choice: 2 threads only pay off when the other core
+  is idle and fall apart when it is not (docs/benchmarks.md).
 
-Exactness (fp32): every op is the one upstream runs, on the same shapes, in the same order (RMSNorm as
-pow/mean/rsqrt/mul, RoPE as ``q*cos + rotate_half(q)*sin``, SDPA with ``enable_gqa``, heads over all prompt rows like
-upstream), so greedy output is upstream's token for token; ``tests/qwen3_tts/test_streaming_parity.py`` guards it.
-Sampling uses ``frame_loop``'s processors and ``torch.multinomial`` in upstream's order.
+Exactness: every op is the one upstream runs, on the same shapes, in the same order (RMSNorm as pow/mean/rsqrt/mul,
+RoPE as ``q*cos + rotate_half(q)*sin``, SDPA with ``enable_gqa``, heads over all prompt rows like upstream), so output
+is upstream's bit for bit at any precision, greedy or seeded sampling (checked on the full-size model too);
+``tests/qwen3_tts/test_streaming_parity.py`` and ``test_lean_loop.py`` guard it. Sampling uses ``frame_loop``'s
+processors and ``torch.multinomial`` in upstream's order. Batched steps (M > 1) round differently in the last bits.
 
 Batching: one ``LeanTalker`` serves up to ``max_batch`` streams in slots ``0..n-1``; linears then run with M = n, so
 each weight is read once per step for all streams (``batching.py`` schedules them). Attention is per stream
@@ -158,7 +166,7 @@ class DecoderStack:
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.capacity = 0
-        self._work: dict[int, _Work] = {}
+        self._work: dict[tuple[int, int], _Work] = {}
         self._arange = None
 
     # --- buffers --------------------------------------------------------------------------------------------------
