@@ -9,6 +9,8 @@ BENCHMARKS = {
     "tts": "benchmarks.tts",
     "espeak": "benchmarks.espeak_tts",
     "llm": "benchmarks.llm",
+    "speak": "benchmarks.speak_server",
+    "agent": "benchmarks.voice_agent",
 }
 
 
