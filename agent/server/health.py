@@ -23,9 +23,13 @@ def health(ctx: ServerContext) -> dict[str, Any]:
         tts.update(engine=engine.name, sampleRate=engine.sample_rate, languages=list(engine.languages))
     if state == "failed":
         tts["error"] = ctx.engines.tts_error
+    pipeline: dict[str, Any] = {"state": ctx.engines.pipeline_state}
+    if pipeline["state"] == "failed":
+        pipeline["error"] = ctx.engines.pipeline_error
     return {
         "status": "ok" if state == "ready" else state,
-        "models": {"tts": tts},
+        "models": {"tts": tts, "pipeline": pipeline},
+        "engines": ctx.engines.describe(),
         "sessions": {"active": ctx.sessions.active, "max": ctx.sessions.max_sessions,
                      "byKind": ctx.sessions.active_by_kind()},
         "auth": bool(ctx.auth_token),

@@ -1,0 +1,129 @@
+"""``duplex serve``: one FastAPI/uvicorn app with every entry point (browser chat at ``/``, ``/api/offer``, ``/ws``,
+``/telephony/twilio``, ``/api/v1/speak``, ``/api/v1/voices``, ``/healthz``, ``/readyz``, ``/metrics``).
+
+Settings: flags over ``DUPLEX_*`` env vars over defaults (``agent.settings``). The server answers ``/healthz`` at once
+and loads the models in a background thread (progress lines on stderr; ``MODEL_LOADING`` until ready). When a chosen
+model cannot be had, it prints why and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+EXIT_MODEL_UNAVAILABLE = 1
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    add("--port", type=int, help="port (default 8000)")
+    add("--tts", choices=["qwen3", "espeak", "auto"], help="TTS engine (default auto)")
+    add("--stt", choices=["parakeet", "pocketsphinx", "auto"], help="STT engine (default auto)")
+    add("--llm", metavar="local|URL", help="'local' (bundled SmolLM2) or an OpenAI-compatible base URL")
+    add("--llm-model", help="model name at the LLM endpoint (or a local/hub model for --llm local)")
+    add("--llm-api-key", help="API key for the LLM endpoint")
+    add("--voice", help="default voice id (from /api/v1/voices)")
+    add("--language", help="default language (e.g. English)")
+    add("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    add("--auth-token", help="require this bearer token on every API and WebSocket")
+    add("--max-sessions", type=int, help="concurrent sessions, all kinds together (default 10)")
+    add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
+    add("--tts-model", help="Qwen3-TTS hub id or local directory")
+    add("--stt-model", help="Parakeet hub id or local .nemo")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """``Settings`` from env vars and defaults, with the flags given on top (nested groups merge)."""
+    from agent.settings import Settings
+
+    def given(name: str) -> Any:
+        return getattr(args, name, None)
+
+    overrides: dict[str, Any] = {}
+
+    def put(group: str | None, field: str, value: Any) -> None:
+        if value is None:
+            return
+        if group is None:
+            overrides[field] = value
+        else:
+            overrides.setdefault(group, {})[field] = value
+
+    put("server", "host", given("host"))
+    put("server", "port", given("port"))
+    put("server", "auth_token", given("auth_token"))
+    put("server", "max_sessions", given("max_sessions"))
+    put("tts", "engine", given("tts"))
+    put("tts", "model", given("tts_model"))
+    put("tts", "voice", given("voice"))
+    put("tts", "language", given("language"))
+    put("stt", "engine", given("stt"))
+    put("stt", "model", given("stt_model"))
+    put("llm", "backend", given("llm"))
+    put("llm", "model", given("llm_model"))
+    put("llm", "api_key", given("llm_api_key"))
+    put(None, "device", given("device"))
+    put(None, "voices_dir", given("voices_dir"))
+    return Settings(**overrides)  # pydantic-settings deep-merges init values over the env
+
+
+def build_app(settings: Any, engines: Any) -> Any:
+    """The full app: ``create_app`` with the browser chat and telephony routers."""
+    from agent.server import create_app
+    from agent.server import chat, telephony
+
+    return create_app(settings, engines, routers=[chat.router, telephony.router])
+
+
+def _say(message: str) -> None:
+    print(f"duplex: {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except Exception as e:  # pydantic ValidationError: a bad flag or env value
+        _say(f"bad settings: {e}")
+        return 2
+
+    import uvicorn
+
+    from agent.engines import ModelUnavailable, load_engines
+    from agent.server import Engines
+
+    engines = Engines()
+    app = build_app(settings, engines)
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
+                            log_level=args.log_level, ws_max_size=max(16 << 20, settings.server.max_message_bytes * 2),
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    failure: list[str] = []
+
+    def load() -> None:
+        t0 = time.perf_counter()
+        try:
+            load_engines(settings, engines=engines, progress=_say)
+            _say(f"models ready in {time.perf_counter() - t0:.1f} s; open http://{settings.server.host}:"
+                 f"{settings.server.port}/")
+        except ModelUnavailable as e:
+            failure.append(str(e))
+            _say(f"ERROR: {e}")
+            _say("choose another engine (--tts espeak, --stt pocketsphinx, --llm local) or make the model available")
+            server.should_exit = True
+        except Exception as e:  # anything else: same outcome, with the type for the bug report
+            failure.append(f"{type(e).__name__}: {e}")
+            _say(f"ERROR: loading the models failed: {type(e).__name__}: {e}")
+            server.should_exit = True
+
+    loader = threading.Thread(target=load, name="duplex-model-loader", daemon=True)
+    _say(f"serving on http://{settings.server.host}:{settings.server.port} (models load in the background)")
+    loader.start()
+    server.run()
+    return EXIT_MODEL_UNAVAILABLE if failure else 0
