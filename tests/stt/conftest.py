@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stt_testutil import SPEECH_DIR
+from .stt_testutil import SPEECH_DIR
 
 torch.set_num_threads(1)
 

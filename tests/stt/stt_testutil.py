@@ -1,4 +1,4 @@
-"""Helpers shared by the STT tests (importable as ``stt_testutil``: pytest puts this folder on sys.path)."""
+"""Helpers shared by the STT tests (import it relatively: ``from .stt_testutil import ...``)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from stt_testutil import noise
+from .stt_testutil import noise
 
 from processors.parakeet_stt import ParakeetEngine
 from processors.stt_engine import STTEngine, STTError, STTInputError, Transcript, Word

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stt_testutil import KEY_WORDS, speech, wer, words_of
+from .stt_testutil import KEY_WORDS, speech, wer, words_of
 
 from processors.audio import STT_DITHER_DBFS, STT_SAMPLE_RATE
 from processors.pocketsphinx_stt import PocketsphinxEngine, dither_digital_silence

@@ -21,7 +21,7 @@ from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
-from stt_testutil import TELEPHONE_KEY_WORDS, noise, speech, words_of
+from .stt_testutil import TELEPHONE_KEY_WORDS, noise, speech, words_of
 
 from processors.audio import STT_SAMPLE_RATE, float_to_pcm16, resample
 from processors.parakeet_stt import ParakeetSTTService
