@@ -185,7 +185,9 @@ async def build_session_agent(
 async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str) -> None:
     """Run the worker to its end (the transport's disconnect handler cancels it) and record the turns."""
     try:
-        await WorkerRunner(handle_sigint=False).run(agent.worker)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(agent.worker)
+        await runner.run()
     finally:
         for turn in agent.metrics.turns:
             v2v = turn.voice_to_voice
