@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import websockets
 
-from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
 from processors.audio import float_to_pcm16, load_audio, resample
 
-from .conftest import LiveServer
+from .agent_fixtures import agent_server  # noqa: F401  (fixture)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 FRAME_S = 0.02
@@ -43,26 +42,6 @@ def frames(audio: np.ndarray, rate: int) -> list[np.ndarray]:
 
 def words(text: str) -> set[str]:
     return {w.strip(".,!?'\"").lower() for w in text.split() if w.strip(".,!?'\"")}
-
-
-@pytest.fixture(scope="module")
-def agent_server(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    from agent.engines import load_engines
-    from agent.serve import build_app
-
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"),
-        tts=TTSSettings(engine="espeak"), stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=40, temperature=0.0),
-        server=ServerSettings(idle_timeout_s=60),
-    )
-    engines = load_engines(settings)
-    live = LiveServer(build_app(settings, engines)).start()
-    yield live
-    live.stop()
 
 
 class Pacer:

@@ -37,7 +37,6 @@ function onEvent(ev) {
       break;
     case "state":
       ui.state(ev.state);
-      if (ev.state === "speaking") ui.botLine = null;
       break;
     case "transcript":
       if (ev.role === "user") {
