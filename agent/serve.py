@@ -125,5 +125,8 @@ def run(args: argparse.Namespace) -> int:
     loader = threading.Thread(target=load, name="duplex-model-loader", daemon=True)
     _say(f"serving on http://{settings.server.host}:{settings.server.port} (models load in the background)")
     loader.start()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
     return EXIT_MODEL_UNAVAILABLE if failure else 0
