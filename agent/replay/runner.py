@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import TTSTextFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
@@ -41,7 +43,8 @@ class TurnResult:
     metrics: TurnMetrics | None  # the pipeline's user turn for it (None: no turn started, e.g. held by the echo guard)
     transcript: str = ""
     reply: str = ""  # bot words the user heard from this turn's start to the next turn's
-    window: tuple[float, float] = (0.0, float("inf"))
+    window: tuple[float, float] = (0.0, float("inf"))  # replay times whose played bot words are this turn's reply
+    merged_into: str | None = None  # spoken before the previous turn ended: part of that turn (named)
 
     @property
     def interrupted(self) -> bool:
@@ -148,7 +151,22 @@ def build_utterances(scenario: Scenario) -> list[UserUtterance]:
     return out
 
 
-def build_agent(scenario: Scenario, transport: VirtualTransport, *, clock=None) -> VoiceAgent:
+class PlayedWords(BaseObserver):
+    """The bot's words as the output transport releases them, i.e. as their audio plays (word timestamps on the
+    pipeline clock): what the user heard, cut where the bot was interrupted."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+        self.words: list[tuple[float, str]] = []
+
+    async def on_push_frame(self, data: FramePushed):
+        if (data.source is self.output and data.direction == FrameDirection.DOWNSTREAM
+                and isinstance(data.frame, TTSTextFrame)):
+            self.words.append((data.timestamp / 1e9, data.frame.text))
+
+
+def build_agent(scenario: Scenario, transport: VirtualTransport, *, clock=None, observers=None) -> VoiceAgent:
     """The pipeline ``duplex serve`` builds for these settings, with scripted STT/LLM where the scenario says so."""
     from pipelines.engines import create_stt_service, create_tts_service
 
@@ -170,7 +188,7 @@ def build_agent(scenario: Scenario, transport: VirtualTransport, *, clock=None) 
     telephony = scenario.transport.telephony if scenario.transport.telephony is not None else rate == 8000
     return build_voice_agent(
         transport, settings, stt=stt, llm=llm, tts=tts, telephony=telephony,
-        audio_in_sample_rate=rate, audio_out_sample_rate=rate, clock=clock,
+        audio_in_sample_rate=rate, audio_out_sample_rate=rate, clock=clock, observers=observers,
     )
 
 
@@ -183,7 +201,8 @@ async def _run(scenario: Scenario, realtime: bool) -> tuple[VoiceAgent, VirtualT
     params = TransportParams(audio_in_enabled=True, audio_out_enabled=True,
                              audio_in_sample_rate=rate, audio_out_sample_rate=rate)
     transport = VirtualTransport(utterances, params=params)
-    agent = build_agent(scenario, transport, clock=None if realtime else LoopClock())
+    played = PlayedWords(transport.output())
+    agent = build_agent(scenario, transport, clock=None if realtime else LoopClock(), observers=[played])
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(agent.worker)
     task = asyncio.create_task(runner.run())
@@ -219,6 +238,7 @@ async def _run(scenario: Scenario, realtime: bool) -> tuple[VoiceAgent, VirtualT
             except asyncio.TimeoutError:
                 task.cancel()
         agent.metrics.finish()
+    transport.played_words = played.words
     return agent, transport, utterances
 
 
@@ -321,9 +341,27 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
             used.add(match)
         turns.append(TurnResult(i, scenario.turn_label(i), user_audio[i][0], s0, s1, metrics,
                                 transcript=metrics.transcript if metrics else ""))
+    # an utterance that got no turn of its own but came before the previous turn ended belongs to that turn
+    # (a pause shorter than the turn-stop silence): its true speech end is that turn's speech end
     for i, tr in enumerate(turns):
-        tr.window = (tr.speech_start, turns[i + 1].speech_start if i + 1 < len(turns) else float("inf"))
-        words = [f.text for t, f in transport.received if isinstance(f, TTSTextFrame) and tr.window[0] <= t - t0 < tr.window[1]]
+        prev = next((p for p in reversed(turns[:i]) if p.metrics is not None), None)
+        if tr.metrics is None and prev is not None:
+            m = prev.metrics
+            if m.vad_stop is not None and rel(m.vad_stop) >= tr.speech_end and rel(m.speech_start or 0) <= tr.speech_start:
+                m.speech_end = tr.speech_end + t0
+                tr.merged_into = prev.name
+
+    def reacted(tr: TurnResult) -> float:  # when the pipeline took the turn (its VAD start), else its speech start
+        m = tr.metrics
+        return tr.speech_start if m is None else rel(m.vad_start if m.vad_start is not None else m.user_turn_start)
+
+    for i, tr in enumerate(turns):
+        if tr.merged_into is not None:
+            tr.window = (tr.speech_start, tr.speech_start)  # its reply is the turn's it joined
+            continue
+        following = [reacted(t) for t in turns[i + 1:] if t.merged_into is None]
+        tr.window = (reacted(tr), following[0] if following else float("inf"))
+        words = [w for t, w in transport.played_words if tr.window[0] <= t - t0 < tr.window[1]]
         tr.reply = re.sub(r"\s+", " ", " ".join(w.strip() for w in words)).strip()
 
     events = [{"t": e.t - t0, "kind": e.kind, "label": e.label} for e in transport.events]
