@@ -1,7 +1,8 @@
 """The page at ``/`` in headless Debian chromium, driven over the Chrome DevTools protocol (``websockets``): the fake
 microphone plays a recorded utterance (``--use-file-for-fake-audio-capture``), the page talks to the agent over
 WebRTC (``/api/offer``), and one full turn must happen: the user's words transcribed, the bot's reply played and
-shown, its latency listed. A screenshot is kept in ``artifacts/`` (gitignored). Skipped when chromium is absent.
+shown, its latency listed. Then "clone my voice" by upload: the voice is added, selected, and a new session speaks
+with it. A screenshot is kept in ``artifacts/`` (gitignored). Skipped when chromium is absent.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .agent_fixtures import agent_server  # noqa: F401  (fixture)
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "speech"
 ARTIFACTS = Path(os.environ.get("DUPLEX_ARTIFACTS_DIR", ROOT / "artifacts"))
+CLONE_TRANSCRIPT = ("The meeting has been moved to Thursday afternoon, so please send the report to everyone "
+                    "before lunch.")
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p), None)
 
@@ -111,6 +114,33 @@ async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
             (ARTIFACTS / "browser_webrtc_turn.png").write_bytes(base64.b64decode(shot["data"]))
             page_text = await cdp.eval("$('transcript').innerText")
             await cdp.eval("$('hangup').click(); true")
+
+            # "clone my voice" by upload, with its transcript; the new voice is selected and a new session uses it
+            clip = FIXTURES / "flite_meeting_rms.wav"
+            doc = await cdp.call("DOM.getDocument")
+            node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#clone-file")
+            await cdp.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node["nodeId"])
+            await cdp.eval("$('clone-name').value = 'Browser clone'; $('clone-transcript').value = "
+                           + json.dumps(CLONE_TRANSCRIPT) + "; $('clone-save').disabled = false; "
+                           "$('clone-save').click(); true")
+            status = ""
+            for _ in range(100):
+                status = await cdp.eval("$('clone-status').textContent")
+                if "added" in status or ":" in status:
+                    break
+                await asyncio.sleep(0.1)
+            assert "added" in status, status
+            cloned = await cdp.eval("$('voice').value")
+            assert cloned == "browser-clone", cloned
+            await cdp.eval("window.duplexEvents = []; $('connect').click(); true")
+            ready = None
+            for _ in range(200):
+                ready = next((e for e in await cdp.eval("window.duplexEvents") if e["type"] == "ready"), None)
+                if ready:
+                    break
+                await asyncio.sleep(0.1)
+            await cdp.eval("$('hangup').click(); true")
+            assert ready and ready["voice"] == cloned, ready
     finally:
         proc.terminate()
         try:
