@@ -14,8 +14,8 @@ Silero VAD and Smart Turn run on the loop thread itself: also zero virtual time.
 
 pipecat also reads the wall clock directly (``time.time()`` / ``time.monotonic()``) in a few modules: the output
 transport's bot-speaking / bot-stopped-speaking detection, the VAD controller's idle-audio watchdog, the STT
-service's keepalive and last-transcript time, the Smart Turn stop strategy's STT deadline, and the worker's flush
-progress. ``patched_wall_clock(loop)`` swaps those modules' ``time`` for a shim whose ``time()`` / ``monotonic()``
+service's keepalive and last-transcript time, the Smart Turn stop strategy's STT deadline and Smart Turn's audio
+buffer times, the soxr stream resampler's reset-after-a-gap, and the worker's flush progress. ``patched_wall_clock(loop)`` swaps those modules' ``time`` for a shim whose ``time()`` / ``monotonic()``
 (and ``*_ns``) read the loop's virtual time; everything else in the shim is the real ``time`` module. The pipeline
 clock (``FramePushed.timestamp``, recorded event times) is ``LoopClock``, also the loop's time.
 """
@@ -40,6 +40,8 @@ WALL_CLOCK_MODULES = (
     "pipecat.services.stt_service",
     "pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy",
     "pipecat.pipeline.worker",
+    "pipecat.audio.resamplers.soxr_stream_resampler",
+    "pipecat.audio.turn.smart_turn.base_smart_turn",
 )
 # per-job worker threads of our engines (processors.engine_tts_service, processors.llm)
 BUSY_THREAD_PREFIXES = ("tts-", "duplex-llm")

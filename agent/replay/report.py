@@ -77,7 +77,7 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
 
     end = max(result.duration_s, 0.5)
     fig, ax = plt.subplots(figsize=(max(10, min(24, end * 1.1)), 4.2))
-    rows = {"user speech": 4, "VAD / user turn": 3, "bot speech": 2, "latency": 1}
+    rows = {"user speech": 4, "user turn / VAD": 3, "bot speech": 2, "latency": 1}
     # user speech: the voiced spans, with what the STT heard
     for t in result.turns:
         ax.broken_barh([(t.speech_start, t.speech_end - t.speech_start)], (rows["user speech"] - 0.35, 0.7),
@@ -87,10 +87,10 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
     # VAD: start -> stop; user turn: start -> end (thin)
     ev = result.events
     for s, e in _spans([x["t"] for x in ev if x["kind"] == "vad_start"], [x["t"] for x in ev if x["kind"] == "vad_stop"], end):
-        ax.broken_barh([(s, e - s)], (rows["VAD / user turn"] - 0.35, 0.35), color="#72b7b2")
+        ax.broken_barh([(s, e - s)], (rows["user turn / VAD"] - 0.35, 0.35), color="#72b7b2")
     for s, e in _spans([x["t"] for x in ev if x["kind"] == "user_turn_start"],
                        [x["t"] for x in ev if x["kind"] == "user_turn_end"], end):
-        ax.broken_barh([(s, e - s)], (rows["VAD / user turn"] + 0.05, 0.25), color="#54a24b")
+        ax.broken_barh([(s, e - s)], (rows["user turn / VAD"] + 0.05, 0.25), color="#54a24b")
     # bot speech: the audio actually played (chunks merged), with the words of each reply
     merged: list[list[float]] = []
     rate = result.sample_rate
@@ -108,13 +108,13 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
         if t.reply and t.metrics is not None and t.metrics.bot_started_at is not None:
             x = next((e["t"] for e in ev if e["kind"] == "bot_started_speaking" and e["t"] >= t.speech_start), None)
             if x is not None:
-                ax.text(x, rows["bot speech"] - 0.55, t.reply[:70], fontsize=7, va="top", color="#a0522d")
+                ax.text(x, rows["bot speech"] + 0.4, t.reply[:70], fontsize=7, va="bottom", color="#a0522d")
     # interruptions reaching the client
     for x in result.events_of("interruption"):
         ax.axvline(x, color="#e45756", lw=1.2, ls="--")
         ax.text(x, 4.85, "interruption", color="#e45756", fontsize=7, rotation=0, ha="left")
     for x in result.events_of("resumed"):
-        ax.text(x, rows["bot speech"] + 0.42, "resumed", color="#b279a2", fontsize=7)
+        ax.text(x + 0.05, rows["bot speech"], "resumed", color="white", fontsize=7, va="center")
     # latencies: voice-to-voice (speech end -> bot audio), barge-in stop (speech onset -> bot silent)
     for t in result.turns:
         lat = t.latencies()
