@@ -1,11 +1,12 @@
 """Telephony: ``/telephony/twilio`` takes a Twilio Media Streams WebSocket (8 kHz mu-law JSON events) and runs one voice
-agent per call through pipecat's ``TwilioFrameSerializer``.
+agent per call through pipecat's ``TwilioFrameSerializer``; ``/telephony/telnyx`` and ``/telephony/plivo`` do the same
+with pipecat's Telnyx and Plivo serializers (their start events differ; the pipeline is the same).
 
 The pipeline runs at 8 kHz in and out, the rate of the call: the serializer then converts mu-law <-> PCM without a
 resampler (pipecat's soxr stream resampler holds back ~95-140 ms at 8k<->16k, a latency trap on every frame, see
 /work/shared/notes/pipecat.md); Silero VAD takes 8 kHz as is; only the STT (16 kHz) and the TTS output (22.05/24 kHz ->
 8 kHz, once per reply chunk) resample inside their services. On barge-in pipecat's ``InterruptionFrame`` makes the
-serializer send Twilio ``{"event": "clear", "streamSid"}``, so audio buffered at Twilio stops at once. The call is
+serializer send Twilio ``{"event": "clear", "streamSid"}`` (Telnyx ``clear``, Plivo ``clearAudio``), so audio buffered at Twilio stops at once. The call is
 detected as telephony (the serializer), so the echo guard is on with ``turn.echo_guard=auto``.
 
 Auth: with a server token set, the stream URL must carry ``?token=<token>`` (Twilio cannot send headers on a
@@ -23,68 +24,94 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from processors.audio import TELEPHONY_SAMPLE_RATE
 
-from .guards import presented_token, token_matches
 from .context import get_context
+from .guards import presented_token, token_matches
 from .sessions import build_session_agent, resolve_voice, run_voice_session
 
 log = logging.getLogger("duplex.server")
 
-TWILIO_KIND = "twilio"
 START_TIMEOUT_S = 10.0
 
 router = APIRouter()
 
 
-async def _read_twilio_start(websocket: WebSocket) -> dict[str, Any]:
-    """Read Twilio's ``connected`` and ``start`` events; return the ``start`` event."""
+async def _read_start(websocket: WebSocket) -> dict[str, Any]:
+    """Read the carrier's first events up to its ``start`` event (Twilio/Telnyx send ``connected`` first)."""
     async def read() -> dict[str, Any]:
         while True:
             message = json.loads(await websocket.receive_text())
             if message.get("event") == "start":
                 return message
-            if message.get("event") not in ("connected",):
-                raise ValueError(f"expected Twilio 'connected'/'start', got {message.get('event')!r}")
+            if message.get("event") != "connected":
+                raise ValueError(f"expected 'connected'/'start', got {message.get('event')!r}")
 
     return await asyncio.wait_for(read(), START_TIMEOUT_S)
 
 
-@router.websocket("/telephony/twilio")
-async def twilio_stream(websocket: WebSocket) -> None:
+def _twilio(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
     from pipecat.serializers.twilio import TwilioFrameSerializer
+
+    start = message["start"]
+    serializer = TwilioFrameSerializer(
+        stream_sid=message.get("streamSid") or start["streamSid"], call_sid=start.get("callSid"),
+        params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
+    )
+    return serializer, start.get("callSid"), start.get("customParameters") or {}
+
+
+def _telnyx(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
+    from pipecat.serializers.telnyx import TelnyxFrameSerializer
+
+    start = message.get("start") or {}
+    encoding = (start.get("media_format") or {}).get("encoding") or "PCMU"
+    serializer = TelnyxFrameSerializer(
+        stream_id=message["stream_id"], outbound_encoding=encoding, inbound_encoding=encoding,
+        call_control_id=start.get("call_control_id"), params=TelnyxFrameSerializer.InputParams(auto_hang_up=False),
+    )
+    return serializer, start.get("call_control_id"), start.get("custom_parameters") or {}
+
+
+def _plivo(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
+    from pipecat.serializers.plivo import PlivoFrameSerializer
+
+    start = message["start"]
+    serializer = PlivoFrameSerializer(stream_id=start["streamId"], call_id=start.get("callId"),
+                                      params=PlivoFrameSerializer.InputParams(auto_hang_up=False))
+    return serializer, start.get("callId"), message.get("extra_headers") or {}
+
+
+CARRIERS = {"twilio": _twilio, "telnyx": _telnyx, "plivo": _plivo}
+
+
+async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
     from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
     ctx = get_context(websocket)
     await websocket.accept()
     if not token_matches(ctx.auth_token, presented_token(websocket)):
-        ctx.metrics.errors.inc(kind=TWILIO_KIND, code="UNAUTHORIZED")
+        ctx.metrics.errors.inc(kind=kind, code="UNAUTHORIZED")
         await websocket.close(1008)
         return
     if ctx.engines.pipeline_state != "ready":
-        ctx.metrics.errors.inc(kind=TWILIO_KIND, code="MODEL_LOADING")
+        ctx.metrics.errors.inc(kind=kind, code="MODEL_LOADING")
         await websocket.close(1013)
         return
-    slot = ctx.sessions.try_acquire(TWILIO_KIND)
+    slot = ctx.sessions.try_acquire(kind)
     if slot is None:
         await websocket.close(1013)
         return
     try:
         try:
-            start = await _read_twilio_start(websocket)
-            info = start["start"]
-            stream_sid = start.get("streamSid") or info["streamSid"]
-        except (asyncio.TimeoutError, ValueError, KeyError, TypeError) as e:
-            log.warning("twilio: bad stream start (%s)", e)
-            ctx.metrics.errors.inc(kind=TWILIO_KIND, code="INVALID_MESSAGE")
+            serializer, call_id, custom = CARRIERS[kind](await _read_start(websocket))
+        except (asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("%s: bad stream start (%s)", kind, e)
+            ctx.metrics.errors.inc(kind=kind, code="INVALID_MESSAGE")
             await websocket.close(1008)
             return
-        custom = info.get("customParameters") or {}
-        voice, voice_id, warning = await resolve_voice(ctx, custom.get("voice") or websocket.query_params.get("voice"))
+        voice_id = custom.get("voice") if isinstance(custom, dict) else None
+        voice, voice_id, warning = await resolve_voice(ctx, voice_id or websocket.query_params.get("voice"))
         if warning:
-            log.warning("twilio: %s", warning)
-        serializer = TwilioFrameSerializer(
-            stream_sid=stream_sid, call_sid=info.get("callSid"),
-            params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
-        )
+            log.warning("%s: %s", kind, warning)
         transport = FastAPIWebsocketTransport(
             websocket,
             FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
@@ -98,12 +125,27 @@ async def twilio_stream(websocket: WebSocket) -> None:
         async def _gone(_transport: Any, _client: Any) -> None:
             await agent.worker.cancel()
 
-        log.info("twilio: call %s stream %s (voice %s)", info.get("callSid"), stream_sid, voice_id)
-        await run_voice_session(ctx, agent, kind=TWILIO_KIND)
+        log.info("%s: call %s (voice %s)", kind, call_id, voice_id)
+        await run_voice_session(ctx, agent, kind=kind)
     except WebSocketDisconnect:
         pass
     except Exception:
-        log.exception("twilio session failed")
-        ctx.metrics.errors.inc(kind=TWILIO_KIND, code="SESSION_ERROR")
+        log.exception("%s session failed", kind)
+        ctx.metrics.errors.inc(kind=kind, code="SESSION_ERROR")
     finally:
         slot.release()
+
+
+@router.websocket("/telephony/twilio")
+async def twilio_stream(websocket: WebSocket) -> None:
+    await _carrier_stream(websocket, "twilio")
+
+
+@router.websocket("/telephony/telnyx")
+async def telnyx_stream(websocket: WebSocket) -> None:
+    await _carrier_stream(websocket, "telnyx")
+
+
+@router.websocket("/telephony/plivo")
+async def plivo_stream(websocket: WebSocket) -> None:
+    await _carrier_stream(websocket, "plivo")

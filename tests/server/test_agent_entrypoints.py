@@ -205,3 +205,28 @@ async def test_twilio_turn_and_barge_in_clear(agent_server):
     print(f"\ntwilio: first reply audio {(first_audio - speech_end) * 1000:.0f} ms after speech end; "
           f"clear {(clear_at - barge_start) * 1000:.0f} ms after barge-in speech onset; "
           f"{reply_audio_s:.2f} s of reply media before the clear")
+
+
+@pytest.mark.parametrize("kind,start", [
+    ("telnyx", {"event": "start", "stream_id": "st-1", "start": {
+        "call_control_id": "cc-1", "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}),
+    ("plivo", {"event": "start", "start": {"streamId": "st-2", "callId": "call-2"}}),
+])
+async def test_other_carriers_start_a_session(agent_server, kind, start):
+    """Telnyx and Plivo through pipecat's serializers: the start event is parsed, a session runs and takes a slot,
+    and hanging up frees it. (The pipeline behind them is the one the Twilio test drives through a whole turn.)"""
+    silence = mulaw_frames(np.zeros(int(8000 * FRAME_S), np.float32))[0]
+    async with websockets.connect(f"ws://127.0.0.1:{agent_server.port}/telephony/{kind}") as ws:
+        if kind == "telnyx":
+            await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps(start))
+        pacer = Pacer()
+        for _ in range(50):
+            await ws.send(json.dumps({"event": "media", "media": {"track": "inbound", "payload": silence}}))
+            await pacer.tick()
+        assert agent_server.ctx.sessions.active_by_kind().get(kind) == 1
+    for _ in range(100):
+        if not agent_server.ctx.sessions.active_by_kind().get(kind):
+            break
+        await asyncio.sleep(0.05)
+    assert not agent_server.ctx.sessions.active_by_kind().get(kind)
