@@ -120,6 +120,8 @@ async def test_ws_completes_one_turn(agent_server):
             break
         await asyncio.sleep(0.05)
     assert not agent_server.ctx.sessions.active_by_kind().get("browser_ws")
+    assert agent_server.ctx.metrics.turns.value(kind="browser_ws", outcome="complete") >= 1
+    assert agent_server.ctx.metrics.first_audio.count(kind="browser_ws") >= 1
 
 
 # --- Twilio ----------------------------------------------------------------------------------------------------------

@@ -118,3 +118,22 @@ async def test_serve_exits_when_a_chosen_model_cannot_be_had(tmp_path):
     log = (tmp_path / "serve.log").read_text()
     assert code == 1, log[-3000:]
     assert "cannot load the STT engine 'parakeet'" in log and "--stt pocketsphinx" in log, log[-3000:]
+
+
+def test_flags_over_env_over_defaults(monkeypatch):
+    import argparse
+
+    from agent.serve import configure, settings_from_args
+
+    monkeypatch.setenv("DUPLEX_TTS__ENGINE", "qwen3")
+    monkeypatch.setenv("DUPLEX_TTS__LANGUAGE", "German")
+    monkeypatch.setenv("DUPLEX_SERVER__PORT", "9001")
+    monkeypatch.setenv("DUPLEX_SERVER__MAX_SESSIONS", "3")
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    s = settings_from_args(parser.parse_args(["--tts", "espeak", "--max-sessions", "5", "--llm",
+                                              "http://localhost:11434/v1", "--llm-model", "llama3.2"]))
+    assert s.tts.engine == "espeak" and s.tts.language == "German"  # flag wins; env kept for the rest of the group
+    assert s.server.max_sessions == 5 and s.server.port == 9001 and s.server.host == "127.0.0.1"
+    assert s.llm.backend == "http://localhost:11434/v1" and s.llm.model == "llama3.2"
+    assert s.stt.engine == "auto"

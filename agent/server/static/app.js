@@ -76,7 +76,9 @@ function onEvent(ev) {
   }
 }
 
+let liveEngines = null;
 function showEngines(engines) {
+  liveEngines = engines;
   $("engines").textContent = ["tts", "stt", "llm"]
     .map((k) => `${k.toUpperCase()}: ${engines[k].engine}${engines[k].state !== "ready" ? ` (${engines[k].state})` : ""}`)
     .join(" · ");
@@ -269,7 +271,10 @@ async function saveVoice() {
   const body = await r.json().catch(() => ({}));
   if (!r.ok) { $("clone-status").textContent = `${body.error?.code}: ${body.error?.message}`; return; }
   await loadVoices(body.id);
-  $("clone-status").textContent = `voice "${body.name}" added and selected${pc || ws ? ": hang up and start again to hear it" : ""}`;
+  const espeak = liveEngines && liveEngines.tts.engine === "espeak";
+  $("clone-status").textContent = `voice "${body.name}" added and selected` +
+    (pc || ws ? ": hang up and start again to hear it" : "") +
+    (espeak ? " (the espeak fallback cannot clone voices: run the server with --tts qwen3 to hear yours)" : "");
 }
 
 $("connect").onclick = connect;
