@@ -14,6 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="write timeline.json, conversation.wav, timeline.png here (one subfolder per scenario "
                              "when several are given)")
+    parser.add_argument("--verbose", action="store_true", help="show the pipeline's log (default: warnings only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,6 +22,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.verbose:
+        from loguru import logger
+
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
     from .runner import replay
     from .scenario import ScenarioError, load_scenario
 

@@ -6,6 +6,7 @@ time, and collect what happened per user turn.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
 import time
@@ -127,8 +128,11 @@ class ReplayResult:
 # -- inputs ------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def synthesise(text: str, *, voice: str = "English", variant: str | None = None, rate: int = 170) -> tuple[np.ndarray, int]:
-    """``text`` spoken by espeak-ng (offline), float32 mono at espeak's rate."""
+    """``text`` spoken by espeak-ng (offline), float32 mono at espeak's rate. Memoised: espeak-ng's output for the
+    same text differs by a few samples from call to call (state carried between utterances), and a replay must feed
+    the same audio every time it runs in a process."""
     from processors.espeak_tts import EspeakEngine
 
     engine = EspeakEngine()
@@ -145,6 +149,7 @@ def build_utterances(scenario: Scenario) -> list[UserUtterance]:
             audio, rate = decoded.samples, decoded.sample_rate
         else:
             audio, rate = synthesise(turn.text, voice=turn.voice, variant=turn.variant, rate=turn.rate)
+            audio = audio.copy()
         audio = np.clip(np.asarray(audio, dtype=np.float32) * turn.gain, -1.0, 1.0)
         kwargs: dict[str, Any] = {"at_s": turn.at_ms / 1000} if turn.at_ms is not None else {"after": turn.after}
         out.append(UserUtterance(audio, rate, offset_s=turn.offset_ms / 1000, label=scenario.turn_label(i), **kwargs))
