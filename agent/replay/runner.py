@@ -43,7 +43,7 @@ class TurnResult:
     speech_end: float
     metrics: TurnMetrics | None  # the pipeline's user turn for it (None: no turn started, e.g. held by the echo guard)
     transcript: str = ""
-    reply: str = ""  # bot words the user heard from this turn's start to the next turn's
+    reply: str = ""  # bot words the user heard from this turn's VAD start to the next turn's (see docs/replay.md)
     window: tuple[float, float] = (0.0, float("inf"))  # replay times whose played bot words are this turn's reply
     merged_into: str | None = None  # spoken before the previous turn ended: part of that turn (named)
 
@@ -356,15 +356,15 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
                 m.speech_end = tr.speech_end + t0
                 tr.merged_into = prev.name
 
-    def reacted(tr: TurnResult) -> float:  # when the pipeline took the turn (its VAD start), else its speech start
+    def reacted(tr: TurnResult) -> float:  # when the pipeline took the turn (its VAD start)
         m = tr.metrics
-        return tr.speech_start if m is None else rel(m.vad_start if m.vad_start is not None else m.user_turn_start)
+        return rel(m.vad_start if m.vad_start is not None else m.user_turn_start)
 
     for i, tr in enumerate(turns):
-        if tr.merged_into is not None:
-            tr.window = (tr.speech_start, tr.speech_start)  # its reply is the turn's it joined
+        if tr.metrics is None:  # no turn of its own (merged, or ignored e.g. by the echo guard): the bot's words
+            tr.window = (tr.speech_start, tr.speech_start)  # meanwhile belong to the turn before
             continue
-        following = [reacted(t) for t in turns[i + 1:] if t.merged_into is None]
+        following = [reacted(t) for t in turns[i + 1:] if t.metrics is not None]
         tr.window = (reacted(tr), following[0] if following else float("inf"))
         words = [w for t, w in transport.played_words if tr.window[0] <= t - t0 < tr.window[1]]
         tr.reply = re.sub(r"\s+", " ", " ".join(w.strip() for w in words)).strip()

@@ -117,3 +117,17 @@ def test_realtime_mode():
     wall = time.perf_counter() - t0
     assert result.realtime and wall >= result.duration_s
     assert result.turns[0].latencies()["tts_first_audio"] > 0
+
+
+@pytest.mark.parametrize("name, change, broken", [
+    ("backchannel", {"turn": {"echo_guard": "off"}}, "turn 'yeah': expected interrupted=false, got true"),
+    ("cough", {"turn": {"false_interruption_timeout_s": None}}, "turn 'cough': expected resumed=true, got false"),
+])
+def test_examples_fail_without_the_feature_they_test(name, change, broken):
+    """The backchannel example fails with the echo guard off, the cough example without false-interruption resume:
+    they pass because of the policy they are about, not by accident."""
+    scenario = load_scenario(EXAMPLES[0].parent / f"{name}.yaml")
+    data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
+    data["settings"]["turn"] = {**data["settings"].get("turn", {}), **change["turn"]}
+    result = replay(parse_scenario(data, base_dir=scenario.base_dir), check=False)
+    assert broken in result.failures, result.failures
