@@ -175,8 +175,18 @@ def _webrtc_handler(request: Request) -> Any:
 
     state = request.app.state
     if getattr(state, "duplex_webrtc", None) is None:
-        state.duplex_webrtc = SmallWebRTCRequestHandler()
-        state.duplex_webrtc_tasks = set()
+        handler = SmallWebRTCRequestHandler()
+        tasks: set[asyncio.Task] = set()
+        state.duplex_webrtc, state.duplex_webrtc_tasks = handler, tasks
+
+        async def close_all() -> None:
+            """At shutdown: close every peer connection, then let the sessions finish (they release their slots)."""
+            await handler.close()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        get_context(request).shutdown_hooks.append(close_all)
     return state.duplex_webrtc
 
 

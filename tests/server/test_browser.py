@@ -95,8 +95,9 @@ async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
         page = next(t for t in targets if t["type"] == "page")
         async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             cdp = CDP(ws)
-            for _ in range(100):
-                if await cdp.eval("document.readyState === 'complete' && $('voice').options.length > 0"):
+            for _ in range(200):  # the target may still show about:blank at first
+                if await cdp.eval("typeof window.$ === 'function' && document.readyState === 'complete' && "
+                                  "$('voice').options.length > 0"):
                     break
                 await asyncio.sleep(0.1)
             assert await cdp.eval("$('engines').textContent.includes('espeak')"), await cdp.eval("$('engines').textContent")
