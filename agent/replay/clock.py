@@ -15,7 +15,8 @@ Silero VAD and Smart Turn run on the loop thread itself: also zero virtual time.
 pipecat also reads the wall clock directly (``time.time()`` / ``time.monotonic()``) in a few modules: the output
 transport's bot-speaking / bot-stopped-speaking detection, the VAD controller's idle-audio watchdog, the STT
 service's keepalive and last-transcript time, the Smart Turn stop strategy's STT deadline and Smart Turn's audio
-buffer times, the soxr stream resampler's reset-after-a-gap, and the worker's flush progress. ``patched_wall_clock(loop)`` swaps those modules' ``time`` for a shim whose ``time()`` / ``monotonic()``
+buffer times, the soxr stream resampler's reset-after-a-gap, and the worker's flush progress.
+``patched_wall_clock(loop)`` swaps those modules' ``time`` for a shim whose ``time()`` / ``monotonic()``
 (and ``*_ns``) read the loop's virtual time; everything else in the shim is the real ``time`` module. The pipeline
 clock (``FramePushed.timestamp``, recorded event times) is ``LoopClock``, also the loop's time.
 """

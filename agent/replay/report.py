@@ -86,10 +86,12 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
                 fontsize=7, va="bottom")
     # VAD: start -> stop; user turn: start -> end (thin)
     ev = result.events
-    for s, e in _spans([x["t"] for x in ev if x["kind"] == "vad_start"], [x["t"] for x in ev if x["kind"] == "vad_stop"], end):
+    def times(kind: str) -> list[float]:
+        return [x["t"] for x in ev if x["kind"] == kind]
+
+    for s, e in _spans(times("vad_start"), times("vad_stop"), end):
         ax.broken_barh([(s, e - s)], (rows["user turn / VAD"] - 0.35, 0.35), color="#72b7b2")
-    for s, e in _spans([x["t"] for x in ev if x["kind"] == "user_turn_start"],
-                       [x["t"] for x in ev if x["kind"] == "user_turn_end"], end):
+    for s, e in _spans(times("user_turn_start"), times("user_turn_end"), end):
         ax.broken_barh([(s, e - s)], (rows["user turn / VAD"] + 0.05, 0.25), color="#54a24b")
     # bot speech: the audio actually played (chunks merged), with the words of each reply
     merged: list[list[float]] = []

@@ -109,8 +109,9 @@ class ReplayResult:
         for t in self.turns:
             flags = [f for f, on in (("interrupted", t.interrupted), ("resumed", t.resumed)) if on]
             lat = ", ".join(f"{k} {ms(v)}" for k, v in t.latencies().items() if v is not None)
-            lines.append(f"  [{t.speech_start:6.2f} s] {t.name}: heard {t.transcript!r}"
-                         f"{' (' + ', '.join(flags) + ')' if flags else ''}; bot: {t.reply!r}" + (f"; {lat}" if lat else ""))
+            flag_text = f" ({', '.join(flags)})" if flags else ""
+            lines.append(f"  [{t.speech_start:6.2f} s] {t.name}: heard {t.transcript!r}{flag_text}; bot: {t.reply!r}"
+                         + (f"; {lat}" if lat else ""))
         return "\n".join(lines)
 
     def check(self) -> None:
@@ -129,7 +130,8 @@ class ReplayResult:
 
 
 @functools.lru_cache(maxsize=64)
-def synthesise(text: str, *, voice: str = "English", variant: str | None = None, rate: int = 170) -> tuple[np.ndarray, int]:
+def synthesise(text: str, *, voice: str = "English", variant: str | None = None,
+               rate: int = 170) -> tuple[np.ndarray, int]:
     """``text`` spoken by espeak-ng (offline), float32 mono at espeak's rate. Memoised: espeak-ng's output for the
     same text differs by a few samples from call to call (state carried between utterances), and a replay must feed
     the same audio every time it runs in a process."""
@@ -352,7 +354,8 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
         prev = next((p for p in reversed(turns[:i]) if p.metrics is not None), None)
         if tr.metrics is None and prev is not None:
             m = prev.metrics
-            if m.vad_stop is not None and rel(m.vad_stop) >= tr.speech_end and rel(m.speech_start or 0) <= tr.speech_start:
+            before_end = m.vad_stop is not None and rel(m.vad_stop) >= tr.speech_end
+            if before_end and rel(m.speech_start or 0) <= tr.speech_start:
                 m.speech_end = tr.speech_end + t0
                 tr.merged_into = prev.name
 

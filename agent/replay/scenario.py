@@ -31,14 +31,14 @@ class _Strict(BaseModel):
 
 
 class LLMSpec(_Strict):
-    """``scripted``: replies in order, one per LLM request (deterministic); omitted = the real LLM of ``settings.llm``."""
+    """``scripted``: replies in order, one per LLM request (deterministic); omitted: ``settings.llm``'s real LLM."""
 
     scripted: list[str] | None = None
     token_ms: float = Field(20.0, ge=0.0)  # scripted: time between streamed words
 
 
 class STTSpec(_Strict):
-    """``scripted``: transcripts in order, one per STT segment ("" = nothing heard); omitted = ``settings.stt``'s engine."""
+    """``scripted``: transcripts in order, one per STT segment ("" = nothing heard); omitted: ``settings.stt``."""
 
     scripted: list[str] | None = None
 
@@ -184,7 +184,8 @@ def parse_scenario(data: Any, *, base_dir: Path = Path("."), source: str = "<sce
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(f"{source}: invalid scenario:\n  " + _format_errors(e, prefix="").replace("; ", "\n  ")) from None
+        details = _format_errors(e, prefix="").replace("; ", "\n  ")
+        raise ScenarioError(f"{source}: invalid scenario:\n  {details}") from None
     scenario.base_dir = base_dir
     for i, turn in enumerate(scenario.turns):
         if turn.audio is not None and not (base_dir / turn.audio).is_file():
