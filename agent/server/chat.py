@@ -136,7 +136,7 @@ async def ws_chat(websocket: WebSocket) -> None:
             FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
                                    serializer=RawPCMSerializer(STT_SAMPLE_RATE), allowed_origins=[]),
         )
-        events = SessionEvents(send_event)
+        events = SessionEvents(send_event, interruptions=False)  # the serializer sends them, in order with the audio
         agent = await build_session_agent(ctx, transport, telephony=False, audio_in_sample_rate=STT_SAMPLE_RATE,
                                           audio_out_sample_rate=TTS_SAMPLE_RATE, voice=voice, events=events)
 

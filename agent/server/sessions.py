@@ -50,9 +50,12 @@ class SessionEvents(BaseObserver):
     ``{"type": "latency", "turn", "voiceToVoiceMs", "breakdownMs"}`` once a reply starts playing.
     """
 
-    def __init__(self, send: EventSink, **kwargs: Any):
+    def __init__(self, send: EventSink, *, interruptions: bool = True, **kwargs: Any):
+        """``interruptions=False`` when the transport's serializer already tells the client, in order with the audio
+        (``/ws``: ``RawPCMSerializer``)."""
         super().__init__(**kwargs)
         self._send = send
+        self._interruptions = interruptions
         self._seen: deque[int] = deque(maxlen=512)
         self._seen_set: set[int] = set()
         self.agent: VoiceAgent | None = None
@@ -101,7 +104,7 @@ class SessionEvents(BaseObserver):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             await self._emit({"type": "state", "state": "listening"})
             self._later(self._report_latencies())
-        elif isinstance(frame, InterruptionFrame):
+        elif isinstance(frame, InterruptionFrame) and self._interruptions:
             await self._emit({"type": "interrupted"})
 
     def _later(self, coro: Any) -> None:

@@ -124,6 +124,53 @@ async def test_ws_completes_one_turn(agent_server):
     assert agent_server.ctx.metrics.first_audio.count(kind="browser_ws") >= 1
 
 
+async def test_ws_barge_in_interrupts(agent_server):
+    """Speech while the bot talks: ``interrupted`` arrives and no audio of that reply follows it."""
+    rate = 16000
+    first = frames(speech("flite_story_slt.wav", rate), rate)
+    barge = frames(speech("flite_table_rms.wav", rate), rate)
+    silence = float_to_pcm16(np.zeros(int(rate * FRAME_S), np.float32))
+    events: list[tuple[float, dict]] = []
+    audio: list[float] = []
+    async with websockets.connect(f"ws://127.0.0.1:{agent_server.port}/ws", max_size=None) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "ready"
+
+        async def reader():
+            async for msg in ws:
+                if isinstance(msg, bytes):
+                    audio.append(time.monotonic())
+                else:
+                    events.append((time.monotonic(), json.loads(msg)))
+
+        read_task = asyncio.create_task(reader())
+        pacer = Pacer()
+        for f in first:
+            await ws.send(float_to_pcm16(f))
+            await pacer.tick()
+        speech_end = time.monotonic()
+        while time.monotonic() < speech_end + 40 and not [t for t in audio if t > speech_end]:
+            await ws.send(silence)
+            await pacer.tick()
+        first_audio = next(t for t in audio if t > speech_end)
+        while time.monotonic() < first_audio + 0.8:
+            await ws.send(silence)
+            await pacer.tick()
+        barge_start = time.monotonic()
+        for f in barge:
+            await ws.send(float_to_pcm16(f))
+            await pacer.tick()
+        barge_end = time.monotonic()
+        await ws.close()
+        read_task.cancel()
+        await asyncio.gather(read_task, return_exceptions=True)
+    interrupted = [t for t, e in events if e["type"] == "interrupted" and t > barge_start]
+    assert interrupted, [e for _, e in events]
+    assert len([1 for t, e in events if e["type"] == "interrupted" and t > barge_start]) == 1
+    late = [t for t in audio if interrupted[0] < t < barge_end]  # sent in order with the audio: none after it
+    assert not late, f"{len(late)} audio frames after interrupted"
+    print(f"\n/ws barge-in: interrupted {(interrupted[0] - barge_start) * 1000:.0f} ms after speech onset")
+
+
 # --- Twilio ----------------------------------------------------------------------------------------------------------
 def mulaw_frames(audio: np.ndarray) -> list[str]:
     out = []
