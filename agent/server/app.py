@@ -66,9 +66,9 @@ def create_app(
             preload.cancel()
             for session in list(ctx.speak_sessions):
                 session.abort()  # engines stop within one step; sessions then join their workers
-            for worker in list(ctx.voice_sessions):  # WebRTC sessions have no uvicorn connection to close them
+            for agent in list(ctx.voice_sessions.values()):  # WebRTC sessions have no uvicorn connection to close them
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.cancel(), 5)
+                    await asyncio.wait_for(agent.worker.cancel(), 5)
             for hook in list(ctx.shutdown_hooks):  # routers' own cleanup (e.g. WebRTC peer connections)
                 try:
                     await asyncio.wait_for(hook(), 10)

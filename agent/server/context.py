@@ -169,7 +169,7 @@ class ServerContext:
     sessions: SessionLimiter | None = None
     voices: VoiceLoader = field(default_factory=VoiceLoader)
     speak_sessions: set = field(default_factory=set)  # live speak sessions, for shutdown
-    voice_sessions: set = field(default_factory=set)  # live voice-chat pipeline workers, cancelled at shutdown
+    voice_sessions: dict = field(default_factory=dict)  # id -> live voice-chat VoiceAgent; cancelled at shutdown
     shutdown_hooks: list = field(default_factory=list)  # async callables the app awaits at shutdown (routers' cleanup)
 
     def __post_init__(self) -> None:

@@ -187,13 +187,13 @@ async def build_session_agent(
 
 async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str) -> None:
     """Run the worker to its end (the transport's disconnect handler cancels it) and record the turns."""
-    ctx.voice_sessions.add(agent.worker)
+    ctx.voice_sessions[id(agent)] = agent
     try:
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(agent.worker)
         await runner.run()
     finally:
-        ctx.voice_sessions.discard(agent.worker)
+        ctx.voice_sessions.pop(id(agent), None)
         for turn in agent.metrics.turns:
             v2v = turn.voice_to_voice
             if v2v is not None:

@@ -108,3 +108,30 @@ async def test_session_cap_and_bad_requests(tmp_path):
             httpx.get(f"http://{base}/metrics", timeout=10).text
     finally:
         server.stop()
+
+
+async def test_ws_session_on_qwen3_tts(tmp_path, engine_root):
+    """The Qwen3-TTS path of a voice session (tiny random Qwen3-TTS, the real upstream code): the session builds its
+    ``Qwen3TTSService`` from the shared engine and the registry voice, answers ``ready``, and frees its slot."""
+    from processors.llm.local_engine import get_shared_engine
+
+    from .conftest import make_engine
+
+    engines = Engines(make_engine("qwen3", engine_root))
+    engines.set_pipeline_ready(stt=None, llm=get_shared_engine(None))
+    server = live(tmp_path, engines)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws?voice=default") as ws:
+            ready = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            assert ready["type"] == "ready" and ready["voice"] == "default", ready
+            await ws.send(b"\0\0" * 320)
+            assert server.ctx.sessions.active_by_kind() == {"browser_ws": 1}
+            (agent,) = server.ctx.voice_sessions.values()
+            assert type(agent.tts).__name__ == "Qwen3TTSService", agent.tts
+        for _ in range(100):
+            if not server.ctx.sessions.active:
+                break
+            await asyncio.sleep(0.05)
+        assert server.ctx.sessions.active == 0
+    finally:
+        server.stop()
