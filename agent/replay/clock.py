@@ -10,7 +10,8 @@ next timer; instead it polls I/O and, if nothing is there and no worker thread i
 Compute takes no virtual time. While a worker thread is busy (a pending ``run_in_executor`` / ``asyncio.to_thread``
 job, e.g. the STT; or a live thread named like a per-job engine worker: ``tts-*``, ``duplex-llm-*``) virtual time is
 frozen and the loop waits for it in real time, so its result lands at the same virtual instant on every run.
-Silero VAD and Smart Turn run on the loop thread itself: also zero virtual time.
+Silero VAD (pipecat runs it in an executor) is such a job too; whatever runs on the loop thread itself also
+takes no virtual time.
 
 pipecat also reads the wall clock directly (``time.time()`` / ``time.monotonic()``) in a few modules: the output
 transport's bot-speaking / bot-stopped-speaking detection, the VAD controller's idle-audio watchdog, the STT
