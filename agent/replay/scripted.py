@@ -33,33 +33,45 @@ class ScriptedSTTEngine:
 
     def __init__(self, texts: Sequence[str]):
         self.texts = list(texts)
+        self.calls: list[float] = []  # seconds of audio per call
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
+        self.calls.append(len(audio) / sample_rate)
         text = self.texts.pop(0) if self.texts else ""
         return Transcript(text=text, language="en", audio_seconds=len(audio) / sample_rate)
 
 
 class ScriptedLLMService(LLMService):
-    """Streams prepared replies (one per ``LLMContextFrame``) word by word, ``token_s`` apart."""
+    """Streams prepared replies (one per ``LLMContextFrame``) word by word, ``token_s`` apart (``tail_token_s`` after
+    the first sentence, to keep a reply streaming while its first sentence is spoken)."""
 
-    def __init__(self, replies: Sequence[str], *, token_s: float = 0.02, **kwargs):
+    def __init__(self, replies: Sequence[str], *, token_s: float = 0.02, tail_token_s: float | None = None, **kwargs):
         fields = ("model", "system_instruction", "temperature", "max_tokens", "top_p", "top_k", "frequency_penalty",
                   "presence_penalty", "seed", "filter_incomplete_user_turns", "user_turn_completion_config")
         settings = LLMSettings(**{f: None for f in fields}, use_provider_thinking_default=False, extra={})
         super().__init__(settings=settings, **kwargs)
         self.replies = list(replies)
         self.token_s = token_s
+        self.tail_token_s = token_s if tail_token_s is None else tail_token_s
+        self.requests: list[list[dict]] = []
+        self.cancelled = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if not isinstance(frame, LLMContextFrame):
             await self.push_frame(frame, direction)
             return
+        self.requests.append([dict(m) for m in frame.context.get_messages()])
         reply = self.replies.pop(0) if self.replies else "I have nothing more to say."
         await self.push_frame(LLMFullResponseStartFrame())
         try:
+            first_sentence_done = False
             for i, word in enumerate(reply.split(" ")):
-                await asyncio.sleep(self.token_s)
+                await asyncio.sleep(self.tail_token_s if first_sentence_done else self.token_s)
                 await self.push_frame(LLMTextFrame(word if i == 0 else f" {word}"))
+                first_sentence_done = first_sentence_done or word.endswith((".", "!", "?"))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
             await self.push_frame(LLMFullResponseEndFrame())

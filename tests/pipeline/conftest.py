@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,20 +25,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from pipecat.frames.frames import (  # noqa: E402
-    Frame,
-    LLMContextFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
-)
-from pipecat.processors.frame_processor import FrameDirection  # noqa: E402
-from pipecat.services.llm_service import LLMService  # noqa: E402
-from pipecat.services.settings import LLMSettings  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from agent.replay.scripted import ScriptedLLMService, ScriptedSTTEngine  # noqa: E402,F401  (tests import them from here)
 from processors.audio import STT_SAMPLE_RATE, load_audio, resample  # noqa: E402
-from processors.stt_engine import Transcript  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 
@@ -67,58 +57,6 @@ def cough_like() -> np.ndarray:
     engine = EspeakEngine()
     audio = np.concatenate(list(engine.stream("[[kh'Uh kh'Uh]]", engine.create_voice("English"), "English")))
     return resample(audio, engine.sample_rate, STT_SAMPLE_RATE)
-
-
-class ScriptedSTTEngine:
-    """STTEngine protocol: returns ``texts`` in order, one per segment ("" once they run out)."""
-
-    name = "scripted"
-    language = "en"
-
-    def __init__(self, texts: Sequence[str]):
-        self.texts = list(texts)
-        self.calls: list[float] = []  # seconds of audio per call
-
-    def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
-        self.calls.append(len(audio) / sample_rate)
-        text = self.texts.pop(0) if self.texts else ""
-        return Transcript(text=text, language="en", audio_seconds=len(audio) / sample_rate)
-
-
-class ScriptedLLMService(LLMService):
-    """Streams prepared replies (one per ``LLMContextFrame``) word by word, ``token_s`` apart (``tail_token_s`` after
-    the first sentence, to keep a reply streaming while its first sentence is spoken)."""
-
-    def __init__(self, replies: Sequence[str], *, token_s: float = 0.02, tail_token_s: float | None = None, **kwargs):
-        fields = ("model", "system_instruction", "temperature", "max_tokens", "top_p", "top_k", "frequency_penalty",
-                  "presence_penalty", "seed", "filter_incomplete_user_turns", "user_turn_completion_config")
-        settings = LLMSettings(**{f: None for f in fields}, use_provider_thinking_default=False, extra={})
-        super().__init__(settings=settings, **kwargs)
-        self.replies = list(replies)
-        self.token_s = token_s
-        self.tail_token_s = token_s if tail_token_s is None else tail_token_s
-        self.requests: list[list[dict]] = []
-        self.cancelled = 0
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, LLMContextFrame):
-            await self.push_frame(frame, direction)
-            return
-        self.requests.append([dict(m) for m in frame.context.get_messages()])
-        reply = self.replies.pop(0) if self.replies else "I have nothing more to say."
-        await self.push_frame(LLMFullResponseStartFrame())
-        try:
-            first_sentence_done = False
-            for i, word in enumerate(reply.split(" ")):
-                await asyncio.sleep(self.tail_token_s if first_sentence_done else self.token_s)
-                await self.push_frame(LLMTextFrame(word if i == 0 else f" {word}"))
-                first_sentence_done = first_sentence_done or word.endswith((".", "!", "?"))
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            await self.push_frame(LLMFullResponseEndFrame())
 
 
 async def run_agent(agent, transport, until: Callable[[], bool], *, timeout: float, settle_s: float = 0.0) -> None:
