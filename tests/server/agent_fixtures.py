@@ -21,7 +21,7 @@ def agent_server(tmp_path_factory):
     settings = Settings(
         voices_dir=tmp_path_factory.mktemp("voices"),
         tts=TTSSettings(engine="espeak"), stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=40, temperature=0.0),
+        llm=LLMSettings(backend="local", max_tokens=24, temperature=0.0),
         server=ServerSettings(idle_timeout_s=60),
     )
     engines = load_engines(settings)

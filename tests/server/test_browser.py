@@ -72,7 +72,8 @@ def fake_mic_wav(path: Path) -> Path:
     return path
 
 
-async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("transport", ["webrtc", "ws"])
+async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
     wav = fake_mic_wav(tmp_path / "mic.wav")
     profile = tmp_path / "profile"
     url = f"http://127.0.0.1:{agent_server.port}/"
@@ -101,7 +102,7 @@ async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
                     break
                 await asyncio.sleep(0.1)
             assert await cdp.eval("$('engines').textContent.includes('espeak')"), await cdp.eval("$('engines').textContent")
-            await cdp.eval("$('transport').value = 'webrtc'; $('connect').click(); true")
+            await cdp.eval(f"$('transport').value = '{transport}'; $('connect').click(); true")
             t0 = time.monotonic()
             events: list[dict] = []
             while time.monotonic() - t0 < 60:
@@ -112,36 +113,11 @@ async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
                 await asyncio.sleep(0.25)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = await cdp.call("Page.captureScreenshot", format="png")
-            (ARTIFACTS / "browser_webrtc_turn.png").write_bytes(base64.b64decode(shot["data"]))
+            (ARTIFACTS / f"browser_{transport}_turn.png").write_bytes(base64.b64decode(shot["data"]))
             page_text = await cdp.eval("$('transcript').innerText")
             await cdp.eval("$('hangup').click(); true")
-
-            # "clone my voice" by upload, with its transcript; the new voice is selected and a new session uses it
-            clip = FIXTURES / "flite_meeting_rms.wav"
-            doc = await cdp.call("DOM.getDocument")
-            node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#clone-file")
-            await cdp.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node["nodeId"])
-            await cdp.eval("$('clone-name').value = 'Browser clone'; $('clone-transcript').value = "
-                           + json.dumps(CLONE_TRANSCRIPT) + "; $('clone-save').disabled = false; "
-                           "$('clone-save').click(); true")
-            status = ""
-            for _ in range(100):
-                status = await cdp.eval("$('clone-status').textContent")
-                if "added" in status or ":" in status:
-                    break
-                await asyncio.sleep(0.1)
-            assert "added" in status, status
-            cloned = await cdp.eval("$('voice').value")
-            assert cloned == "browser-clone", cloned
-            await cdp.eval("window.duplexEvents = []; $('connect').click(); true")
-            ready = None
-            for _ in range(200):
-                ready = next((e for e in await cdp.eval("window.duplexEvents") if e["type"] == "ready"), None)
-                if ready:
-                    break
-                await asyncio.sleep(0.1)
-            await cdp.eval("$('hangup').click(); true")
-            assert ready and ready["voice"] == cloned, ready
+            if transport == "webrtc":
+                await clone_by_upload(cdp)
     finally:
         proc.terminate()
         try:
@@ -156,10 +132,39 @@ async def test_browser_webrtc_turn(agent_server, tmp_path):  # noqa: F811
     assert "weather" in user.lower(), (user, events)
     assert bot.strip() and latency, events
     assert "weather" in page_text.lower() and bot.split()[0] in page_text, page_text
-    print(f"\nbrowser WebRTC turn: voice-to-voice {latency[0]['voiceToVoiceMs']} ms; user={user!r}; bot={bot!r}; "
-          f"screenshot {ARTIFACTS / 'browser_webrtc_turn.png'}")
+    print(f"\nbrowser {transport} turn: voice-to-voice {latency[0]['voiceToVoiceMs']} ms; user={user!r}; bot={bot!r}; "
+          f"screenshot {ARTIFACTS / f'browser_{transport}_turn.png'}")
     for _ in range(100):  # the slot is freed when the peer goes away
         if not agent_server.ctx.sessions.active:
             break
         await asyncio.sleep(0.1)
     assert not agent_server.ctx.sessions.active
+
+
+async def clone_by_upload(cdp: CDP) -> None:
+    """"Clone my voice" by upload, with its transcript: the voice is added and selected; a new session uses it."""
+    clip = FIXTURES / "flite_meeting_rms.wav"
+    doc = await cdp.call("DOM.getDocument")
+    node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#clone-file")
+    await cdp.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node["nodeId"])
+    await cdp.eval("$('clone-name').value = 'Browser clone'; $('clone-transcript').value = "
+                   + json.dumps(CLONE_TRANSCRIPT) + "; $('clone-save').disabled = false; "
+                   "$('clone-save').click(); true")
+    status = ""
+    for _ in range(100):
+        status = await cdp.eval("$('clone-status').textContent")
+        if "added" in status or ":" in status:
+            break
+        await asyncio.sleep(0.1)
+    assert "added" in status, status
+    cloned = await cdp.eval("$('voice').value")
+    assert cloned == "browser-clone", cloned
+    await cdp.eval("window.duplexEvents = []; $('connect').click(); true")
+    ready = None
+    for _ in range(200):
+        ready = next((e for e in await cdp.eval("window.duplexEvents") if e["type"] == "ready"), None)
+        if ready:
+            break
+        await asyncio.sleep(0.1)
+    await cdp.eval("$('hangup').click(); true")
+    assert ready and ready["voice"] == cloned, ready
