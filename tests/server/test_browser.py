@@ -77,6 +77,7 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
     wav = fake_mic_wav(tmp_path / "mic.wav")
     profile = tmp_path / "profile"
     url = f"http://127.0.0.1:{agent_server.port}/"
+    t_start = time.monotonic()
     proc = subprocess.Popen([
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
@@ -97,7 +98,7 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
         async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             cdp = CDP(ws)
             for _ in range(200):  # the target may still show about:blank at first
-                if await cdp.eval("typeof window.$ === 'function' && document.readyState === 'complete' && "
+                if await cdp.eval("typeof $ === 'function' && document.readyState === 'complete' && "
                                   "$('voice').options.length > 0"):
                     break
                 await asyncio.sleep(0.1)
@@ -111,6 +112,7 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
                 if "speaking" in states and states[-1] == "listening" and any(e["type"] == "latency" for e in events):
                     break
                 await asyncio.sleep(0.25)
+            turn_s = time.monotonic() - t0
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = await cdp.call("Page.captureScreenshot", format="png")
             (ARTIFACTS / f"browser_{transport}_turn.png").write_bytes(base64.b64decode(shot["data"]))
@@ -121,9 +123,10 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:  # a throwaway headless profile: nothing to lose
             proc.kill()
+            proc.wait(5)
 
     assert any(e["type"] == "ready" for e in events), events
     user = " ".join(e["text"] for e in events if e["type"] == "transcript" and e["role"] == "user" and e["final"])
@@ -133,7 +136,8 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
     assert bot.strip() and latency, events
     assert "weather" in page_text.lower() and bot.split()[0] in page_text, page_text
     print(f"\nbrowser {transport} turn: voice-to-voice {latency[0]['voiceToVoiceMs']} ms; user={user!r}; bot={bot!r}; "
-          f"screenshot {ARTIFACTS / f'browser_{transport}_turn.png'}")
+          f"screenshot {ARTIFACTS / f'browser_{transport}_turn.png'}; chromium up after {t0 - t_start:.1f} s, "
+          f"turn {turn_s:.1f} s")
     for _ in range(100):  # the slot is freed when the peer goes away
         if not agent_server.ctx.sessions.active:
             break
