@@ -9,8 +9,8 @@ step for all of them (decoding is memory-bound: n streams cost far less than n t
 Per step: new streams are prefilled one by one into free slots (their prompts differ in length; a prefill pauses the
 batch for its duration), then codebook 0 of every active stream -> one batched 15-step code predictor -> frames are
 handed out -> one batched talker step (each stream attends to its own prefix). Streams that stop (EOS, budget,
-cancel) leave at the step boundary and the last slot moves into the gap, so active streams are always slots
-``0..n-1``. Greedy output per stream equals the unbatched lean loop's (tests); batched linears round differently
+cancel) leave at the step boundary and streams from the end move into the gaps, so active streams are always
+slots ``0..n-1``. Greedy output per stream equals the unbatched lean loop's (tests); batched linears round differently
 from M=1 ones in the last bits, and with sampling the streams share the global RNG, so seeded sampled runs differ
 from unbatched ones.
 """
@@ -208,22 +208,25 @@ class BatchScheduler:
         return False
 
     def _remove(self, gone: list[BatchedStream]) -> None:
-        """Drop finished streams; move the last active ones into their slots so slots stay 0..n-1."""
+        """Drop finished streams; streams beyond the new count move into the freed slots, so slots stay 0..n-1
+        (a move copies one stream's KV cache; the others stay where they are)."""
         if not gone:
             return
         keep = [s for s in self._active if s not in gone]
-        hidden = self._hidden_rows()
-        for new_slot, s in enumerate(keep):
-            if s.slot != new_slot:
-                length = s.prompt_len + s.frame
-                self.lean.stack.copy_slot(s.slot, new_slot, length)
-                hidden[new_slot].copy_(hidden[s.slot])
-                self.lean.pos[new_slot] = self.lean.pos[s.slot]
-                # this frame's code embeddings (the next talker input sums them when removal follows the predictor)
-                self.lean.code_emb[new_slot].copy_(self.lean.code_emb[s.slot])
-                self.lean.codes[new_slot].copy_(self.lean.codes[s.slot])
-                s.slot = new_slot
-        self._active = keep
+        n = len(keep)
+        holes = sorted(s.slot for s in gone if s.slot < n)
+        movers = [s for s in keep if s.slot >= n]  # as many as holes
+        hidden, lean = self._hidden_rows(), self.lean
+        for hole, s in zip(holes, movers):
+            lean.stack.copy_slot(s.slot, hole, s.prompt_len + s.frame)
+            hidden[hole].copy_(hidden[s.slot])
+            lean.pos[hole] = lean.pos[s.slot]
+            # this frame's codes and their embeddings (the next talker input sums them when removal follows the
+            # code predictor)
+            lean.code_emb[hole].copy_(lean.code_emb[s.slot])
+            lean.codes[hole].copy_(lean.codes[s.slot])
+            s.slot = hole
+        self._active = sorted(keep, key=lambda s: s.slot)
 
     def _step(self) -> None:
         lean = self.lean
