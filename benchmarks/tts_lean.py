@@ -117,6 +117,66 @@ def _record_codes(engine, sink: list) -> None:
     engine._frame_loop = recording
 
 
+class _Forced:
+    """Sub-talker 'sampler' for teacher forcing: records its own greedy pick, returns the reference code."""
+
+    sub_greedy = False
+    sub_key = None
+
+    def __init__(self):
+        self.codes = None
+        self.group = 1
+        self.hits = 0
+        self.total = 0
+
+    def sub_token(self, logits):
+        import torch
+
+        pick = int(logits.float().argmax(-1))
+        ref = int(self.codes[self.group])
+        self.hits += pick == ref
+        self.total += 1
+        self.group += 1
+        return torch.tensor([ref], device=logits.device)
+
+
+def teacher_forced(engine, voice, ref_codes) -> dict:
+    """Run this precision's lean loop on the fp32 codes (teacher forcing) and record, per frame, its own greedy
+    picks and codebook-0 logits: per-step agreement without the cascade that follows a first difference."""
+    import numpy as np
+    import torch
+
+    from benchmarks.tts import GREEDY, TEXT
+    from processors.qwen3_tts.frame_loop import capture_prompt
+    from processors.qwen3_tts.lean_loop import LeanTalker, StreamSampler
+    from processors.qwen3_tts.voice import to_model_device
+
+    n = len(ref_codes)
+    prompt = capture_prompt(engine.tts_model, text=TEXT, language="English", max_new_tokens=n + 1,
+                            voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)], **GREEDY)
+    lean = LeanTalker(engine.tts_model.model.talker)
+    sampler = StreamSampler(prompt, n, lean.device)
+    forced = _Forced()
+    L = prompt.inputs_embeds.shape[1]
+    hits0 = 0
+    logits0 = np.zeros((n, lean.logits0.shape[1]), dtype=np.float32)
+    with torch.inference_mode():
+        hidden, logits = lean.prefill(0, prompt.inputs_embeds, L + n + 1)
+        for f in range(n):
+            scores = sampler.talker_procs(sampler.generated[:, : sampler.n_generated], logits.float())
+            logits0[f] = scores[0].float().clamp(min=-1e4).numpy()
+            ref0 = int(ref_codes[f, 0])
+            hits0 += int(scores.argmax(-1)) == ref0
+            sampler.generated[0, sampler.n_generated] = ref0
+            sampler.n_generated += 1
+            forced.codes, forced.group = ref_codes[f], 1
+            lean.predict(1, hidden, torch.tensor([ref0]), [forced])
+            lean.next_inputs(1, [sampler.text_row(f)])
+            lean.pos[0] = L + f
+            hidden, logits = lean.step(1, [L + f])
+    return dict(tf_cb0=hits0 / n, tf_sub=forced.hits / max(forced.total, 1), tf_logits0=logits0)
+
+
 def measure_lean(args: argparse.Namespace) -> dict:
     """One precision on the lean loop: ``repeats`` timed utterances of ``frames`` frames; the first one's codes and
     waveform are saved for drift, and the fp32 reference codes (if given) are decoded by this side's codec decoder."""
@@ -162,6 +222,10 @@ def measure_lean(args: argparse.Namespace) -> dict:
                decoder_dtype=str(next(engine.codec_decoder.parameters()).dtype).replace("torch.", ""))  # fmt: skip
     if args.save:
         extra = {}
+        ref_codes = np.load(args.ref_codes)["codes"] if args.ref_codes else torch.stack(codes).numpy()
+        tf = teacher_forced(engine, voice, torch.from_numpy(ref_codes))
+        extra["tf_logits0"] = tf.pop("tf_logits0")
+        out.update(tf)
         if args.ref_codes:
             ref = list(torch.from_numpy(np.load(args.ref_codes)["codes"]))
             dec = engine._decoder_for(voice)  # same chunking as the streamed fp32 reference
@@ -365,7 +429,11 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
             uc = np.asarray(up["codes"])
             a0, first0 = token_agreement(uc[:, 0], rc[:, 0])
             drift_rows.append(["upstream fp32 (check)", f"{100 * a0:.1f}", first0 if first0 < len(rc) else "none",
-                               f"{100 * token_agreement(uc, rc)[0]:.1f}", "-", "-", "-"])  # fmt: skip
+                               f"{100 * token_agreement(uc, rc)[0]:.1f}", "-", "-", "-", "-", "-", "-"])  # fmt: skip
+        ref_logits = ref["tf_logits0"]
+        top2 = np.sort(ref_logits, axis=1)[:, -2:]
+        margin = float(np.median(top2[:, 1] - top2[:, 0]))
+        spread = float(np.median([row[row > -1e4 + 1].std() for row in ref_logits]))
         for prec in sides:
             if prec == "fp32":
                 continue
@@ -376,11 +444,20 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
             cut = first0 * 1920
             snr_pre = f"{snr_db(rw[:cut], w[:cut]):.1f}" if first0 > 0 else "-"
             snr_dec = f"{snr_db(rw, d['decoded_ref']):.1f}" if "decoded_ref" in d else "-"
+            lg = d["tf_logits0"]
+            err = float(np.median(np.abs(lg - ref_logits).max(axis=1)))
             drift_rows.append([f"lean {prec}", f"{100 * a0:.1f}", first0 if first0 < len(rc) else "none",
-                               f"{100 * a_all:.1f}", f"{snr_db(rw, w):.1f}", snr_pre, snr_dec])
-    drift = markdown_table(["vs lean fp32 (greedy, same prompt)", "codebook-0 agreement %", "first differing frame",
-                            "all-16 agreement %", "waveform SNR dB", "SNR dB before first difference",
+                               f"{100 * a_all:.1f}", f"{100 * sides[prec]['tf_cb0']:.1f}",
+                               f"{100 * sides[prec]['tf_sub']:.1f}", f"{err:.3f}", f"{snr_db(rw, w):.1f}", snr_pre,
+                               snr_dec])  # fmt: skip
+    drift = markdown_table(["vs lean fp32 (greedy, same prompt)", "free-running: codebook-0 agreement %",
+                            "first differing frame", "all-16 agreement %", "teacher-forced: codebook-0 agreement %",
+                            "teacher-forced: codebooks 1-15 agreement %", "codebook-0 logit error (median max abs)",
+                            "waveform SNR dB", "SNR dB before first difference",
                             "codec decoder alone: SNR dB on fp32 codes"], drift_rows)  # fmt: skip
+    if ref_path.exists():
+        drift += (f"\n\nfp32 codebook-0 logits of this random model: median top-1 margin {margin:.3f}, spread (std) "
+                  f"{spread:.2f}. Errors of a similar size as the margin flip the greedy pick.")
 
     # --- threads ------------------------------------------------------------------------------------------------
     thread_rows = []
@@ -454,11 +531,13 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
         "end to end (prompt, prefill, generation, streaming decode).\n\n"
         + "\n".join(f"- {k}: {v}" for k, v in PRECISION_NOTES.items() if k in sides)
         + f"\n\n{main}\n\n{bw_note}\n\nGoals:\n\n{goal_table}\n\n"
-        "Drift against lean fp32 on the full-size RANDOM model (greedy, same prompt; the first row checks that the "
-        "lean fp32 loop reproduces upstream's codes). Once a codebook-0 token differs, the two utterances are "
-        "different speech, so the whole-waveform SNR then says little; the SNR before the first difference and the "
-        "decoder-alone SNR isolate numeric drift. Quality with the real weights is UNVERIFIED: random weights have "
-        "no outlier features, which int8 activation quantisation in particular is sensitive to.\n\n"
+        "Drift against lean fp32 on the RANDOM model (greedy, same prompt; the first row checks that the lean fp32 "
+        "loop reproduces upstream's codes). Free-running: each precision generates on its own; once a codebook-0 "
+        "token differs the two utterances are different speech, so agreement and waveform SNR after that say little. "
+        "Teacher-forced: the precision is fed fp32's codes and its own greedy pick is compared at every step, which "
+        "measures per-step drift without the cascade. Decoder alone: this side's codec decoder on fp32's codes. "
+        "Quality with the real weights is UNVERIFIED: trained weights have larger logit margins than random ones "
+        "(fewer flips) but outlier activations (which int8 activation quantisation is sensitive to).\n\n"
         f"{drift}\n\nTorch threads (the box is shared; each figure is {args.repeats} utterances):\n\n{threads}\n\n"
         f"Batching across sessions (`BatchScheduler`, {args.batch_frames} frames per stream, all streams submitted "
         "at once, prompts of different lengths; steady = after every stream has its first frame; codes only, the "
