@@ -12,6 +12,8 @@ import re
 import threading
 import time
 
+import numpy as np
+
 from pipecat.frames.frames import (
     InterruptionFrame,
     LLMTextFrame,
@@ -27,6 +29,7 @@ from pipelines.virtual_transport import UserUtterance, VirtualTransport
 from pipelines.voice_agent import build_voice_agent
 from processors.espeak_tts import EspeakTTSService
 from processors.llm import LocalLLMService
+from processors.audio import STT_SAMPLE_RATE, resample
 from processors.pocketsphinx_stt import PocketsphinxEngine
 
 from .conftest import ScriptedLLMService, ScriptedSTTEngine, cough_like, run_agent, speech
@@ -119,6 +122,13 @@ async def test_full_turn_real_engines(local_llm_engine):
     assert turn.speech_end == transport.user_speech[0][1] and turn.vad_stop_wait >= settings.vad.stop_secs
     check_turn_timeline(turn)
     assert transport.bot_speech_seconds() > 0.5  # the reply was audible
+    # ...and it was speech: transcribing the bot's own audio back finds words of the reply (pocketsphinx on espeak
+    # is weak, WER 0.5-0.9, so one shared content word is the bar)
+    bot, rate = transport.bot_audio()
+    heard = PocketsphinxEngine().transcribe(resample(bot, rate, STT_SAMPLE_RATE).astype(np.float32)).text
+    print(f"bot said {recorder.text!r}; heard back {heard!r}")
+    content = {w for w in words(recorder.text) if len(w) >= 3}
+    assert content & set(words(heard)), (recorder.text, heard)
     messages = agent.context.get_messages()
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert words(messages[0]["content"]) == words(turn.transcript)
