@@ -295,34 +295,34 @@ class Qwen3TTSEngine:
                     )
                     decoder = self._decoder_for(voice)
                 loop = self._frame_loop(prompt, budget)
+                cancelled = lambda: cancel is not None and cancel.is_set()  # noqa: E731
+                frames = loop.frames(cancel)
                 pending: list[torch.Tensor] = []
-                t_gen = 0.0
-                t_dec = 0.0
-                t_mark = time.perf_counter()
-                for codes in loop.frames(cancel):
-                    t_gen += time.perf_counter() - t_mark
-                    stats.frames += 1
-                    pending.append(codes)
-                    if len(pending) >= (first if stats.chunks == 0 else every):
-                        td = time.perf_counter()
-                        chunk = self._decode(decoder, pending)
-                        t_dec += time.perf_counter() - td
-                        pending = []
-                        if cancel is not None and cancel.is_set():
-                            break
-                        stats.chunks += 1
-                        stats.samples += len(chunk)
-                        if stats.first_chunk_s is None:
-                            stats.first_chunk_s = time.perf_counter() - t0
-                        yield chunk
+                t_gen = t_dec = 0.0
+                while True:
                     t_mark = time.perf_counter()
-                if pending and not (cancel is not None and cancel.is_set()):
+                    codes = next(frames, None)
+                    t_gen += time.perf_counter() - t_mark
+                    if codes is not None:
+                        stats.frames += 1
+                        pending.append(codes)
+                        if len(pending) < (first if stats.chunks == 0 else every):
+                            continue
+                    if not pending or cancelled():
+                        break
+                    t_mark = time.perf_counter()
                     chunk = self._decode(decoder, pending)
+                    t_dec += time.perf_counter() - t_mark
+                    pending = []
+                    if cancelled():
+                        break
                     stats.chunks += 1
                     stats.samples += len(chunk)
                     if stats.first_chunk_s is None:
                         stats.first_chunk_s = time.perf_counter() - t0
                     yield chunk
+                    if codes is None:
+                        break
                 stats.hit_budget = loop.hit_budget
                 stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
                 stats.timings = {"generate_s": t_gen, "decode_s": t_dec, **getattr(loop, "timings", {})}
