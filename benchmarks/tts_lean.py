@@ -177,6 +177,37 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
     return dict(tf_cb0=hits0 / n, tf_sub=forced.hits / max(forced.total, 1), tf_logits0=logits0)
 
 
+def activation_outliers(engine, voice) -> float:
+    """Median over positions and layers of max|x| / rms(x) at the inputs of the talker's q projections (upstream
+    forward of the prompt): how strongly one dimension dominates what a per-tensor activation quantiser sees
+    (a one-hot vector gives sqrt(d), a Gaussian one about sqrt(2 ln d))."""
+    import statistics
+
+    import torch
+
+    from benchmarks.tts import GREEDY, TEXT
+    from processors.qwen3_tts.frame_loop import capture_prompt
+    from processors.qwen3_tts.voice import to_model_device
+
+    prompt = capture_prompt(engine.tts_model, text=TEXT, language="English",
+                            voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)], **GREEDY)
+    talker = engine.tts_model.model.talker
+    ratios: list[float] = []
+
+    def hook(_mod, inp):
+        h = inp[0].reshape(-1, inp[0].shape[-1]).float()
+        ratios.extend((h.abs().amax(-1) / h.pow(2).mean(-1).sqrt()).tolist())
+
+    handles = [layer.self_attn.q_proj.register_forward_pre_hook(hook) for layer in talker.model.layers]
+    try:
+        with torch.inference_mode():
+            talker.model(inputs_embeds=prompt.inputs_embeds)
+    finally:
+        for h in handles:
+            h.remove()
+    return statistics.median(ratios)
+
+
 def measure_lean(args: argparse.Namespace) -> dict:
     """One precision on the lean loop: ``repeats`` timed utterances of ``frames`` frames; the first one's codes and
     waveform are saved for drift, and the fp32 reference codes (if given) are decoded by this side's codec decoder."""
@@ -224,6 +255,9 @@ def measure_lean(args: argparse.Namespace) -> dict:
         extra = {}
         ref_codes = np.load(args.ref_codes)["codes"] if args.ref_codes else torch.stack(codes).numpy()
         tf = teacher_forced(engine, voice, torch.from_numpy(ref_codes))
+        if args.precision == "fp32":
+            out["outlier_ratio"] = activation_outliers(engine, voice)
+            out["hidden_size"] = engine.tts_model.model.talker.config.hidden_size
         extra["tf_logits0"] = tf.pop("tf_logits0")
         out.update(tf)
         if args.ref_codes:
@@ -457,7 +491,19 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
                             "codec decoder alone: SNR dB on fp32 codes"], drift_rows)  # fmt: skip
     if ref_path.exists():
         drift += (f"\n\nfp32 codebook-0 logits of this random model: median top-1 margin {margin:.3f}, spread (std) "
-                  f"{spread:.2f}. Errors of a similar size as the margin flip the greedy pick.")
+                  f"{spread:.2f}; logit errors of the margin's size flip the greedy pick.")
+    if "fp32" in sides and "outlier_ratio" in sides["fp32"]:
+        import math
+
+        d = sides["fp32"]["hidden_size"]
+        drift += (f" The inputs of this random model's linears are dominated by one deliberate outlier dimension "
+                  f"(the constant of its stop circuit, `random_model.py`): max|x|/rms(x) = "
+                  f"{sides['fp32']['outlier_ratio']:.1f} (median; one-hot: {math.sqrt(d):.1f}, Gaussian: about "
+                  f"{math.sqrt(2 * math.log(d)):.1f}). A per-tensor int8 "
+                  f"activation quantiser (int8-dynamic) then spends its range on that one dimension and rounds the "
+                  f"content away, so the int8-dynamic drift here is an extreme case, not a prediction for real weights "
+                  f"(trained models have activation outliers too, of model-specific size). bf16 and weight-only int8 "
+                  f"do not quantise activations.")
 
     # --- threads ------------------------------------------------------------------------------------------------
     thread_rows = []
@@ -536,8 +582,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
         "token differs the two utterances are different speech, so agreement and waveform SNR after that say little. "
         "Teacher-forced: the precision is fed fp32's codes and its own greedy pick is compared at every step, which "
         "measures per-step drift without the cascade. Decoder alone: this side's codec decoder on fp32's codes. "
-        "Quality with the real weights is UNVERIFIED: trained weights have larger logit margins than random ones "
-        "(fewer flips) but outlier activations (which int8 activation quantisation is sensitive to).\n\n"
+        "Quality with the real weights is UNVERIFIED.\n\n"
         f"{drift}\n\nTorch threads (the box is shared; each figure is {args.repeats} utterances):\n\n{threads}\n\n"
         f"Batching across sessions (`BatchScheduler`, {args.batch_frames} frames per stream, all streams submitted "
         "at once, prompts of different lengths; steady = after every stream has its first frame; codes only, the "

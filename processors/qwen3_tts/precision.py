@@ -10,7 +10,8 @@ int8 1. Options:
 * ``quantize="int8"``: weight-only int8 (symmetric, per output channel) for every linear of the talker layers, the
   code predictor layers and both heads; activations stay in the model dtype (``_weight_int8pack_mm`` wants bf16).
 * ``quantize="int8-dynamic"``: torch.ao dynamic quantisation (fbgemm): int8 weights per channel AND activations
-  quantised per call; fp32 model. Fastest int8 kernel on x86 here, coarsest numerics. torch.ao quantisation is
+  quantised per call (per tensor, 7-bit range); fp32 model. The fastest option measured here, and the coarsest:
+  an activation outlier dimension takes the quantiser's range (see the drift table in docs/benchmarks.md). torch.ao quantisation is
   deprecated upstream in favour of torchao (not a dependency here); it works in torch 2.13 and may go away later.
 
 Embeddings, norms and the text projection stay as loaded. Quality on real weights is UNVERIFIED (real weights cannot
