@@ -103,7 +103,30 @@ def _pick(scores: torch.Tensor, do_sample: bool) -> torch.Tensor:
     return torch.argmax(scores, dim=-1)
 
 
-class FrameLoop:
+class StopPolicy:
+    """When a frame loop stops, shared by every loop: the end token, the frame budget (``hit_budget``) or ``cancel``
+    (``cancelled``), checked before each frame and again after each yield, so cancelling costs at most one frame."""
+
+    max_frames: int
+    hit_budget = False
+    cancelled = False
+
+    def stop_before_frame(self, token: torch.Tensor, eos: int, frame: int, cancel: threading.Event | None) -> bool:
+        if int(token) == eos:
+            return True
+        if frame >= self.max_frames:
+            self.hit_budget = True
+            return True
+        return self.stop_if_cancelled(cancel)
+
+    def stop_if_cancelled(self, cancel: threading.Event | None) -> bool:
+        if cancel is not None and cancel.is_set():
+            self.cancelled = True
+            return True
+        return False
+
+
+class FrameLoop(StopPolicy):
     """Generates the 16 codes of each frame for one prompt. Single use, not thread-safe (hold the engine lock)."""
 
     def __init__(self, talker: Any, prompt: TalkerPrompt, max_frames: int):
@@ -127,8 +150,6 @@ class FrameLoop:
             top_k=o["subtalker_top_k"], top_p=o["subtalker_top_p"], device=device,
         )
         self._sub_sample = bool(o["subtalker_dosample"])
-        self.hit_budget = False
-        self.cancelled = False
 
     def _talker_token(self, hidden_last: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         logits = self.talker.codec_head(hidden_last)[:, -1, :].float()
@@ -175,19 +196,10 @@ class FrameLoop:
         token = self._talker_token(hidden, generated)
         generated = torch.cat([generated, token.view(1, 1)], dim=1)
         frame = 0
-        while True:
-            if int(token) == self.eos:
-                return
-            if frame >= self.max_frames:
-                self.hit_budget = True
-                return
-            if cancel is not None and cancel.is_set():
-                self.cancelled = True
-                return
+        while not self.stop_before_frame(token, self.eos, frame, cancel):
             codes = self._predict_codes(hidden, token)
             yield codes
-            if cancel is not None and cancel.is_set():
-                self.cancelled = True
+            if self.stop_if_cancelled(cancel):
                 return
             out = model(inputs_embeds=self._next_input(codes, frame), past_key_values=cache, use_cache=True)
             hidden = out.last_hidden_state[:, -1:, :]

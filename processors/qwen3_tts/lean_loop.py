@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .frame_loop import TalkerPrompt, _pick, _processors
+from .frame_loop import StopPolicy, TalkerPrompt, _pick, _processors
 from .precision import make_linear
 
 CACHE_GRANULE = 256  # talker cache capacity grows in steps of this many positions
@@ -489,7 +489,7 @@ def frame_limit(prompt: TalkerPrompt, max_frames: int) -> int:
     return max(0, min(max_frames, int(prompt.options["max_new_tokens"]) - 1))
 
 
-class LeanFrameLoop:
+class LeanFrameLoop(StopPolicy):
     """Generates the 16 codes of each frame for one prompt on a ``LeanTalker`` (slot 0). Same interface and output as
     ``frame_loop.FrameLoop``. Single use; the caller holds the engine lock (the ``LeanTalker`` is shared)."""
 
@@ -498,8 +498,6 @@ class LeanFrameLoop:
         self.prompt = prompt
         self.max_frames = frame_limit(prompt, max_frames)
         self.threads = threads
-        self.hit_budget = False
-        self.cancelled = False
         self.timings: dict[str, float] = {}
 
     @torch.inference_mode()
@@ -524,20 +522,11 @@ class LeanFrameLoop:
         token = sampler.talker_token(logits)
         frame = 0
         samplers = [sampler]
-        while True:
-            if int(token) == sampler.eos:
-                return
-            if frame >= self.max_frames:
-                self.hit_budget = True
-                return
-            if cancel is not None and cancel.is_set():
-                self.cancelled = True
-                return
+        while not self.stop_before_frame(token, sampler.eos, frame, cancel):
             codes = lean.predict(1, hidden, token, samplers)
             out[frame].copy_(codes[0])
             yield out[frame]
-            if cancel is not None and cancel.is_set():
-                self.cancelled = True
+            if self.stop_if_cancelled(cancel):
                 return
             lean.next_inputs(1, [sampler.text_row(frame)])
             lean.pos[0] = L + frame
