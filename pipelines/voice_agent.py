@@ -15,6 +15,8 @@ mean the assistant aggregator commits exactly the words that were played. The tu
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,18 @@ class VoiceAgent:
     interruption_filter: IdleInterruptionFilter
     metrics: VoiceMetricsObserver
     policy: TurnPolicy
+
+    async def stop(self, task: asyncio.Task | None = None, timeout: float = 10.0) -> None:
+        """Cancel the worker unless ``task`` (its runner) already ended, wait up to ``timeout`` for the runner, then
+        close the metrics so the last turn is recorded."""
+        if task is None or not task.done():
+            await self.worker.cancel()
+            if task is not None:
+                try:
+                    await asyncio.wait_for(task, timeout)
+                except asyncio.TimeoutError:
+                    task.cancel()
+        self.metrics.finish()
 
 
 def build_voice_agent(

@@ -238,13 +238,7 @@ async def _run(scenario: Scenario, realtime: bool) -> tuple[VoiceAgent, VirtualT
             if now - last >= settle and not waiting:
                 break
     finally:
-        if not task.done():
-            await agent.worker.cancel()
-            try:
-                await asyncio.wait_for(task, 10)
-            except asyncio.TimeoutError:
-                task.cancel()
-        agent.metrics.finish()
+        await agent.stop(task)
     transport.played_words = played.words
     return agent, transport, utterances
 

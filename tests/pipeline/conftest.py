@@ -72,13 +72,7 @@ async def run_agent(agent, transport, until: Callable[[], bool], *, timeout: flo
         if settle_s:
             await asyncio.sleep(settle_s)
     finally:
-        if not task.done():
-            await agent.worker.cancel()
-            try:
-                await asyncio.wait_for(task, 10)
-            except asyncio.TimeoutError:
-                task.cancel()
-        agent.metrics.finish()
+        await agent.stop(task)
 
 
 @pytest.fixture(scope="session")
