@@ -53,7 +53,7 @@ def _serve(engine_name: str, port_queue: mp.Queue) -> None:
         import torch
 
         from processors.qwen3_tts import Qwen3TTSEngine
-        from processors.qwen3_tts.random_model import build_random_model_dir
+        from testkit.qwen3_tts_model import build_random_model_dir
 
         torch.set_num_threads(1)
         model = build_random_model_dir(os.path.join(tempfile.mkdtemp(), "m"), "tiny", seed=0)

@@ -41,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _model_dir(cache: Path, size: str) -> Path:
-    from processors.qwen3_tts.random_model import build_random_model_dir
+    from testkit.qwen3_tts_model import build_random_model_dir
 
     path = cache / f"qwen3-tts-{size}-random-noeos"
     if not (path / "config.json").exists():
@@ -64,7 +64,7 @@ def _measure_side(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from processors.qwen3_tts import Qwen3TTSEngine
-    from processors.qwen3_tts.random_model import make_reference_audio
+    from testkit.qwen3_tts_model import make_reference_audio
 
     t = time.perf_counter()
     engine = Qwen3TTSEngine.from_pretrained(args.model_dir, first_chunk_frames=args.first_chunk_frames,

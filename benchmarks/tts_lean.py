@@ -216,7 +216,7 @@ def measure_lean(args: argparse.Namespace) -> dict:
 
     from benchmarks.tts import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.precision import weight_bytes_per_frame
-    from processors.qwen3_tts.random_model import make_reference_audio
+    from testkit.qwen3_tts_model import make_reference_audio
 
     t = time.perf_counter()
     engine = _engine(args, args.precision)
@@ -315,7 +315,7 @@ def measure_batch(args: argparse.Namespace) -> dict:
     from benchmarks.tts import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.batching import BatchScheduler
     from processors.qwen3_tts.frame_loop import capture_prompt
-    from processors.qwen3_tts.random_model import make_reference_audio
+    from testkit.qwen3_tts_model import make_reference_audio
     from processors.qwen3_tts.voice import to_model_device
 
     engine = _engine(args, args.precision)
@@ -497,7 +497,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
 
         d = sides["fp32"]["hidden_size"]
         drift += (f" The inputs of this random model's linears are dominated by one deliberate outlier dimension "
-                  f"(the constant of its stop circuit, `random_model.py`): max|x|/rms(x) = "
+                  f"(the constant of its stop circuit, `testkit/qwen3_tts_model.py`): max|x|/rms(x) = "
                   f"{sides['fp32']['outlier_ratio']:.1f} (median; one-hot: {math.sqrt(d):.1f}, Gaussian: about "
                   f"{math.sqrt(2 * math.log(d)):.1f}). A per-tensor int8 "
                   f"activation quantiser (int8-dynamic) then spends its range on that one dimension and rounds the "

@@ -38,16 +38,10 @@ async def one_run(question: str, args, llm_engine) -> tuple[list, object, object
     from pipelines.metrics import apply_ground_truth
     from pipelines.virtual_transport import UserUtterance, VirtualTransport
     from pipelines.voice_agent import build_voice_agent
-    from processors.audio import STT_SAMPLE_RATE, load_audio, resample
     from processors.espeak_tts import EspeakTTSService
     from processors.llm import LocalLLMService
     from processors.pocketsphinx_stt import PocketsphinxEngine
-
-    fixtures = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "speech")
-
-    def speech(name):
-        d = load_audio(os.path.join(fixtures, name))
-        return resample(d.samples, d.sample_rate, STT_SAMPLE_RATE)
+    from testkit.clips import speech
 
     settings = Settings()
     if not args.interim:

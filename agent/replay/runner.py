@@ -147,7 +147,7 @@ def build_utterances(scenario: Scenario) -> list[UserUtterance]:
     out = []
     for i, turn in enumerate(scenario.turns):
         if turn.audio is not None:
-            decoded = load_audio(scenario.base_dir / turn.audio)
+            decoded = load_audio(scenario.audio_path(turn.audio))
             audio, rate = decoded.samples, decoded.sample_rate
         else:
             audio, rate = synthesise(turn.text, voice=turn.voice, variant=turn.variant, rate=turn.rate)

@@ -58,7 +58,7 @@ class Turn(_Strict):
     """One user utterance: ``audio`` (a file, any rate/format) or ``text`` (synthesised offline with espeak)."""
 
     name: str = ""
-    audio: str | None = None  # path, relative to the scenario file
+    audio: str | None = None  # path relative to the scenario file, ``clip:NAME`` (testkit/audio), ``human:NAME`` (gradio)
     text: str | None = None
     voice: str = "English"  # espeak language for ``text`` (e.g. "English", "en-gb")
     variant: str | None = None  # espeak variant for ``text`` (e.g. "f3")
@@ -154,6 +154,19 @@ class Scenario(_Strict):
             return ref if 0 <= ref < len(self.turns) else None
         return next((i for i, t in enumerate(self.turns) if t.name == ref), None)
 
+    def audio_path(self, ref: str) -> Path:
+        """A turn's ``audio``: a named clip (``clip:``/``human:``, see ``testkit.clips``) or a path relative to the
+        scenario file. Raises ``FileNotFoundError`` saying what is missing."""
+        from testkit.clips import resolve
+
+        named = resolve(ref)
+        if named is not None:
+            return named
+        path = self.base_dir / ref
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file {ref!r} (relative to {self.base_dir})")
+        return path
+
     def turn_label(self, i: int) -> str:
         return self.turns[i].name or f"turn {i}"
 
@@ -188,8 +201,11 @@ def parse_scenario(data: Any, *, base_dir: Path = Path("."), source: str = "<sce
         raise ScenarioError(f"{source}: invalid scenario:\n  {details}") from None
     scenario.base_dir = base_dir
     for i, turn in enumerate(scenario.turns):
-        if turn.audio is not None and not (base_dir / turn.audio).is_file():
-            raise ScenarioError(f"{source}: turns.{i}.audio: no such file {turn.audio!r} (relative to {base_dir})")
+        if turn.audio is not None:
+            try:
+                scenario.audio_path(turn.audio)
+            except FileNotFoundError as e:
+                raise ScenarioError(f"{source}: turns.{i}.audio: {e}") from None
     return scenario
 
 

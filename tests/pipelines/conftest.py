@@ -1,0 +1,56 @@
+"""Fixtures for whole-pipeline tests: scripted engines where words must be known, and a runner that drives a
+``VoiceAgent`` over a ``VirtualTransport`` until a condition holds.
+
+Scripted parts (used only where a test needs to know the words; each test says which parts are scripted):
+
+* ``ScriptedSTTEngine`` — a plain ``STTEngine`` returning prepared transcripts in order (a cough -> "").
+* ``ScriptedLLMService`` — a pipecat LLM service streaming prepared replies word by word at a set token rate;
+  cancelled by interruptions like any pipecat LLM service (the task is cancelled mid-stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from pipecat.workers.runner import WorkerRunner
+
+from agent.replay.scripted import ScriptedLLMService, ScriptedSTTEngine  # noqa: F401  (tests import them from here)
+from processors.audio import load_audio
+from testkit.clips import clip_text as manifest_text  # noqa: F401  (tests import them from here)
+from testkit.clips import cough_like, speech  # noqa: F401
+
+
+async def run_agent(agent, transport, until: Callable[[], bool], *, timeout: float, settle_s: float = 0.0) -> None:
+    """Run ``agent.worker`` until ``until()`` holds (then ``settle_s`` more), then cancel it."""
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(agent.worker)
+    task = asyncio.create_task(runner.run())
+    try:
+        await transport.wait_for(lambda: until() or task.done(), timeout)
+        if task.done():
+            task.result()
+            raise AssertionError("the pipeline stopped on its own")
+        if settle_s:
+            await asyncio.sleep(settle_s)
+    finally:
+        await agent.stop(task)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_tts(tiny_qwen_dir):
+    """A factory of ``Qwen3TTSService``s over one tiny random Qwen3-TTS model (real code path, noise-like audio,
+    ~4x faster than real time here) cloning the shipped default voice."""
+    import json
+
+    from processors.qwen3_tts import Qwen3TTSEngine, Qwen3TTSService
+
+    engine = Qwen3TTSEngine.from_pretrained(str(tiny_qwen_dir), device="cpu")
+    from voices.registry import SHIPPED_DIR
+
+    voices = SHIPPED_DIR / "default"
+    manifest = json.loads((voices / "manifest.json").read_text())
+    ref = load_audio(voices / manifest["reference"])
+    voice = engine.create_voice((ref.samples, ref.sample_rate), manifest.get("transcript"))
+    return lambda: Qwen3TTSService(engine=engine, voice=voice)

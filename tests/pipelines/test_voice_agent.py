@@ -1,0 +1,414 @@
+"""Whole-pipeline tests: ``build_voice_agent`` over the ``VirtualTransport``, in real time, offline.
+
+User audio is real speech (the flite/espeak fixtures) through the real Silero VAD. Each test names what is real and
+what is scripted; scripts stand in only where the test must know the words (the reply whose played part is checked,
+a cough that must yield no transcript: pocketsphinx makes words of any voiced noise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import numpy as np
+
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMTextFrame,
+    TTSTextFrame,
+    VADUserStartedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+
+from agent.settings import Settings
+from pipelines.engines import create_stt_service
+from pipelines.metrics import apply_ground_truth
+from pipelines.virtual_transport import UserUtterance, VirtualTransport
+from pipelines.voice_agent import build_voice_agent
+from processors.espeak_tts import EspeakTTSService
+from processors.llm import LocalLLMService
+from processors.audio import STT_SAMPLE_RATE, resample
+from processors.pocketsphinx_stt import PocketsphinxEngine
+
+from .conftest import ScriptedLLMService, ScriptedSTTEngine, cough_like, run_agent, speech
+
+CHUNK_S = 0.04  # the output transport writes 40 ms chunks (pipecat's default audio_out_10ms_chunks=4)
+LONG_REPLY = (
+    "It is sunny in Paris today. There is a light breeze from the west, and a few clouds will come in late in "
+    "the afternoon. You will not need an umbrella or a coat. Enjoy a long walk by the river this evening."
+)
+# one long first sentence: the tiny Qwen3-TTS is still generating it a second into the bot's speech (~10x real time)
+BARGE_REPLY = (
+    "It is sunny and warm in Paris today with a light breeze from the west and a few small clouds late in the "
+    "afternoon, and the evening will stay mild and dry, so the terraces along the river and in the old town will be "
+    "full of people enjoying the last warm days of the year before the autumn rain arrives next week. You will not "
+    "need an umbrella or a coat. Enjoy a long walk by the river this evening."
+)
+SHORT_REPLY = "It is sunny and warm in Paris today. You will not need an umbrella. Enjoy a walk by the river."
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def kinds(transport: VirtualTransport) -> list[str]:
+    return [e.kind for e in transport.events]
+
+
+class TextRecorder(BaseObserver):
+    """The LLM text one processor pushed, per reply."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source, self.text = source, ""
+
+    async def on_push_frame(self, data: FramePushed):
+        if data.source is self.source and isinstance(data.frame, LLMTextFrame):
+            self.text += data.frame.text
+
+
+def settings_for(**turn) -> Settings:
+    """Default settings with ``turn`` overrides, and no interim STT passes: pocketsphinx holds the GIL while it
+    decodes, so re-transcribing the growing utterance every second stalls the event loop (see the report)."""
+    s = Settings()
+    s.turn = s.turn.model_copy(update=turn)
+    s.stt = s.stt.model_copy(update={"interim_interval_s": None})
+    return s
+
+
+def assert_stopped_within_one_chunk(barge, chunks) -> None:
+    """No bot audio after VAD start + one output chunk: the InterruptionFrame crosses LLM, TTS and filter to the
+    output quickly (2-6 ms idle; 36 ms measured with the local LLM thread and another busy process contending for
+    the GIL/CPU), the chunk being written when it arrives finishes, and no chunk starts after it."""
+    assert barge.interruption_at_output - barge.vad_start < 0.1
+    assert all(c.start <= barge.interruption_at_output + 0.005 for c in chunks)
+    assert max(c.end for c in chunks) <= barge.interruption_at_output + CHUNK_S + 0.01
+    assert barge.stop_latency_from_vad is not None and barge.stop_latency_from_vad <= 0.1 + CHUNK_S + 0.01
+
+
+def check_turn_timeline(turn) -> None:
+    """The moments of one answered turn happen in pipeline order."""
+    seq = [turn.speech_end, turn.vad_stop, turn.user_turn_end, turn.llm_request_at, turn.first_sentence_at,
+           turn.tts_first_audio_at, turn.bot_started_at]
+    assert None not in seq, turn
+    assert seq == sorted(seq), turn
+    assert turn.voice_to_voice > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One full turn, all real engines
+# ----------------------------------------------------------------------------------------------------------------
+
+
+async def test_full_turn_real_engines(local_llm_engine):
+    """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled), espeak TTS. Nothing scripted."""
+    settings = settings_for()
+    transport = VirtualTransport([UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="q")])
+    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
+        system_instruction=settings.llm.system_prompt, max_tokens=24, temperature=0.0))
+    recorder = TextRecorder(llm)
+    agent = build_voice_agent(
+        transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()), llm=llm,
+        tts=EspeakTTSService(rate=260), observers=[recorder],
+    )
+    await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport), timeout=40, settle_s=0.2)
+
+    turn = agent.metrics.turns[0]
+    assert {"weather", "paris"} <= set(words(turn.transcript)), turn.transcript
+    check_turn_timeline(turn)
+    apply_ground_truth(agent.metrics.turns, transport.user_speech)  # true speech end instead of VAD stop - stop_secs
+    assert turn.speech_end == transport.user_speech[0][1] and turn.vad_stop_wait >= settings.vad.stop_secs
+    check_turn_timeline(turn)
+    assert transport.bot_speech_seconds() > 0.5  # the reply was audible
+    # ...and it was speech: transcribing the bot's own audio back finds words of the reply (pocketsphinx on espeak
+    # is weak, WER 0.5-0.9, so one shared content word is the bar)
+    bot, rate = transport.bot_audio()
+    heard = PocketsphinxEngine().transcribe(resample(bot, rate, STT_SAMPLE_RATE).astype(np.float32)).text
+    print(f"bot said {recorder.text!r}; heard back {heard!r}")
+    content = {w for w in words(recorder.text) if len(w) >= 3}
+    assert content & set(words(heard)), (recorder.text, heard)
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert words(messages[0]["content"]) == words(turn.transcript)
+    assert recorder.text.strip() and words(messages[1]["content"]) == words(recorder.text)  # all of it was played
+    assert not transport.frames(InterruptionFrame)  # nothing to interrupt: the client heard of none
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Barge-in 1 s into the reply: tiny Parakeet + tiny Qwen3-TTS in the loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class WorkerWatch(BaseObserver):
+    """At the VAD start of a barge-in, notes the TTS worker thread and whether it is still generating, then polls
+    until it is gone (time on the transport's clock)."""
+
+    def __init__(self, tts, transport):
+        super().__init__()
+        self.tts, self.transport = tts, transport
+        self.worker: threading.Thread | None = None
+        self.alive_at_vad_start = False
+        self.gone_at: float | None = None
+        self._armed = False
+
+    def arm(self):
+        self._armed = True
+
+    async def on_push_frame(self, data: FramePushed):
+        if self._armed and self.worker is None and isinstance(data.frame, VADUserStartedSpeakingFrame):
+            self.worker = self.tts.last_worker
+            self.alive_at_vad_start = bool(self.worker and self.worker.is_alive())
+
+    async def poll(self):
+        while True:
+            if self.worker is not None and not self.worker.is_alive() and self.gone_at is None:
+                self.gone_at = self.transport.now()
+            await asyncio.sleep(0.002)
+
+
+async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
+    """Real: espeak speech, Silero VAD, tiny random Parakeet (garbage words), tiny random Qwen3-TTS (generating
+    while the bot speaks). Scripted: the LLM reply (its words are checked against the context), streamed slowly so
+    the LLM is still generating at the barge-in."""
+    import asyncio
+
+    settings = settings_for()
+    transport = VirtualTransport([
+        UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
+        UserUtterance(speech("espeak_wait_en-f3_200.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
+    ])
+    llm = ScriptedLLMService([BARGE_REPLY, "Sure."], token_s=0.02, tail_token_s=0.25)
+    tts = tiny_qwen_tts()
+    watch = WorkerWatch(tts, transport)
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=parakeet_engine),
+                              llm=llm, tts=tts, observers=[watch])
+
+    def done():
+        if "bot_started_speaking" in kinds(transport):
+            watch.arm()
+        return kinds(transport).count("bot_started_speaking") >= 2 and kinds(transport)[-1] == "bot_stopped_speaking"
+
+    poller = asyncio.create_task(watch.poll())
+    try:
+        await run_agent(agent, transport, done, timeout=45, settle_s=0.2)
+    finally:
+        poller.cancel()
+
+    barge = agent.metrics.turns[1].barge_in
+    assert barge is not None and barge.interruption is not None, agent.metrics.turns
+    second_start = transport.event_times("bot_started_speaking")[1]
+    first_reply = [c for c in transport.audio if c.start < second_start]
+    assert_stopped_within_one_chunk(barge, first_reply)
+    # the TTS worker was generating at the barge-in and stopped within about one codec frame (80 ms)
+    assert watch.alive_at_vad_start, "the TTS had finished before the barge-in: the test proves nothing"
+    assert watch.gone_at is not None and watch.gone_at - barge.interruption < 0.15
+    print(f"TTS worker gone {1000 * (watch.gone_at - barge.interruption):.0f} ms after the interruption; "
+          f"last bot audio {1000 * barge.stop_latency_from_vad:.0f} ms after VAD start")
+    assert llm.cancelled == 1  # the LLM stream was closed mid-reply
+    # the context holds exactly the words whose audio had started playing
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    said = messages[1]["content"].split()
+    spoken = [f for t, f in transport.frames(TTSTextFrame) if t < second_start]
+
+    def due_by(t: float) -> list[str]:  # words whose presentation time had come when the output was interrupted
+        return [f.text for f in spoken if f.pts and f.pts / 1e9 <= t]
+
+    cut = barge.interruption_at_output
+    surely, maybe = due_by(cut - 0.01), due_by(cut + 0.01)  # a word due within 10 ms of the cut may go either way
+    assert said[: len(surely)] == surely and maybe[: len(said)] == said and len(surely) <= len(said) <= len(maybe)
+    assert 1 <= len(said) < len(BARGE_REPLY.split())
+    assert words(BARGE_REPLY)[: len(words(" ".join(said)))] == words(" ".join(said))
+    # word times are counted from the reply's first audio, as played
+    assert abs(spoken[0].pts / 1e9 - first_reply[0].start) < 0.1
+
+
+class InterruptionClock(BaseObserver):
+    """``time.perf_counter()`` when the user aggregator last broadcast an InterruptionFrame downstream."""
+
+    def __init__(self, user):
+        super().__init__()
+        self.user, self.at = user, None
+
+    async def on_push_frame(self, data: FramePushed):
+        if data.source is self.user and isinstance(data.frame, InterruptionFrame):
+            self.at = time.perf_counter()
+
+
+async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
+    """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled, asked for a long answer), espeak TTS.
+    Nothing scripted. The barge-in lands while the local LLM is still generating."""
+    settings = settings_for()
+    transport = VirtualTransport([
+        UserUtterance(speech("flite_story_slt.wav"), at_s=0.2, label="question"),
+        UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
+    ])
+    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
+        system_instruction="You are a storyteller. Tell long stories.", max_tokens=200, temperature=0.0))
+    recorder = TextRecorder(llm)
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService(), observers=[recorder])
+    clock = InterruptionClock(agent.user_aggregator)
+    agent.worker.add_observer(clock)
+    await run_agent(agent, transport, lambda: len(agent.metrics.turns) > 1 and agent.metrics.turns[1].barge_in
+                    and agent.metrics.turns[1].barge_in.interruption, timeout=40, settle_s=0.3)
+
+    stats = local_llm_engine.last_stats
+    assert stats.cancelled and stats.new_tokens < 200  # the generation was stopped, not finished
+    assert stats.ended_at - clock.at < 0.2  # within a token or two of the interruption
+    barge = agent.metrics.turns[1].barge_in
+    assert_stopped_within_one_chunk(barge, transport.audio)
+    said = [m["content"] for m in agent.context.get_messages() if m["role"] == "assistant"]
+    assert len(said) == 1 and 0 < len(words(said[0])) < len(words(recorder.text))
+    assert words(recorder.text)[: len(words(said[0]))] == words(said[0])  # the played words, in order
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A cough during the bot's reply: the bot resumes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+async def test_cough_during_reply_resumes():
+    """Real: espeak speech and a voiced cough-like burst through Silero VAD (it triggers a barge-in), espeak TTS.
+    Scripted: the STT (the cough must yield no words; pocketsphinx would invent some) and the LLM reply (its
+    remainder is checked)."""
+    settings = settings_for(false_interruption_timeout_s=1.0)
+    transport = VirtualTransport([
+        UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
+        UserUtterance(cough_like(), after="bot_started_speaking", offset_s=1.0, label="cough"),
+    ])
+    stt_engine = ScriptedSTTEngine(["what is the weather like today", ""])
+    llm = ScriptedLLMService([SHORT_REPLY])
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=stt_engine), llm=llm,
+                              tts=EspeakTTSService(rate=240))
+
+    def done():
+        k = kinds(transport)
+        return k.count("bot_started_speaking") >= 2 and k[-1] == "bot_stopped_speaking"
+
+    await run_agent(agent, transport, done, timeout=40, settle_s=0.2)
+
+    cough_turn = agent.metrics.turns[1]
+    assert cough_turn.barge_in is not None and cough_turn.resumed  # it interrupted, then the bot resumed
+    assert len(stt_engine.calls) == 2 and len(llm.requests) == 1  # the cough was heard; no new LLM answer
+    assert len(agent.resumer.resumed) == 1
+    remainder = agent.resumer.resumed[0]
+    assert words(SHORT_REPLY)[-len(words(remainder)):] == words(remainder)
+    assert 0 < len(words(remainder)) < len(words(SHORT_REPLY))
+    # resumed within the timeout (+ pipeline) after the cough ended, and the second stretch of speech is the rest
+    resumed_at = transport.event_times("bot_started_speaking")[1]
+    assert cough_turn.vad_stop + 1.0 <= resumed_at < cough_turn.vad_stop + 1.5
+    # the context is one user message and one assistant message holding the whole reply, nothing about the cough
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert words(messages[1]["content"]) == words(SHORT_REPLY)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speech while the bot is silent: no interruption reaches the client
+# ----------------------------------------------------------------------------------------------------------------
+
+
+async def test_speech_while_bot_silent_sends_no_interruption():
+    """Real: flite speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies (short, fast)."""
+    settings = settings_for()
+    transport = VirtualTransport([
+        UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
+        UserUtterance(speech("flite_table_rms.wav"), after="bot_stopped_speaking", offset_s=1.0, label="second"),
+    ])
+    llm = ScriptedLLMService(["Done, the lights are off.", "Yes, a table for two is booked."])
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService(rate=240))
+    await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=40)
+
+    assert len(agent.metrics.turns) == 2 and not any(t.interrupted_bot for t in agent.metrics.turns)
+    assert not transport.frames(InterruptionFrame)  # pipecat broadcast one per turn; none reached the client
+    assert agent.interruption_filter.dropped == 2
+    assert [m["role"] for m in agent.context.get_messages()] == ["user", "assistant", "user", "assistant"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two quick turns: the second question follows the first after a short pause
+# ----------------------------------------------------------------------------------------------------------------
+
+
+async def test_two_quick_turns_real_engines(local_llm_engine):
+    """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled), espeak TTS. Nothing scripted.
+    The second question comes the moment the bot has finished its first answer."""
+    settings = settings_for()
+    transport = VirtualTransport([
+        UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
+        UserUtterance(speech("flite_pizza_kal16.wav"), after="bot_stopped_speaking", offset_s=0.0, label="second"),
+    ])
+    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
+        system_instruction=settings.llm.system_prompt, max_tokens=16, temperature=0.0))
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService(rate=280))
+    await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=60,
+                    settle_s=0.2)
+
+    turns = agent.metrics.turns
+    assert len(turns) == 2 and not any(t.interrupted_bot for t in turns)
+    assert {"lights", "kitchen"} <= set(words(turns[0].transcript)), turns[0].transcript
+    assert {"pizza"} <= set(words(turns[1].transcript)), turns[1].transcript
+    for turn in turns:
+        check_turn_timeline(turn)
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert [messages[0]["content"], messages[2]["content"]] == [turns[0].transcript, turns[1].transcript]
+    assert all(m["content"].strip() for m in messages)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Echo guard (telephony): a short burst in the bot's first moments does not interrupt; sustained speech does
+# ----------------------------------------------------------------------------------------------------------------
+
+
+async def test_echo_guard_ignores_short_burst():
+    """Real: flite/espeak speech, Silero VAD, pocketsphinx STT (its transcript of the burst is dropped by the
+    guard), espeak TTS. Scripted: the LLM reply. Telephony client, so echo_guard=auto is on. The burst is the first
+    0.4 s of a spoken "Yes, please" (Silero reports 0.22-0.28 s of speech for it at any frame alignment), like a
+    residual echo or a backchannel."""
+    settings = settings_for()
+    burst = speech("espeak_yes_please_en-f3_150.wav")[: int(0.4 * 16000)]
+    transport = VirtualTransport([
+        UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
+        UserUtterance(burst, after="bot_started_speaking", offset_s=0.2, label="burst"),
+    ])
+    reply = "It is sunny and warm in Paris today. You will not need an umbrella."
+    llm = ScriptedLLMService([reply])
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService(rate=220), telephony=True)
+    assert agent.policy.echo_guard
+    await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport)
+                    and transport.schedule_done.is_set(), timeout=40, settle_s=1.0)
+
+    guard = agent.user_aggregator._params.user_turn_strategies.start[0]
+    assert guard.suppressed_segments == 1  # VAD heard the "mhm" ...
+    assert not transport.frames(InterruptionFrame) and len(agent.metrics.turns) == 1  # ... and it did not interrupt
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert words(messages[1]["content"]) == words(reply)  # the reply played to the end
+
+
+async def test_echo_guard_lets_sustained_speech_interrupt():
+    """Real: flite/espeak speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies.
+    The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s."""
+    settings = settings_for(echo_guard="on")
+    transport = VirtualTransport([
+        UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
+        UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=0.3, label="over"),
+    ])
+    llm = ScriptedLLMService([LONG_REPLY, "Yes."])
+    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+                              llm=llm, tts=EspeakTTSService(rate=220))
+    await run_agent(agent, transport, lambda: len(agent.metrics.turns) >= 2 and agent.metrics.turns[1].barge_in
+                    and agent.metrics.turns[1].barge_in.interruption, timeout=40, settle_s=0.2)
+
+    turn = agent.metrics.turns[1]
+    held = turn.user_turn_start - turn.vad_start
+    # the turn started once the speech had lasted min_speech_s (0.5 s from onset = VAD start + 0.3 s), not at VAD start
+    assert settings.turn.echo_guard_min_speech_s - settings.vad.start_secs - 0.03 <= held < 0.6
+    assert transport.frames(InterruptionFrame)

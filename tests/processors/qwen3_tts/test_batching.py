@@ -1,0 +1,150 @@
+"""BatchScheduler on the tiny random model: batched greedy output per stream equals the unbatched lean loop's, while
+streams join, finish at different lengths, get cancelled, and overflow max_batch; plus the engine integration
+(concurrent ``stream`` calls on one engine) and the masked-attention (GPU-structure) batch on CPU."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from processors.qwen3_tts import Qwen3TTSEngine
+from processors.qwen3_tts.batching import BatchScheduler
+from processors.qwen3_tts.frame_loop import capture_prompt
+from processors.qwen3_tts.lean_loop import LeanFrameLoop, LeanTalker
+from testkit.qwen3_tts_model import make_reference_audio
+from processors.qwen3_tts.voice import to_model_device
+
+GREEDY = dict(do_sample=False, subtalker_dosample=False)
+JOBS = [  # text, voice index, frame budget: different prompt lengths and different stopping points
+    ("Hello there, this is the first batched stream.", 0, 30),
+    ("Short one.", 1, 9),
+    ("A somewhat longer sentence that keeps going for quite a while longer.", 0, 41),
+    ("Fourth voice here.", 1, 17),
+    ("And a fifth that waits for a free slot.", 0, 23),
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen_never_eos_dir):
+    torch.set_num_threads(1)
+    return Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir)
+
+
+@pytest.fixture(scope="module")
+def voices(engine):
+    ref = (make_reference_audio(4.0, 24000, seed=1), 24000)
+    return [engine.create_voice(ref, "A short reference sentence for cloning."), engine.create_voice(ref)]
+
+
+def _prompt(engine, voice, text, **gen):
+    return capture_prompt(engine.tts_model, text=text, language="English",
+                          voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)], **gen)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prompts(engine, voices):
+    return [_prompt(engine, voices[v], text, **GREEDY) for text, v, _ in JOBS]
+
+
+@pytest.fixture(scope="module")
+def solo(engine, prompts):
+    """Each job alone on the lean loop (which equals upstream: test_lean_loop.py)."""
+    lean = LeanTalker(engine.tts_model.model.talker)
+    return [torch.stack([c.clone() for c in LeanFrameLoop(lean, p, budget).frames()])
+            for p, (_, _, budget) in zip(prompts, JOBS)]  # fmt: skip
+
+
+def _run_all(sched, prompts, budgets, cancel_after=None):
+    """Consume every stream in its own thread; returns the frames per stream and the stream handles."""
+    streams = [sched.submit(p, b) for p, b in zip(prompts, budgets)]
+    out: list[list[torch.Tensor]] = [[] for _ in streams]
+
+    def consume(i):
+        cancel = threading.Event()
+        for codes in streams[i].frames(cancel):
+            out[i].append(codes.clone())
+            if cancel_after and i in cancel_after and len(out[i]) == cancel_after[i]:
+                cancel.set()
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert not any(t.is_alive() for t in threads)
+    return out, streams
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_batched_equals_unbatched(engine, prompts, solo, max_batch):
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=max_batch) as sched:
+        out, streams = _run_all(sched, prompts, [b for _, _, b in JOBS])
+    for i, (frames, s) in enumerate(zip(out, streams)):
+        assert len(frames) == JOBS[i][2] and s.hit_budget and not s.cancelled
+        assert torch.equal(torch.stack(frames), solo[i]), f"stream {i} differs"
+    assert sched.max_active == min(max_batch, len(JOBS))
+    if max_batch > 1:  # steps were shared: fewer batched steps than frames
+        assert sched.steps < sched.frames_out
+
+
+def test_cancel_one_stream_leaves_others_exact(engine, prompts, solo):
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=4) as sched:
+        out, streams = _run_all(sched, prompts[:4], [b for _, _, b in JOBS[:4]], cancel_after={0: 5, 2: 11})
+    for i in (0, 2):
+        assert streams[i].cancelled and len(out[i]) == {0: 5, 2: 11}[i]  # nothing delivered after cancel
+        assert torch.equal(torch.stack(out[i]), solo[i][: len(out[i])])
+    for i in (1, 3):
+        assert not streams[i].cancelled and torch.equal(torch.stack(out[i]), solo[i])
+
+
+def test_masked_attention_batch_equals_unbatched(engine, prompts, solo):
+    """The GPU path's batched attention (one SDPA over all slots with per-stream position masks), run on CPU."""
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=4) as sched:
+        sched.lean = LeanTalker(engine.tts_model.model.talker, max_batch=4, attention="masked")
+        out, _ = _run_all(sched, prompts[:4], [b for _, _, b in JOBS[:4]])
+    for i in range(4):
+        assert torch.equal(torch.stack(out[i]), solo[i])
+
+
+def test_engine_streams_concurrently(engine, voices):
+    """Several ``stream`` calls on one engine with a scheduler run at the same time and give the audio each would
+    give alone."""
+    jobs = JOBS[:3]
+    alone = [engine.synthesize(t, voices[v], "English", max_frames=b, **GREEDY) for t, v, b in jobs]
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=4) as sched:
+        batched = Qwen3TTSEngine(engine.tts_model, engine.model_id, scheduler=sched)
+        batched.voices = engine.voices
+        got: list[np.ndarray | None] = [None] * len(jobs)
+
+        def run(i):
+            t, v, b = jobs[i]
+            got[i] = batched.synthesize(t, voices[v], "English", max_frames=b, **GREEDY)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        [t.start() for t in threads]
+        [t.join(timeout=120) for t in threads]
+        assert sched.max_active >= 2  # they really overlapped
+    for a, b in zip(alone, got):
+        assert b is not None and len(a) == len(b) and np.array_equal(a, b)
+
+
+def test_sampled_streams_run(engine, voices):
+    """Sampling per stream (own processors) works in a batch; the shared RNG makes it differ from solo runs."""
+    sampled = [_prompt(engine, voices[0], JOBS[0][0]), _prompt(engine, voices[1], JOBS[1][0], temperature=0.5)]
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=2) as sched:
+        out, streams = _run_all(sched, sampled, [12, 12])
+    assert all(len(o) == 12 and not s.cancelled for o, s in zip(out, streams))
+    codes = torch.stack(out[0])
+    assert ((codes >= 0) & (codes < 3072)).all() and len(set(codes[:, 0].tolist())) > 3
+
+
+def test_closed_scheduler_and_bad_args(engine, prompts):
+    with pytest.raises(ValueError):
+        BatchScheduler(engine.tts_model.model.talker, max_batch=0)
+    sched = BatchScheduler(engine.tts_model.model.talker, max_batch=2)
+    sched.close()
+    s = sched.submit(prompts[0], 5)
+    assert list(s.frames()) == [] and s.cancelled
+    with pytest.raises(RuntimeError):
+        list(s.frames())  # single use

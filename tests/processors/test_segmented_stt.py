@@ -1,0 +1,231 @@
+"""EngineSTTService through pipecat's run_test: VAD-bounded segments -> TranscriptionFrame, interim transcripts,
+telephony and odd input rates, errors, metrics. Content is checked with pocketsphinx on real (flite) speech;
+Parakeet runs on the tiny random model (plumbing only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    MetricsFrame,
+    STTMuteFrame,
+    TranscriptionFrame,
+    UserAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.transcriptions.language import Language
+from testkit.clips import speech
+from testkit.transcripts import words_of
+
+from .stt_words import TELEPHONE_KEY_WORDS, noise
+
+from processors.audio import STT_SAMPLE_RATE, float_to_pcm16, resample
+from processors.parakeet_stt import ParakeetSTTService
+from processors.pocketsphinx_stt import PocketsphinxEngine, PocketsphinxSTTService
+from processors.stt_engine import Transcript
+
+FRAME_S = 0.02
+
+
+def audio_frames(samples: np.ndarray, rate: int, *, user_id: str | None = None) -> list:
+    step = int(rate * FRAME_S)
+    out = []
+    for i in range(0, len(samples), step):
+        pcm = float_to_pcm16(samples[i : i + step])
+        if user_id is None:
+            out.append(InputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1))
+        else:
+            out.append(UserAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1, user_id=user_id))
+    return out
+
+
+def utterance(
+    samples_16k: np.ndarray,
+    rate: int = STT_SAMPLE_RATE,
+    *,
+    pre_s: float = 0.6,
+    post_s: float = 0.2,
+    start_secs: float = 0.2,
+    sleep_every_s: float | None = None,
+    sleep_s: float = 0.0,
+    user_id: str | None = None,
+) -> list:
+    """Frames as pipecat 1.14 delivers them: silence, speech, VADUserStartedSpeakingFrame once ``start_secs`` of
+    speech has passed (the 1 s pre-roll buffer must catch the onset), trailing silence, then the VAD stop."""
+    audio = resample(samples_16k, STT_SAMPLE_RATE, rate)
+    pre = np.zeros(int(pre_s * rate), np.float32)
+    post = np.zeros(int(post_s * rate), np.float32)
+    head = audio_frames(np.concatenate([pre, audio[: int(start_secs * rate)]]), rate, user_id=user_id)
+    body = audio_frames(audio[int(start_secs * rate) :], rate, user_id=user_id)
+    if sleep_every_s:  # pace the replay so worker threads get time, as real-time audio would give them
+        every = max(1, int(sleep_every_s / FRAME_S))
+        paced = []
+        for i, f in enumerate(body, 1):
+            paced.append(f)
+            if i % every == 0:
+                paced.append(SleepFrame(sleep=sleep_s))
+        body = paced
+    tail = audio_frames(post, rate, user_id=user_id)
+    return [*head, VADUserStartedSpeakingFrame(start_secs=start_secs), *body, *tail,
+            VADUserStoppedSpeakingFrame(stop_secs=post_s)]
+
+
+def of_type(frames, cls):
+    return [f for f in frames if isinstance(f, cls)]
+
+
+async def run(service, frames, *, rate: int = STT_SAMPLE_RATE, metrics: bool = False):
+    params = PipelineParams(audio_in_sample_rate=rate, enable_metrics=metrics)
+    down, up = await run_test(service, frames_to_send=frames, pipeline_params=params)
+    return down, up
+
+
+# --- Parakeet (tiny random model): the adapter's plumbing --------------------------------------------------
+async def test_parakeet_segment_becomes_one_transcription_frame(parakeet_engine):
+    stt = ParakeetSTTService(engine=parakeet_engine)
+    down, up = await run(stt, utterance(noise(1.5), user_id="caller-7"), metrics=True)
+    finals = of_type(down, TranscriptionFrame)
+    assert len(finals) == 1
+    frame = finals[0]
+    assert isinstance(frame.result, Transcript) and frame.text == frame.result.text and frame.text
+    assert frame.user_id == "caller-7" and frame.finalized and frame.language == Language.EN
+    assert isinstance(frame.timestamp, str) and "T" in frame.timestamp
+    # the segment is what VAD bounded plus pre-roll and pipecat's 0.5 s trailing silence
+    assert 1.5 + 0.5 <= frame.result.audio_seconds <= 0.6 + 1.5 + 0.2 + 0.5 + 0.05
+    # order: audio passes through, the final comes after the VAD stop
+    stop_at = down.index(of_type(down, VADUserStoppedSpeakingFrame)[0])
+    assert down.index(frame) > stop_at
+    assert len(of_type(down, InputAudioRawFrame)) > 50
+    assert not of_type(up, ErrorFrame)
+    data = [d for m in of_type(down, MetricsFrame) for d in m.data]
+    assert any(isinstance(d, ProcessingMetricsData) and d.value > 0 for d in data)
+    assert any(isinstance(d, TTFBMetricsData) and d.value > 0 for d in data)
+
+
+async def test_parakeet_interim_transcripts_for_a_long_utterance(parakeet_engine):
+    stt = ParakeetSTTService(engine=parakeet_engine, interim_interval_s=0.5)
+    frames = utterance(noise(4.0, seed=5), sleep_every_s=0.5, sleep_s=0.15)
+    down, up = await run(stt, frames)
+    interims, finals = of_type(down, InterimTranscriptionFrame), of_type(down, TranscriptionFrame)
+    assert len(finals) == 1 and not of_type(up, ErrorFrame)
+    assert len(interims) >= 2, f"{stt.interim_passes} passes, {stt.interim_skipped} skipped"
+    assert all(isinstance(f.result, Transcript) and f.text for f in interims)
+    stop_at = down.index(of_type(down, VADUserStoppedSpeakingFrame)[0])
+    assert all(down.index(f) < stop_at for f in interims)  # none after the VAD stop
+    lengths = [f.result.audio_seconds for f in interims]
+    assert lengths == sorted(lengths) and lengths[-1] < finals[0].result.audio_seconds
+
+
+async def test_interim_finishing_after_the_vad_stop_is_dropped(parakeet_engine):
+    # unpaced replay: the first pass is still running when the VAD stop arrives; give it time to finish
+    stt = ParakeetSTTService(engine=parakeet_engine, interim_interval_s=0.2)
+    down, up = await run(stt, [*utterance(noise(3.0, seed=9)), SleepFrame(sleep=1.0)])
+    assert stt.interim_passes >= 1
+    stop_at = down.index(of_type(down, VADUserStoppedSpeakingFrame)[0])
+    assert not [f for f in of_type(down, InterimTranscriptionFrame) if down.index(f) > stop_at]
+    assert len(of_type(down, TranscriptionFrame)) == 1
+
+
+async def test_interims_are_off_by_default(parakeet_engine):
+    stt = ParakeetSTTService(engine=parakeet_engine)
+    down, _ = await run(stt, utterance(noise(3.0), sleep_every_s=0.5, sleep_s=0.1))
+    assert not of_type(down, InterimTranscriptionFrame) and stt.interim_passes == 0
+
+
+async def test_too_long_segment_is_an_error_frame_and_the_service_goes_on(parakeet_engine):
+    # max_segment_s above the engine's own 60 s limit makes the engine itself reject the segment
+    stt = ParakeetSTTService(engine=parakeet_engine, max_segment_s=120.0)
+    long = np.full(int(61 * STT_SAMPLE_RATE), 0.01, np.float32)
+    down, up = await run(stt, utterance(long, pre_s=0.0, post_s=0.0) + utterance(noise(1.0)))
+    errors = of_type(up, ErrorFrame)
+    assert len(errors) == 1
+    assert "parakeet STT: unusable audio" in errors[0].error and "at most 60 s" in errors[0].error
+    assert not errors[0].fatal and stt.is_usable
+    assert len(of_type(down, TranscriptionFrame)) == 1  # the next utterance is transcribed
+
+
+async def test_empty_segment_and_empty_frames_give_nothing(parakeet_engine):
+    stt = PocketsphinxSTTService(engine=PocketsphinxEngine())
+    frames = [
+        InputAudioRawFrame(audio=b"", sample_rate=STT_SAMPLE_RATE, num_channels=1),
+        InputAudioRawFrame(audio=b"\x01\x02\x03", sample_rate=STT_SAMPLE_RATE, num_channels=1),  # not whole samples
+        VADUserStartedSpeakingFrame(),
+        VADUserStoppedSpeakingFrame(),
+    ]
+    down, up = await run(stt, frames)
+    assert not of_type(down, TranscriptionFrame) and not of_type(up, ErrorFrame)
+
+
+# --- pocketsphinx on real speech: content through the adapter ------------------------------------------------
+async def test_pocketsphinx_transcribes_speech_through_the_pipeline():
+    stt = PocketsphinxSTTService()
+    down, up = await run(stt, utterance(speech("flite_lights_slt.wav")))
+    finals = of_type(down, TranscriptionFrame)
+    assert len(finals) == 1 and not of_type(up, ErrorFrame)
+    # "please" starts 0.2 s before the VAD start frame: only pipecat's pre-roll buffer keeps it
+    assert {"please", "lights", "kitchen"} <= set(words_of(finals[0].text))
+    assert finals[0].result.words and finals[0].language == Language.EN
+
+
+async def test_telephony_8k_pipeline_is_resampled():
+    stt = PocketsphinxSTTService()
+    name = "flite_weather_kal16.wav"
+    down, up = await run(stt, utterance(speech(name), rate=8000), rate=8000)
+    assert stt.sample_rate == 8000 and not of_type(up, ErrorFrame)
+    finals = of_type(down, TranscriptionFrame)
+    assert len(finals) == 1
+    assert set(TELEPHONE_KEY_WORDS[name]) <= set(words_of(finals[0].text)), finals[0].text
+    assert finals[0].result.audio_seconds == pytest.approx(0.6 + 2.24 + 0.2 + 0.5, abs=0.1)
+
+
+async def test_frames_at_another_rate_than_the_pipeline_are_converted():
+    stt = PocketsphinxSTTService()
+    down, up = await run(stt, utterance(speech("flite_weather_kal16.wav"), rate=48000), rate=STT_SAMPLE_RATE)
+    finals = of_type(down, TranscriptionFrame)
+    assert stt.sample_rate == STT_SAMPLE_RATE and len(finals) == 1 and not of_type(up, ErrorFrame)
+    assert {"weather", "paris"} <= set(words_of(finals[0].text))
+
+
+async def test_interim_words_arrive_while_the_user_speaks():
+    """Interims carry real words before the VAD stop: what turn/interruption policy needs."""
+    stt = PocketsphinxSTTService(interim_interval_s=1.0)
+    frames = utterance(speech("flite_meeting_rms.wav"))
+    stop = frames.pop()  # VAD stop last
+    cut = next(i for i, f in enumerate(frames) if isinstance(f, VADUserStartedSpeakingFrame)) + int(2.5 / FRAME_S)
+    frames = [*frames[:cut], SleepFrame(sleep=2.5), *frames[cut:], stop]  # let the pass on ~2.5 s of speech finish
+    down, up = await run(stt, frames)
+    interims, finals = of_type(down, InterimTranscriptionFrame), of_type(down, TranscriptionFrame)
+    assert interims, f"{stt.interim_passes} passes, {stt.interim_skipped} skipped"
+    assert "meeting" in words_of(interims[0].text)
+    assert "lunch" not in words_of(interims[0].text)  # not yet spoken
+    stop_at = down.index(of_type(down, VADUserStoppedSpeakingFrame)[0])
+    assert all(down.index(f) < stop_at for f in interims)
+    assert len(finals) == 1 and {"meeting", "lunch"} <= set(words_of(finals[0].text))
+
+
+async def test_muted_service_transcribes_nothing():
+    stt = PocketsphinxSTTService()
+    down, _ = await run(stt, [STTMuteFrame(mute=True), *utterance(speech("flite_table_rms.wav"))])
+    assert not of_type(down, TranscriptionFrame)
+
+
+def test_turn_latency_hint_and_model_come_from_the_engine(parakeet_engine, tiny_nemo):
+    stt = ParakeetSTTService(engine=parakeet_engine)
+    meta = stt.service_metadata_frame()
+    assert meta.ttfs_p99_latency == parakeet_engine.ttfs_p99_s == 1.5  # CPU
+    assert stt._settings.model == str(tiny_nemo)
+    assert PocketsphinxSTTService().service_metadata_frame().ttfs_p99_latency == 1.0
+    custom = ParakeetSTTService(engine=parakeet_engine, ttfs_p99_latency=0.7)
+    assert custom.service_metadata_frame().ttfs_p99_latency == 0.7
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_non_positive_interim_interval_means_off(parakeet_engine, bad):
+    assert ParakeetSTTService(engine=parakeet_engine, interim_interval_s=bad)._interim_interval_s is None

@@ -1,7 +1,0 @@
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
