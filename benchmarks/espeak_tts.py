@@ -27,11 +27,16 @@ SENTENCES = [
     "Tell me a joke.",
     "The weather today is sunny with a light breeze.",
     "I can help you with that, but first I need to know which account you would like to use for the payment.",
-    ("This is a deliberately long sentence, of the kind a chatty language model produces when it explains something "
-     "in detail, with several clauses, a few commas and no full stop for quite a while, so that we see the worst case."),
+    (
+        "This is a deliberately long sentence, of the kind a chatty language model produces when it explains something "
+        "in detail, with several clauses, a few commas and no full stop for quite a while, "
+        "so that we see the worst case."
+    ),
 ]
-PARAGRAPH = ("Sure, I can help with that. The meeting is moved to Thursday afternoon. Please send the report to everyone "
-             "before lunch. Is there anything else you need?")
+PARAGRAPH = (
+    "Sure, I can help with that. The meeting is moved to Thursday afternoon. Please send the report to everyone "
+    "before lunch. Is there anything else you need?"
+)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -55,8 +60,16 @@ def measure_engine(runs: int) -> dict:
             engine.synthesize(s)
             times.append(engine.last_stats.synth_ms[0])
             audio = engine.last_stats.samples / engine.sample_rate
-        per_sentence.append(dict(chars=len(s), audio_s=audio, min_ms=min(times), median_ms=statistics.median(times),
-                                 p95_ms=_pct(times, 95), rtf=statistics.median(times) / 1000 / audio))
+        per_sentence.append(
+            dict(
+                chars=len(s),
+                audio_s=audio,
+                min_ms=min(times),
+                median_ms=statistics.median(times),
+                p95_ms=_pct(times, 95),
+                rtf=statistics.median(times) / 1000 / audio,
+            )
+        )
     first, total, audio_s = [], [], 0.0
     for _ in range(runs):
         t = time.perf_counter()
@@ -88,7 +101,7 @@ def measure_engine(runs: int) -> dict:
         cancel = threading.Event()
         stamp: list[float] = []
 
-        def set_soon():
+        def set_soon(stamp=stamp, cancel=cancel):
             time.sleep(0.001)
             stamp.append(time.perf_counter())
             cancel.set()
@@ -103,12 +116,20 @@ def measure_engine(runs: int) -> dict:
         if engine.last_stats.aborted_mid_sentence:
             aborted += 1
             inside.append((ended - stamp[0]) * 1000)
-    return dict(per_sentence=per_sentence, first_ms=statistics.median(first), first_p95_ms=_pct(first, 95),
-                paragraph_ms=statistics.median(total), paragraph_audio_s=audio_s,
-                paragraph_sentences=len(split_sentences(PARAGRAPH)),
-                cancel_between_ms=statistics.median(between), cancel_between_max_ms=max(between),
-                cancel_inside_ms=statistics.median(inside) if inside else None,
-                cancel_inside_max_ms=max(inside) if inside else None, cancel_inside_n=aborted, runs=runs)
+    return dict(
+        per_sentence=per_sentence,
+        first_ms=statistics.median(first),
+        first_p95_ms=_pct(first, 95),
+        paragraph_ms=statistics.median(total),
+        paragraph_audio_s=audio_s,
+        paragraph_sentences=len(split_sentences(PARAGRAPH)),
+        cancel_between_ms=statistics.median(between),
+        cancel_between_max_ms=max(between),
+        cancel_inside_ms=statistics.median(inside) if inside else None,
+        cancel_inside_max_ms=max(inside) if inside else None,
+        cancel_inside_n=aborted,
+        runs=runs,
+    )
 
 
 async def _adapter_first_audio(rate: int, runs: int) -> tuple[float, float]:
@@ -132,8 +153,11 @@ async def _adapter_first_audio(rate: int, runs: int) -> tuple[float, float]:
         async def on_push_frame(self, data: FramePushed):
             if isinstance(data.frame, TTSSpeakFrame) and data.destination is self.tts:
                 self.spoken.append(data.timestamp)
-            elif (isinstance(data.frame, TTSAudioRawFrame) and data.source is self.tts
-                  and data.frame.context_id not in self.contexts):
+            elif (
+                isinstance(data.frame, TTSAudioRawFrame)
+                and data.source is self.tts
+                and data.frame.context_id not in self.contexts
+            ):
                 self.contexts.add(data.frame.context_id)
                 self.first.append(data.timestamp)
 
@@ -142,7 +166,9 @@ async def _adapter_first_audio(rate: int, runs: int) -> tuple[float, float]:
     frames = []
     for _ in range(runs):
         frames += [TTSSpeakFrame(PARAGRAPH), SleepFrame(0.3)]
-    await run_test(tts, frames_to_send=frames, observers=[obs], pipeline_params=PipelineParams(audio_out_sample_rate=rate))
+    await run_test(
+        tts, frames_to_send=frames, observers=[obs], pipeline_params=PipelineParams(audio_out_sample_rate=rate)
+    )
     assert len(obs.spoken) == len(obs.first) == runs, (len(obs.spoken), len(obs.first))
     latencies = [(b - a) / 1e6 for a, b in zip(obs.spoken, obs.first)]
     return statistics.median(latencies), _pct(latencies, 95)
@@ -165,8 +191,9 @@ def measure_adapter_interrupt(runs: int) -> dict:
         def stream(self, text, voice=None, language="English", cancel=None, **generation):
             inner = super().stream(text, voice, language, cancel, **generation)
             if cancel is not None:
-                threading.Thread(target=lambda: (cancel.wait(), self.set_at.append(time.perf_counter())),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=lambda: (cancel.wait(), self.set_at.append(time.perf_counter())), daemon=True
+                ).start()
 
             def paced():
                 try:
@@ -181,9 +208,11 @@ def measure_adapter_interrupt(runs: int) -> dict:
     async def once() -> float | None:
         engine = Paced()
         tts = EspeakTTSService(engine=engine)
-        await run_test(tts, frames_to_send=[TTSSpeakFrame(PARAGRAPH * 3), SleepFrame(0.2), InterruptionFrame(),
-                                            SleepFrame(0.2)],
-                       pipeline_params=PipelineParams(audio_out_sample_rate=16000))
+        await run_test(
+            tts,
+            frames_to_send=[TTSSpeakFrame(PARAGRAPH * 3), SleepFrame(0.2), InterruptionFrame(), SleepFrame(0.2)],
+            pipeline_params=PipelineParams(audio_out_sample_rate=16000),
+        )
         tts.last_worker.join(1.0)
         if tts.last_worker.is_alive() or not engine.set_at or not engine.ended_at:
             return None
@@ -204,14 +233,20 @@ def run(args: argparse.Namespace) -> int:
         med, p95 = asyncio.run(_adapter_first_audio(rate, max(5, args.runs // 3)))
         adapter.append([rate, med, p95])
     interrupt = measure_adapter_interrupt(max(3, args.runs // 6))
-    inside = (f"{e['cancel_inside_ms']:.3f} ms median, {e['cancel_inside_max_ms']:.3f} ms max "
-              f"({e['cancel_inside_n']} of {e['runs']} runs landed inside espeak_Synth)") if e["cancel_inside_ms"] is not None \
+    inside = (
+        (
+            f"{e['cancel_inside_ms']:.3f} ms median, {e['cancel_inside_max_ms']:.3f} ms max "
+            f"({e['cancel_inside_n']} of {e['runs']} runs landed inside espeak_Synth)"
+        )
+        if e["cancel_inside_ms"] is not None
         else "not observed (synthesis finished before the cancel landed)"
+    )
     body = (
         "## TTS fallback: espeak (`python -m benchmarks.espeak_tts`)\n\n"
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores shared with other work, "
         f"{platform.processor() or platform.machine()}; load average {load:.1f} when it started: the min column is the "
-        "uncontended cost, medians and p95 include preemption in ~4 ms scheduler slices), libespeak-ng 1.52 from espeakng-loader, en-us, 175 wpm, "
+        "uncontended cost, medians and p95 include preemption in ~4 ms scheduler slices), "
+        "libespeak-ng 1.52 from espeakng-loader, en-us, 175 wpm, "
         f"{e['runs']} runs each.\n\n"
         "Per sentence (voice/parameter setup + espeak_Synth, inside the process-wide lock):\n\n"
         + markdown_table(["chars", "audio s", "min ms", "median ms", "p95 ms", "RTF (median compute/audio)"], rows)
@@ -223,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
         f"{inside}.\n\n"
         "Adapter (EspeakTTSService), TTSSpeakFrame -> first TTSAudioRawFrame out, per output rate:\n\n"
         + markdown_table(["output Hz", "median ms", "p95 ms"], adapter)
-        + f"\n\nAdapter interruption: cancel event set -> engine stream closed in the worker {interrupt['median_ms']:.2f} ms "
+        + f"\n\nAdapter interruption: cancel event set -> engine stream closed in the worker "
+        f"{interrupt['median_ms']:.2f} ms "
         f"median, {interrupt['max_ms']:.2f} ms max ({interrupt['n']} runs; consumer paced at 10 ms per 60 ms chunk, "
         "so this includes up to one 10 ms pace sleep).\n"
     )

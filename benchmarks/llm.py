@@ -86,7 +86,7 @@ def _cancel_latencies(engine, trials: int) -> list[float]:
         cancel = threading.Event()
         set_at: list[float] = []
 
-        def fire() -> None:
+        def fire(set_at=set_at, cancel=cancel) -> None:
             set_at.append(time.perf_counter())
             cancel.set()
 

@@ -109,9 +109,15 @@ async def measure_cancel(url: str, runs: int, pacing: str) -> dict:
         end_ms.append((t_end - t) * 1000)
         after_ms.append(total / 2 / 24_000 * 1000)
     await ws.close()
-    return dict(pacing=pacing, last_frame_ms=statistics.median(last_ms), last_frame_max_ms=max(last_ms),
-                cancelled_ms=statistics.median(end_ms), cancelled_max_ms=max(end_ms),
-                audio_after_ms=statistics.median(after_ms), audio_after_max_ms=max(after_ms))
+    return dict(
+        pacing=pacing,
+        last_frame_ms=statistics.median(last_ms),
+        last_frame_max_ms=max(last_ms),
+        cancelled_ms=statistics.median(end_ms),
+        cancelled_max_ms=max(end_ms),
+        audio_after_ms=statistics.median(after_ms),
+        audio_after_max_ms=max(after_ms),
+    )
 
 
 async def measure_first_audio(url: str, runs: int) -> dict:
@@ -160,10 +166,18 @@ async def measure_sessions(url: str, pid: int, n: int = 10) -> dict:
         await ws.close()
     await asyncio.sleep(0.5)
     rss3, thr3, _ = snap()
-    return dict(rss_idle_mb=rss0, rss_per_idle_session_kb=(rss1 - rss0) * 1024 / n,
-                threads_idle=thr0, threads_with_sessions=thr1, peak_threads_speaking=peak_threads,
-                threads_after=thr3, rss_after_speaking_mb=rss2, rss_after_close_mb=rss3,
-                cpu_s_per_audio_s=(cpu1 - cpu0) / audio_s, audio_s=audio_s)
+    return dict(
+        rss_idle_mb=rss0,
+        rss_per_idle_session_kb=(rss1 - rss0) * 1024 / n,
+        threads_idle=thr0,
+        threads_with_sessions=thr1,
+        peak_threads_speaking=peak_threads,
+        threads_after=thr3,
+        rss_after_speaking_mb=rss2,
+        rss_after_close_mb=rss3,
+        cpu_s_per_audio_s=(cpu1 - cpu0) / audio_s,
+        audio_s=audio_s,
+    )
 
 
 async def _measure(url: str, pid: int, runs: int) -> dict:
@@ -215,15 +229,26 @@ def report(engine: str, runs: int, r: dict) -> str:
     lines = [
         "## /api/v1/speak server (`python -m benchmarks.speak_server`)",
         "",
-        f"Engine {engine}; {runs} runs; server in its own process on loopback; {platform.processor() or platform.machine()}, "
+        f"Engine {engine}; {runs} runs; server in its own process on loopback; "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs (shared). Measured at the client.",
         "",
         markdown_table(
-            ["pacing", "cancel -> last frame (median / max ms)", "cancel -> CANCELLED (median / max ms)",
-             "audio after cancel (median / max ms)"],
-            [[c["pacing"], f"{c['last_frame_ms']:.1f} / {c['last_frame_max_ms']:.1f}",
-              f"{c['cancelled_ms']:.1f} / {c['cancelled_max_ms']:.1f}",
-              f"{c['audio_after_ms']:.0f} / {c['audio_after_max_ms']:.0f}"] for c in r["cancel"]],
+            [
+                "pacing",
+                "cancel -> last frame (median / max ms)",
+                "cancel -> CANCELLED (median / max ms)",
+                "audio after cancel (median / max ms)",
+            ],
+            [
+                [
+                    c["pacing"],
+                    f"{c['last_frame_ms']:.1f} / {c['last_frame_max_ms']:.1f}",
+                    f"{c['cancelled_ms']:.1f} / {c['cancelled_max_ms']:.1f}",
+                    f"{c['audio_after_ms']:.0f} / {c['audio_after_max_ms']:.0f}",
+                ]
+                for c in r["cancel"]
+            ],
         ),
         "",
         f"First audio (speak sent -> first frame, one sentence, 24 kHz): median {r['first']['median_ms']:.1f} ms, "

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from benchmarks import tts_lean
 
-TEXT = ("Streaming speech should start while the model is still thinking, and it should stop the moment the "
-        "listener interrupts, which is the whole point of a full duplex voice agent.")
+TEXT = (
+    "Streaming speech should start while the model is still thinking, and it should stop the moment the "
+    "listener interrupts, which is the whole point of a full duplex voice agent."
+)
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 REF_TEXT = "This is the reference recording that the voice is cloned from."
 
@@ -33,7 +35,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     p.add_argument("--chunk-frames", type=int, default=4)
     p.add_argument("--first-chunk-frames", type=int, default=1)
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     p.add_argument("--side", choices=["upstream", "stream", "lean", "bandwidth", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -52,7 +58,6 @@ def _model_dir(cache: Path, size: str) -> Path:
 
 def _measure_side(args: argparse.Namespace) -> dict:
     """Runs in a subprocess: one side, one model, prints a JSON line."""
-    import numpy as np
     import torch
 
     if args.side == "bandwidth":
@@ -67,8 +72,9 @@ def _measure_side(args: argparse.Namespace) -> dict:
     from testkit.qwen3_tts_model import make_reference_audio
 
     t = time.perf_counter()
-    engine = Qwen3TTSEngine.from_pretrained(args.model_dir, first_chunk_frames=args.first_chunk_frames,
-                                            chunk_frames=args.chunk_frames)
+    engine = Qwen3TTSEngine.from_pretrained(
+        args.model_dir, first_chunk_frames=args.first_chunk_frames, chunk_frames=args.chunk_frames
+    )
     load_s = time.perf_counter() - t
     voice = engine.create_voice((make_reference_audio(seconds=5.0, sample_rate=24000, seed=3), 24000), REF_TEXT)
     # warm-up (first-call allocations, lazy inits) on a short run, not timed
@@ -98,8 +104,13 @@ def _measure_side(args: argparse.Namespace) -> dict:
             samples += len(chunk)
         total = time.perf_counter() - t
         st = engine.last_stats
-        out.update(total_s=total, first_audio_s=first, samples=samples, generate_s=st.timings.get("generate_s"),
-                   decode_s=st.timings.get("decode_s"))
+        out.update(
+            total_s=total,
+            first_audio_s=first,
+            samples=samples,
+            generate_s=st.timings.get("generate_s"),
+            decode_s=st.timings.get("decode_s"),
+        )
     out["frames"] = out["samples"] // 1920
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["audio_s"] = out["samples"] / 24000
@@ -107,9 +118,25 @@ def _measure_side(args: argparse.Namespace) -> dict:
 
 
 def _run_side(side: str, model_dir: Path, args: argparse.Namespace, frames: int) -> dict:
-    cmd = [sys.executable, "-m", "agent.cli", "bench", "tts", "--side", side, "--model-dir", str(model_dir),
-           "--frames", str(frames), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
-           "--first-chunk-frames", str(args.first_chunk_frames)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "bench",
+        "tts",
+        "--side",
+        side,
+        "--model-dir",
+        str(model_dir),
+        "--frames",
+        str(frames),
+        "--threads",
+        str(args.threads),
+        "--chunk-frames",
+        str(args.chunk_frames),
+        "--first-chunk-frames",
+        str(args.first_chunk_frames),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{side} side failed:\n{res.stderr[-4000:]}")
@@ -131,34 +158,70 @@ def run(args: argparse.Namespace) -> int:
         up = _run_side("upstream", model_dir, args, frames)
         ours = _run_side("stream", model_dir, args, frames)
         for name, r in (("upstream generate_voice_clone", up), ("Duplex stream", ours)):
-            rows.append([size, name, r["frames"], r["audio_s"], r["first_audio_s"], r["total_s"],
-                         1000 * r["total_s"] / max(r["frames"], 1), r["total_s"] / max(r["audio_s"], 1e-9),
-                         r["peak_rss_mb"]])
+            rows.append(
+                [
+                    size,
+                    name,
+                    r["frames"],
+                    r["audio_s"],
+                    r["first_audio_s"],
+                    r["total_s"],
+                    1000 * r["total_s"] / max(r["frames"], 1),
+                    r["total_s"] / max(r["audio_s"], 1e-9),
+                    r["peak_rss_mb"],
+                ]
+            )
         ttfa_ratio = ours["first_audio_s"] / up["total_s"]
         total_ratio = ours["total_s"] / up["total_s"]
-        checks.append([size, f"{ttfa_ratio:.3f}", "<= 0.2", "yes" if ttfa_ratio <= 0.2 else "NO",
-                       f"{total_ratio:.3f}", "<= 1.1", "yes" if total_ratio <= 1.1 else "NO"])
-        print(f"[{size}] upstream {up['total_s']:.2f} s; ours first audio {ours['first_audio_s']:.2f} s, "
-              f"total {ours['total_s']:.2f} s", flush=True)
+        checks.append(
+            [
+                size,
+                f"{ttfa_ratio:.3f}",
+                "<= 0.2",
+                "yes" if ttfa_ratio <= 0.2 else "NO",
+                f"{total_ratio:.3f}",
+                "<= 1.1",
+                "yes" if total_ratio <= 1.1 else "NO",
+            ]
+        )
+        print(
+            f"[{size}] upstream {up['total_s']:.2f} s; ours first audio {ours['first_audio_s']:.2f} s, "
+            f"total {ours['total_s']:.2f} s",
+            flush=True,
+        )
         if size == args.lean_size and not args.no_lean:
             lean_body = tts_lean.run_sections(args, model_dir, up)
-    headers = ["model", "side", "frames", "audio s", "first audio s", "total s", "ms/frame", "RTF (compute/audio)",
-               "peak RSS MB"]
+    headers = [
+        "model",
+        "side",
+        "frames",
+        "audio s",
+        "first audio s",
+        "total s",
+        "ms/frame",
+        "RTF (compute/audio)",
+        "peak RSS MB",
+    ]
     table = markdown_table(headers, rows)
-    targets = markdown_table(["model", "first audio / upstream total", "target", "met", "our total / upstream total",
-                              "target", "met"], checks)
+    targets = markdown_table(
+        ["model", "first audio / upstream total", "target", "met", "our total / upstream total", "target", "met"],
+        checks,
+    )
     cpu = platform.processor() or platform.machine()
     body = (
         "## TTS: streaming Qwen3-TTS vs upstream (`duplex bench tts`)\n\n"
         f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores, {cpu}, no GPU), torch "
-        f"{__import__('torch').__version__}, {args.threads} torch thread(s), fp32, greedy decoding, voice-clone ICL mode "
-        f"with a 5 s reference, chunks of {args.first_chunk_frames} then {args.chunk_frames} frames. Weights are random "
+        f"{__import__('torch').__version__}, {args.threads} torch thread(s), fp32, greedy decoding, "
+        "voice-clone ICL mode "
+        f"with a 5 s reference, chunks of {args.first_chunk_frames} then {args.chunk_frames} frames. "
+        "Weights are random "
         "(the real ones cannot be downloaded here) but the architecture and therefore the compute are real for `full`; "
         "the model is built never to emit its end token and both sides are capped at the same frame count. "
         "Upstream's first audio is its total: it returns nothing before the end.\n\n"
         f"{table}\n\nTargets on this CPU:\n\n{targets}\n\n"
-        "\"Duplex stream\" is the engine's default loop (the lean loop, fp32). What this does not measure: quality on "
-        "real weights; GPU figures. On a GPU the engine runs the lean loop in bf16 with its per-frame steps replayed as "
+        '"Duplex stream" is the engine\'s default loop (the lean loop, fp32). What this does not measure: quality on '
+        "real weights; GPU figures. On a GPU the engine runs the lean loop in bf16 "
+        "with its per-frame steps replayed as "
         "CUDA graphs (`processors/qwen3_tts/cuda_graphs.py`, the technique with which faster-qwen3-tts reaches RTF "
         "0.2-0.26 compute/audio on RTX 4090/H100); it has not run here (no GPU), so no GPU figure is claimed.\n"
     )

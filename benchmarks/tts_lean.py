@@ -34,14 +34,17 @@ PRECISION_NOTES = {
     "bf16": "bf16 weights and activations; linears via oneDNN with weights packed at load (AMX)",
     "int8": "int8 weights (per channel), bf16 activations (`_weight_int8pack_mm`), bf16 codec decoder",
     "int8-dynamic": "int8 weights (per channel) and int8 activations quantised per call (torch.ao / fbgemm), fp32 "
-                    "elsewhere",
+    "elsewhere",
     "int8-dynamic+bf16dec": "int8-dynamic with the codec decoder in bf16",
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precisions", default="fp32,bf16,int8,int8-dynamic,int8-dynamic+bf16dec",
-                   help="lean-loop precisions to measure")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8,int8-dynamic,int8-dynamic+bf16dec",
+        help="lean-loop precisions to measure",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed utterances per lean side (spread on a shared box)")
     p.add_argument("--thread-sweep", default="1,2", help="torch thread counts to compare")
     p.add_argument("--sweep-precisions", default="fp32,int8-dynamic")
@@ -152,8 +155,14 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
     from processors.qwen3_tts.voice import to_model_device
 
     n = len(ref_codes)
-    prompt = capture_prompt(engine.tts_model, text=TEXT, language="English", max_new_tokens=n + 1,
-                            voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)], **GREEDY)
+    prompt = capture_prompt(
+        engine.tts_model,
+        text=TEXT,
+        language="English",
+        max_new_tokens=n + 1,
+        voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)],
+        **GREEDY,
+    )
     lean = LeanTalker(engine.tts_model.model.talker)
     sampler = StreamSampler(prompt, n, lean.device)
     forced = _Forced()
@@ -189,8 +198,13 @@ def activation_outliers(engine, voice) -> float:
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.voice import to_model_device
 
-    prompt = capture_prompt(engine.tts_model, text=TEXT, language="English",
-                            voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)], **GREEDY)
+    prompt = capture_prompt(
+        engine.tts_model,
+        text=TEXT,
+        language="English",
+        voice_clone_prompt=[to_model_device(voice, engine.device, engine.dtype)],
+        **GREEDY,
+    )
     talker = engine.tts_model.model.talker
     ratios: list[float] = []
 
@@ -265,7 +279,9 @@ def measure_lean(args: argparse.Namespace) -> dict:
             dec = engine._decoder_for(voice)  # same chunking as the streamed fp32 reference
             cuts = [0, args.first_chunk_frames, *range(args.first_chunk_frames + args.chunk_frames, len(ref),
                                                        args.chunk_frames), len(ref)]  # fmt: skip
-            extra["decoded_ref"] = np.concatenate([engine._decode(dec, ref[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a])
+            extra["decoded_ref"] = np.concatenate(
+                [engine._decode(dec, ref[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+            )
         np.savez(args.save, codes=torch.stack(codes).numpy(), wav=wav0, **extra)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -310,13 +326,11 @@ def measure_batch(args: argparse.Namespace) -> dict:
     codec decoder runs per stream and does not batch)."""
     import threading
 
-    import torch
-
     from benchmarks.tts import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.batching import BatchScheduler
     from processors.qwen3_tts.frame_loop import capture_prompt
-    from testkit.qwen3_tts_model import make_reference_audio
     from processors.qwen3_tts.voice import to_model_device
+    from testkit.qwen3_tts_model import make_reference_audio
 
     engine = _engine(args, args.precision)
     voice = engine.create_voice((make_reference_audio(seconds=5.0, sample_rate=24000, seed=3), 24000), REF_TEXT)
@@ -419,7 +433,6 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
 
     # --- main table ---------------------------------------------------------------------------------------------
     rows = []
-    goal_rows = []
     frames_up = max(up["frames"], 1)
     up_gen = up["total_s"] - up["decode_s"]
     up_talker = up_gen - up["predictor_s"]
@@ -450,9 +463,24 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
                      f"{statistics.median(rtf):.2f} ({min(rtf):.2f}-{max(rtf):.2f})", f"{s['peak_rss_mb']:.0f}",
                      f"{s['weight_bytes_per_frame'] / 1e9:.2f}", f"{bw:.1f}", f"{floor_ms:.0f}",
                      f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f})"])  # fmt: skip
-    main = markdown_table(["side", "precision", "talker ms/frame", "predictor ms/frame", "decoder ms/frame",
-                           "talker+predictor ms/frame", "first audio s", "RTF (compute/audio)", "peak RSS MB",
-                           "weights read/frame GB", "bandwidth GB/s", "floor ms/frame", "ratio to floor"], rows)
+    main = markdown_table(
+        [
+            "side",
+            "precision",
+            "talker ms/frame",
+            "predictor ms/frame",
+            "decoder ms/frame",
+            "talker+predictor ms/frame",
+            "first audio s",
+            "RTF (compute/audio)",
+            "peak RSS MB",
+            "weights read/frame GB",
+            "bandwidth GB/s",
+            "floor ms/frame",
+            "ratio to floor",
+        ],
+        rows,
+    )
 
     # --- drift --------------------------------------------------------------------------------------------------
     drift_rows = []
@@ -490,20 +518,24 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
                             "waveform SNR dB", "SNR dB before first difference",
                             "codec decoder alone: SNR dB on fp32 codes"], drift_rows)  # fmt: skip
     if ref_path.exists():
-        drift += (f"\n\nfp32 codebook-0 logits of this random model: median top-1 margin {margin:.3f}, spread (std) "
-                  f"{spread:.2f}; logit errors of the margin's size flip the greedy pick.")
+        drift += (
+            f"\n\nfp32 codebook-0 logits of this random model: median top-1 margin {margin:.3f}, spread (std) "
+            f"{spread:.2f}; logit errors of the margin's size flip the greedy pick."
+        )
     if "fp32" in sides and "outlier_ratio" in sides["fp32"]:
         import math
 
         d = sides["fp32"]["hidden_size"]
-        drift += (f" The inputs of this random model's linears are dominated by one deliberate outlier dimension "
-                  f"(the constant of its stop circuit, `testkit/qwen3_tts_model.py`): max|x|/rms(x) = "
-                  f"{sides['fp32']['outlier_ratio']:.1f} (median; one-hot: {math.sqrt(d):.1f}, Gaussian: about "
-                  f"{math.sqrt(2 * math.log(d)):.1f}). A per-tensor int8 "
-                  f"activation quantiser (int8-dynamic) then spends its range on that one dimension and rounds the "
-                  f"content away, so the int8-dynamic drift here is an extreme case, not a prediction for real weights "
-                  f"(trained models have activation outliers too, of model-specific size). bf16 and weight-only int8 "
-                  f"do not quantise activations.")
+        drift += (
+            f" The inputs of this random model's linears are dominated by one deliberate outlier dimension "
+            f"(the constant of its stop circuit, `testkit/qwen3_tts_model.py`): max|x|/rms(x) = "
+            f"{sides['fp32']['outlier_ratio']:.1f} (median; one-hot: {math.sqrt(d):.1f}, Gaussian: about "
+            f"{math.sqrt(2 * math.log(d)):.1f}). A per-tensor int8 "
+            f"activation quantiser (int8-dynamic) then spends its range on that one dimension and rounds the "
+            f"content away, so the int8-dynamic drift here is an extreme case, not a prediction for real weights "
+            f"(trained models have activation outliers too, of model-specific size). bf16 and weight-only int8 "
+            f"do not quantise activations."
+        )
 
     # --- threads ------------------------------------------------------------------------------------------------
     thread_rows = []
@@ -535,9 +567,19 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
             print(f"[batch {prec} x{n}] ...", flush=True)
             b = _sub("batch", model_dir, args, args.threads, "--precision", prec, "--streams", str(n))
             base = base or b["steady_fps"]
-            batch_rows.append([prec, n, f"{b['steady_step_ms']:.0f}", f"{b['steady_fps']:.2f}",
-                               f"{b['steady_fps'] / base:.2f}", f"{b['aggregate_fps']:.2f}",
-                               f"{b['steady_step_ms'] / 80:.2f}", f"{b['peak_rss_mb']:.0f}", f"{b['load']:.1f}"])
+            batch_rows.append(
+                [
+                    prec,
+                    n,
+                    f"{b['steady_step_ms']:.0f}",
+                    f"{b['steady_fps']:.2f}",
+                    f"{b['steady_fps'] / base:.2f}",
+                    f"{b['aggregate_fps']:.2f}",
+                    f"{b['steady_step_ms'] / 80:.2f}",
+                    f"{b['peak_rss_mb']:.0f}",
+                    f"{b['load']:.1f}",
+                ]
+            )
     batching = markdown_table(["precision", "streams", "batched step ms (all streams, 1 frame each)",
                                "aggregate frames/s (steady)", "x one stream", "aggregate frames/s incl. prefills",
                                "per-stream RTF (generation)", "peak RSS MB", "load average"], batch_rows)  # fmt: skip
@@ -546,13 +588,25 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
     goals = []
     if "fp32" in sides:
         r = sides["fp32"]["summary"]
-        goals.append(["lean fp32 within 1.3x of its floor", f"{r['ratio']:.2f} (best {r['ratio_min']:.2f})",
-                      "<= 1.3", "yes" if r["ratio"] <= 1.3 else "NO"])
+        goals.append(
+            [
+                "lean fp32 within 1.3x of its floor",
+                f"{r['ratio']:.2f} (best {r['ratio_min']:.2f})",
+                "<= 1.3",
+                "yes" if r["ratio"] <= 1.3 else "NO",
+            ]
+        )
     for prec in ("int8", "int8-dynamic", "int8-dynamic+bf16dec"):
         if prec in sides:
             r = sides[prec]["summary"]
-            goals.append([f"{prec} RTF end to end", f"{r['rtf']:.2f} (best {r['rtf_min']:.2f})", "<= 1.0",
-                          "yes" if r["rtf"] <= 1.0 else "NO"])
+            goals.append(
+                [
+                    f"{prec} RTF end to end",
+                    f"{r['rtf']:.2f} (best {r['rtf_min']:.2f})",
+                    "<= 1.0",
+                    "yes" if r["rtf"] <= 1.0 else "NO",
+                ]
+            )
     goal_table = markdown_table(["goal (issue 7)", "measured (median)", "target", "met"], goals)
     loads = [b["load"] for b in bw_log]
     by_threads = {}
@@ -561,11 +615,13 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
     measured = "; ".join(f"{t} thread(s): " + ", ".join(f"{v:.1f}" for v in vals) + " GB/s"
                          for t, vals in sorted(by_threads.items()))  # fmt: skip
     l3 = statistics.median([b["copy_64mib_gbs"] for b in bw_log])
-    bw_note = (f"Memory bandwidth, measured {len(bw_log)} times during this run right before each side (torch copy of "
-               f"a 1 GiB buffer with read + write counted, or a torch sum, whichever is faster): {measured}. A 64 MiB "
-               f"copy, which fits this CPU's 480 MiB L3, ran at {l3:.1f} GB/s (median): the int8 code predictor "
-               f"(~80 MB) can partly run from L3, so ratios below 1 are possible there. Load average (2 cores, "
-               f"shared with other people's jobs) {min(loads):.1f}-{max(loads):.1f}.")
+    bw_note = (
+        f"Memory bandwidth, measured {len(bw_log)} times during this run right before each side (torch copy of "
+        f"a 1 GiB buffer with read + write counted, or a torch sum, whichever is faster): {measured}. A 64 MiB "
+        f"copy, which fits this CPU's 480 MiB L3, ran at {l3:.1f} GB/s (median): the int8 code predictor "
+        f"(~80 MB) can partly run from L3, so ratios below 1 are possible there. Load average (2 cores, "
+        f"shared with other people's jobs) {min(loads):.1f}-{max(loads):.1f}."
+    )
     return (
         f"### Lean frame loop by precision (issue 7), {args.lean_size} model\n\n"
         f"Same text, voice and {args.frames} greedy frames as above, {args.threads} torch thread(s), "
@@ -573,7 +629,8 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
         "talker / predictor / decoder: per generated frame (upstream's decoder also decodes the 5 s reference it "
         "prepends; its talker column includes prompt building and prefill, ours exclude the one-off prefill). "
         "Floor = weight bytes read per frame (talker once, code predictor and one head 15 times) / bandwidth "
-        "measured just before that side; ratio = talker+predictor time / floor. RTF = compute seconds per audio second, "
+        "measured just before that side; ratio = talker+predictor time / floor. "
+        "RTF = compute seconds per audio second, "
         "end to end (prompt, prefill, generation, streaming decode).\n\n"
         + "\n".join(f"- {k}: {v}" for k, v in PRECISION_NOTES.items() if k in sides)
         + f"\n\n{main}\n\n{bw_note}\n\nGoals:\n\n{goal_table}\n\n"

@@ -18,22 +18,31 @@ import os
 import platform
 import statistics
 
-QUESTIONS = ["flite_weather_kal16.wav", "flite_lights_slt.wav", "flite_table_rms.wav", "flite_pizza_kal16.wav",
-             "flite_story_slt.wav"]
+QUESTIONS = [
+    "flite_weather_kal16.wav",
+    "flite_lights_slt.wav",
+    "flite_table_rms.wav",
+    "flite_pizza_kal16.wav",
+    "flite_story_slt.wav",
+]
 BARGE_IN = "flite_meeting_rms.wav"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="conversations to run")
     p.add_argument("--max-tokens", type=int, default=24, help="LLM reply length")
-    p.add_argument("--interim", action="store_true",
-                   help="keep interim STT passes on (pocketsphinx holds the GIL: they stall the event loop)")
+    p.add_argument(
+        "--interim",
+        action="store_true",
+        help="keep interim STT passes on (pocketsphinx holds the GIL: they stall the event loop)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
 
 
 async def one_run(question: str, args, llm_engine) -> tuple[list, object, object]:
-    from agent.settings import Settings
     from pipecat.workers.runner import WorkerRunner
+
+    from agent.settings import Settings
     from pipelines.engines import create_stt_service
     from pipelines.metrics import apply_ground_truth
     from pipelines.virtual_transport import UserUtterance, VirtualTransport
@@ -46,14 +55,25 @@ async def one_run(question: str, args, llm_engine) -> tuple[list, object, object
     settings = Settings()
     if not args.interim:
         settings.stt = settings.stt.model_copy(update={"interim_interval_s": None})
-    transport = VirtualTransport([
-        UserUtterance(speech(question), at_s=0.3, label="question"),
-        UserUtterance(speech(BARGE_IN), after="bot_started_speaking", offset_s=1.0, label="barge-in"),
-    ])
-    llm = LocalLLMService(engine=llm_engine, settings=LocalLLMService.Settings(
-        system_instruction=settings.llm.system_prompt, max_tokens=args.max_tokens, temperature=0.0))
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService())
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech(question), at_s=0.3, label="question"),
+            UserUtterance(speech(BARGE_IN), after="bot_started_speaking", offset_s=1.0, label="barge-in"),
+        ]
+    )
+    llm = LocalLLMService(
+        engine=llm_engine,
+        settings=LocalLLMService.Settings(
+            system_instruction=settings.llm.system_prompt, max_tokens=args.max_tokens, temperature=0.0
+        ),
+    )
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(),
+    )
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(agent.worker)
     task = asyncio.create_task(runner.run())
@@ -94,16 +114,26 @@ def run(args: argparse.Namespace) -> int:
         v = [x for x in values if x is not None]
         return [round(statistics.median(v) * 1000), round(min(v) * 1000), round(max(v) * 1000)] if v else ["-"] * 3
 
-    cols = ["voice_to_voice", "vad_stop_wait", "turn_end_wait", "stt", "llm_ttfb", "llm_first_sentence",
-            "tts_first_audio", "output"]
+    cols = [
+        "voice_to_voice",
+        "vad_stop_wait",
+        "turn_end_wait",
+        "stt",
+        "llm_ttfb",
+        "llm_first_sentence",
+        "tts_first_audio",
+        "output",
+    ]
     from benchmarks.report import markdown_table, write_section
 
     rows = [[c, *ms(getattr(t, c) for t in answered)] for c in cols]
     rows += [
         ["barge-in: speech onset -> last bot audio", *ms(b.stop_latency_from_onset for b in barges)],
         ["barge-in: VAD start -> last bot audio", *ms(b.stop_latency_from_vad for b in barges)],
-        ["barge-in: VAD start -> InterruptionFrame at output",
-         *ms(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output)],
+        [
+            "barge-in: VAD start -> InterruptionFrame at output",
+            *ms(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output),
+        ],
     ]
     table = markdown_table(["stage", "median ms", "min ms", "max ms"], rows)
     body = (

@@ -42,8 +42,10 @@ def create_tts_service(settings: Settings, *, engine: Any = None, voice: Any = N
 
         if engine is None:
             engine = Qwen3TTSEngine.from_pretrained(
-                settings.tts.model, device=settings.device,
-                first_chunk_frames=settings.tts.first_chunk_frames, chunk_frames=settings.tts.chunk_frames,
+                settings.tts.model,
+                device=settings.device,
+                first_chunk_frames=settings.tts.first_chunk_frames,
+                chunk_frames=settings.tts.chunk_frames,
             )
         registry = VoiceRegistry.from_settings(settings)
         if voice is None:
@@ -51,9 +53,13 @@ def create_tts_service(settings: Settings, *, engine: Any = None, voice: Any = N
             voice = engine.load_voice(spec)
         generation = {"temperature": settings.tts.temperature, "top_k": settings.tts.top_k}
         return Qwen3TTSService(
-            engine=engine, voice=voice, voice_id=settings.tts.voice,
+            engine=engine,
+            voice=voice,
+            voice_id=settings.tts.voice,
             voices=lambda voice_id: engine.load_voice(registry.get(voice_id).spec()),
-            language=language, generation=generation, **kwargs,
+            language=language,
+            generation=generation,
+            **kwargs,
         )
     raise ValueError(f"unknown TTS engine {name!r} (qwen3, espeak, auto)")
 

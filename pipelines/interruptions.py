@@ -238,7 +238,7 @@ class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
             if not self._stt_idle.is_set():
                 try:
                     await asyncio.wait_for(self._stt_idle.wait(), self.stt_grace_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     logger.warning(f"{self}: the STT is still busy {self.stt_grace_s:g} s after the timeout")
                 # its MetricsFrame (a system frame) overtakes the TranscriptionFrame it pushed just after it
                 await asyncio.sleep(0.1)

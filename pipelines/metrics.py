@@ -294,6 +294,7 @@ class VoiceMetricsObserver(BaseObserver):
             return
         barge._open = False
         if self._log:
+
             def ms(v: float | None) -> str:
                 return "-" if v is None else f"{v * 1000:.0f} ms"
 

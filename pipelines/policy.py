@@ -25,7 +25,8 @@ Echo guard (``turn.echo_guard`` auto/on/off; ``echo_guard_window_s``, ``echo_gua
   sustained speech or ``min_words`` words in an interim transcript; shorter bursts (its own voice echoed back by a
   speakerphone, a "mhm") are ignored. ``auto`` = on for telephony (8 kHz serializer transports: phones are often on
   speaker, and an echo canceller needs a moment to converge), off for browser/headset clients (they run AEC, and the
-  guard's extra 0.3 s of barge-in delay would only cost). See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
+  guard's extra 0.3 s of barge-in delay would only cost).
+  See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
 
 False-interruption recovery (``turn.false_interruption_timeout_s``; None = off): a barge-in whose user turn produces no
   words within this long after the user goes quiet (a cough, a door) ends, and the bot resumes with the unspoken

@@ -120,7 +120,7 @@ class TimelineEvent:
 class VirtualInputTransport(BaseInputTransport):
     """Feeds the schedule as 20 ms ``InputAudioRawFrame``s in real (clock) time."""
 
-    def __init__(self, transport: "VirtualTransport", params: TransportParams, **kwargs):
+    def __init__(self, transport: VirtualTransport, params: TransportParams, **kwargs):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._feeder: asyncio.Task | None = None
@@ -193,7 +193,7 @@ class VirtualInputTransport(BaseInputTransport):
 class VirtualOutputTransport(BaseOutputTransport):
     """Records every frame reaching the client and plays audio at clock speed."""
 
-    def __init__(self, transport: "VirtualTransport", params: TransportParams, **kwargs):
+    def __init__(self, transport: VirtualTransport, params: TransportParams, **kwargs):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._play_until = 0.0

@@ -16,7 +16,6 @@ mean the assistant aggregator commits exactly the words that were played. The tu
 from __future__ import annotations
 
 import asyncio
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +67,7 @@ class VoiceAgent:
             if task is not None:
                 try:
                     await asyncio.wait_for(task, timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     task.cancel()
         self.metrics.finish()
 
@@ -147,7 +146,16 @@ def build_voice_agent(
         **worker_kwargs,
     )
     return VoiceAgent(
-        worker=worker, pipeline=pipeline, context=context, user_aggregator=user, assistant_aggregator=assistant,
-        stt=stt, llm=llm, tts=tts, resumer=resumer, interruption_filter=interruption_filter, metrics=metrics,
+        worker=worker,
+        pipeline=pipeline,
+        context=context,
+        user_aggregator=user,
+        assistant_aggregator=assistant,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        resumer=resumer,
+        interruption_filter=interruption_filter,
+        metrics=metrics,
         policy=policy,
     )

@@ -25,7 +25,8 @@ VAD_SAMPLE_RATES = (8_000, 16_000)  # Silero accepts only these
 STT_MAX_SEGMENT_SECONDS = 60.0  # longest audio one engine call takes; the adapter splits longer utterances
 STT_MIN_CLIP_SECONDS = 1.0  # Parakeet/NeMo pads shorter clips to this (we pad with silence first, deterministically)
 # Noise put into runs of exact digital silence for pocketsphinx: without it 2 s of zeros decode as "dog". Measured on
-# 45 flite utterances (-29 dBFS speech, 1 s zeros before, 0.5 s after): none 8.4 % WER, -60 dBFS 8.4 %, -50 dBFS 13-18 %.
+# 45 flite utterances (-29 dBFS speech, 1 s zeros before, 0.5 s after): none 8.4 % WER, -60 dBFS 8.4 %,
+# -50 dBFS 13-18 %.
 STT_DITHER_DBFS = -60.0
 STT_DITHER_MIN_RUN_SECONDS = 0.01  # shorter zero runs are zero crossings inside speech, not silence
 

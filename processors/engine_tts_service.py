@@ -32,8 +32,17 @@ from processors.tts_engine import TTSEngine, TTSError, VoiceError
 
 # pipecat Language codes -> the language names our engines use
 LANGUAGE_NAMES = {
-    "en": "English", "zh": "Chinese", "cmn": "Chinese", "ja": "Japanese", "ko": "Korean", "de": "German",
-    "fr": "French", "ru": "Russian", "pt": "Portuguese", "es": "Spanish", "it": "Italian",
+    "en": "English",
+    "zh": "Chinese",
+    "cmn": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "de": "German",
+    "fr": "French",
+    "ru": "Russian",
+    "pt": "Portuguese",
+    "es": "Spanish",
+    "it": "Italian",
 }
 _END = object()
 
@@ -202,7 +211,9 @@ class EngineTTSService(TTSService):
                 if item is _END:
                     break
                 if isinstance(item, Exception):
-                    message = str(item) if isinstance(item, (TTSError, ValueError)) else f"{type(item).__name__}: {item}"
+                    message = (
+                        str(item) if isinstance(item, (TTSError, ValueError)) else f"{type(item).__name__}: {item}"
+                    )
                     logger.error(f"{self} {self._engine.name} TTS failed: {message}")
                     yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
                     return

@@ -178,8 +178,10 @@ class EngineSTTService(SegmentedSTTService):
         if len(frame.audio) % (2 * channels):
             if not self._odd_frame_reported:
                 self._odd_frame_reported = True
-                logger.warning(f"{self}: dropping audio frames whose size is not whole 16-bit samples "
-                               f"({len(frame.audio)} bytes, {channels} channel(s))")
+                logger.warning(
+                    f"{self}: dropping audio frames whose size is not whole 16-bit samples "
+                    f"({len(frame.audio)} bytes, {channels} channel(s))"
+                )
             return None
         if frame.sample_rate == self.sample_rate and channels == 1:
             return frame
@@ -260,8 +262,10 @@ class EngineSTTService(SegmentedSTTService):
             return
         language = frame_language(transcript.language)
         await self._handle_transcription(transcript.text, True, language)
-        logger.debug(f"{self}: [{transcript.text}] ({transcript.audio_seconds:.2f} s audio, "
-                     f"{transcript.compute_seconds:.2f} s compute)")
+        logger.debug(
+            f"{self}: [{transcript.text}] ({transcript.audio_seconds:.2f} s audio, "
+            f"{transcript.compute_seconds:.2f} s compute)"
+        )
         yield TranscriptionFrame(
             text=transcript.text,
             user_id=self._user_id,

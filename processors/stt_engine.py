@@ -114,7 +114,7 @@ def validate_audio(
 class Stopwatch:
     """``with Stopwatch() as sw: ...; sw.seconds`` — compute time for ``Transcript.compute_seconds``."""
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._t0 = time.perf_counter()
         self.seconds = 0.0
         return self
@@ -158,5 +158,10 @@ def transcribe_long(
         compute += part.compute_seconds
         language = language or part.language
         start = end
-    return Transcript(text=" ".join(texts), words=tuple(words), language=language,
-                      audio_seconds=audio.size / STT_SAMPLE_RATE, compute_seconds=compute)
+    return Transcript(
+        text=" ".join(texts),
+        words=tuple(words),
+        language=language,
+        audio_seconds=audio.size / STT_SAMPLE_RATE,
+        compute_seconds=compute,
+    )

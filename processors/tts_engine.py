@@ -7,9 +7,10 @@ generates, and stops within one step of ``cancel`` being set.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,7 +86,9 @@ def validate_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
 def resolve_language(language: Any, supported: tuple[str, ...], *, allow_auto: bool = True) -> str:
     """Case-insensitive match against ``supported`` (canonical spelling returned); 'auto' passes through."""
     if not isinstance(language, str) or not language.strip():
-        raise UnsupportedLanguageError(f"language must be one of: {', '.join(supported)}" + (", auto" if allow_auto else ""))
+        raise UnsupportedLanguageError(
+            f"language must be one of: {', '.join(supported)}" + (", auto" if allow_auto else "")
+        )
     wanted = language.strip().lower()
     if allow_auto and wanted == "auto":
         return "auto"

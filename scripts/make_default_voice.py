@@ -48,14 +48,20 @@ def main() -> int:
         audio = load_audio(raw)
     check_duration(audio, 5.0, 8.0, "the default voice clip")
     VOICE_DIR.mkdir(parents=True, exist_ok=True)
-    write_wav(VOICE_DIR / REFERENCE_NAME, resample(audio.samples, audio.sample_rate, STORED_SAMPLE_RATE),
-              STORED_SAMPLE_RATE)
+    write_wav(
+        VOICE_DIR / REFERENCE_NAME, resample(audio.samples, audio.sample_rate, STORED_SAMPLE_RATE), STORED_SAMPLE_RATE
+    )
     manifest = VoiceManifest(
-        id="default", name="Duplex default (flite slt)", language="English",
+        id="default",
+        name="Duplex default (flite slt)",
+        language="English",
         description="A clear US English female voice synthesised with CMU Flite's slt voice; free to ship.",
-        reference=REFERENCE_NAME, transcript=TRANSCRIPT, x_vector_only=False, default=True,
+        reference=REFERENCE_NAME,
+        transcript=TRANSCRIPT,
+        x_vector_only=False,
+        default=True,
         source=f"Debian flite 2.2, voice cmu_us_slt: flite -voice {FLITE_VOICE} -t <transcript> "
-               "(scripts/make_default_voice.py)",
+        "(scripts/make_default_voice.py)",
         licence=LICENCE,
     )
     (VOICE_DIR / "manifest.json").write_text(manifest.to_json())

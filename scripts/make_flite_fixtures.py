@@ -49,10 +49,17 @@ def main() -> int:
             out = SPEECH_DIR / f"{stem}.wav"
             subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(raw)], check=True)
             subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)], check=True)
-            seconds = float(subprocess.run(["soxi", "-D", str(out)], check=True, capture_output=True,
-                                           text=True).stdout)
-            entries.append({"file": out.name, "text": text, "voice": f"flite:{voice}", "rate": RATE,
-                            "seconds": round(seconds, 3), "source": "Debian flite 2.2 (synthetic speech)"})
+            seconds = float(subprocess.run(["soxi", "-D", str(out)], check=True, capture_output=True, text=True).stdout)
+            entries.append(
+                {
+                    "file": out.name,
+                    "text": text,
+                    "voice": f"flite:{voice}",
+                    "rate": RATE,
+                    "seconds": round(seconds, 3),
+                    "source": "Debian flite 2.2 (synthetic speech)",
+                }
+            )
             print(f"{out.name}: {seconds:.2f} s")
     entries.sort(key=lambda e: e["file"])
     MANIFEST.write_text(json.dumps(entries, indent=2) + "\n")

@@ -61,9 +61,9 @@ def human_clip_path(name: str) -> Path:
 def resolve(ref: str) -> Path | None:
     """``clip:NAME`` / ``human:NAME`` -> the file; anything else -> None (an ordinary path)."""
     if ref.startswith(CLIP_SCHEME):
-        return clip_path(ref[len(CLIP_SCHEME):])
+        return clip_path(ref[len(CLIP_SCHEME) :])
     if ref.startswith(HUMAN_SCHEME):
-        return human_clip_path(ref[len(HUMAN_SCHEME):])
+        return human_clip_path(ref[len(HUMAN_SCHEME) :])
     return None
 
 

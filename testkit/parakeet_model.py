@@ -68,8 +68,10 @@ def _train_tokenizer(out_dir: Path, vocab_size: int) -> Path:
         rng = random.Random(vocab_size)
         letters = "etaoinshrdlcumwfgypbvkjxqz"
         weights = [26 - i for i in range(26)]
-        lines = (" ".join("".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(12))
-                 for _ in range(vocab_size * 4))
+        lines = (
+            " ".join("".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(12))
+            for _ in range(vocab_size * 4)
+        )
         text += "\n".join(lines) + "\n"
     corpus.write_text(text, encoding="utf-8")
     spm.SentencePieceTrainer.train(

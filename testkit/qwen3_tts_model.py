@@ -396,15 +396,25 @@ def build_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = tk_processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE, min_frequency=2, show_progress=False, special_tokens=SPECIAL_TOKENS,
+        vocab_size=BPE_VOCAB_SIZE,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     # role words appear in every prompt: repeat them so they become single tokens, as in Qwen's vocabulary
     lines = _CORPUS.splitlines() + [_ROLE_LINES] * 20
     tok.train_from_iterator(lines, trainer=trainer)
     fast = Qwen2TokenizerFast(
-        tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        errors="replace", add_prefix_space=False, clean_up_tokenization_spaces=False, split_special_tokens=False,
+        tokenizer_object=tok,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        errors="replace",
+        add_prefix_space=False,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
         model_max_length=131072,
     )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
@@ -553,8 +563,12 @@ def _calibrate_codec_head(model) -> None:
     text = torch.randint(0, cfg.text_vocab_size, (1, n), generator=gen)
     with torch.no_grad():
         embeds = talker.get_input_embeddings()(codes) + talker.text_projection(talker.get_text_embeddings()(text))
-        hidden = talker.model(inputs_embeds=embeds, attention_mask=torch.ones(1, n, dtype=torch.long),
-                              position_ids=torch.arange(n).view(1, 1, n).expand(3, 1, n), use_cache=False)
+        hidden = talker.model(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(1, n, dtype=torch.long),
+            position_ids=torch.arange(n).view(1, 1, n).expand(3, 1, n),
+            use_cache=False,
+        )
         h = hidden.last_hidden_state[0]
         head = talker.codec_head.weight
         eos = cfg.codec_eos_token_id
@@ -576,8 +590,11 @@ def _init_codec(codec) -> None:
     with torch.no_grad():
         for module in decoder.modules():
             if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
-                fan_in = module.weight[0].numel() if not isinstance(module, nn.ConvTranspose1d) else (
-                    module.weight.shape[0] * module.weight.shape[2] // max(module.stride[0], 1))
+                fan_in = (
+                    module.weight[0].numel()
+                    if not isinstance(module, nn.ConvTranspose1d)
+                    else (module.weight.shape[0] * module.weight.shape[2] // max(module.stride[0], 1))
+                )
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(fan_in))
                 if module.bias is not None:
                     module.bias.zero_()

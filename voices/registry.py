@@ -197,8 +197,13 @@ class Voice:
         """What engines take (``engine.load_voice(voice.spec())``)."""
         m = self.manifest
         return VoiceSpec(
-            id=m.id, name=m.name, language=m.language, reference_audio=self.reference_path,
-            transcript=m.transcript, x_vector_only=m.x_vector_only or not m.transcript, cache_dir=self.cache_dir,
+            id=m.id,
+            name=m.name,
+            language=m.language,
+            reference_audio=self.reference_path,
+            transcript=m.transcript,
+            x_vector_only=m.x_vector_only or not m.transcript,
+            cache_dir=self.cache_dir,
         )
 
 
@@ -226,10 +231,11 @@ class VoiceRegistry:
         self._sweep()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "VoiceRegistry":
+    def from_settings(cls, settings: Any) -> VoiceRegistry:
         """From ``agent.settings.Settings``: user dir, ``tts.voice`` as the default, upload size limit."""
-        return cls(settings.user_voices_dir(), default_voice=settings.tts.voice,
-                   max_bytes=settings.server.max_upload_bytes)
+        return cls(
+            settings.user_voices_dir(), default_voice=settings.tts.voice, max_bytes=settings.server.max_upload_bytes
+        )
 
     # --- reading -----------------------------------------------------------------------------------
     def list(self) -> list[Voice]:
@@ -262,8 +268,12 @@ class VoiceRegistry:
         if self.default_voice:
             if self.default_voice in voices:
                 return voices[self.default_voice]
-            self._warn_once(f"default:{self.default_voice}", 0.0,
-                            "configured default voice %r not found; using the registry's default", self.default_voice)
+            self._warn_once(
+                f"default:{self.default_voice}",
+                0.0,
+                "configured default voice %r not found; using the registry's default",
+                self.default_voice,
+            )
         for shipped in (False, True):
             flagged = [v for v in voices.values() if v.shipped == shipped and v.manifest.is_default]
             if flagged:
@@ -282,8 +292,14 @@ class VoiceRegistry:
                 if voice is None:
                     continue
                 if voice.id in voices:
-                    self._warn_once(str(folder), 0.0, "ignoring voice folder %s: id %r is taken by %s",
-                                    folder, voice.id, voices[voice.id].folder)
+                    self._warn_once(
+                        str(folder),
+                        0.0,
+                        "ignoring voice folder %s: id %r is taken by %s",
+                        folder,
+                        voice.id,
+                        voices[voice.id].folder,
+                    )
                     continue
                 voices[voice.id] = voice
         return voices
@@ -299,16 +315,27 @@ class VoiceRegistry:
         try:
             manifest = VoiceManifest.model_validate_json(data)
         except ValidationError as e:
-            self._warn_once(str(path), mtime, "ignoring voice folder %s: bad %s: %s", folder, MANIFEST_NAME,
-                            _first_error(e))
+            self._warn_once(
+                str(path), mtime, "ignoring voice folder %s: bad %s: %s", folder, MANIFEST_NAME, _first_error(e)
+            )
             return None
         if manifest.id != folder.name:
-            self._warn_once(str(path), mtime, "ignoring voice folder %s: manifest id %r differs from the folder name",
-                            folder, manifest.id)
+            self._warn_once(
+                str(path),
+                mtime,
+                "ignoring voice folder %s: manifest id %r differs from the folder name",
+                folder,
+                manifest.id,
+            )
             return None
         if not (folder / manifest.reference).is_file():
-            self._warn_once(str(path), mtime, "ignoring voice %r: reference file %s is missing", manifest.id,
-                            folder / manifest.reference)
+            self._warn_once(
+                str(path),
+                mtime,
+                "ignoring voice %r: reference file %s is missing",
+                manifest.id,
+                folder / manifest.reference,
+            )
             return None
         return Voice(manifest, folder, shipped, self._cache_dir_for(folder, manifest.id, shipped))
 
@@ -351,9 +378,15 @@ class VoiceRegistry:
             validate_voice_id(voice_id)
         try:  # validate the fields before decoding any audio
             manifest = VoiceManifest(
-                id=voice_id or slugify(name if isinstance(name, str) else ""), name=name, language=language,
-                description=description or "", transcript=transcript, x_vector_only=transcript is None,
-                default=bool(default), source=source, licence=licence,
+                id=voice_id or slugify(name if isinstance(name, str) else ""),
+                name=name,
+                language=language,
+                description=description or "",
+                transcript=transcript,
+                x_vector_only=transcript is None,
+                default=bool(default),
+                source=source,
+                licence=licence,
             )
         except ValidationError as e:
             raise InvalidVoiceError(_first_error(e)) from None
@@ -376,7 +409,9 @@ class VoiceRegistry:
             elif voice_id in voices or (self.user_dir / voice_id).exists():
                 owner = voices.get(voice_id)
                 where = "a shipped voice" if owner is not None and owner.shipped else "a voice"
-                raise VoiceExistsError(f"{where} with id {voice_id!r} already exists; pick another id or delete it first")
+                raise VoiceExistsError(
+                    f"{where} with id {voice_id!r} already exists; pick another id or delete it first"
+                )
             self.user_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.id}-", dir=self.user_dir))
             try:
@@ -393,8 +428,12 @@ class VoiceRegistry:
                 self._clear_user_defaults(except_id=manifest.id)
             voice = self._read(self.user_dir / manifest.id, False)
         assert voice is not None
-        log.info("voice %r added (%.1f s reference, %s)", voice.id, decoded.seconds,
-                 "x-vector only" if voice.manifest.x_vector_only else "with transcript")
+        log.info(
+            "voice %r added (%.1f s reference, %s)",
+            voice.id,
+            decoded.seconds,
+            "x-vector only" if voice.manifest.x_vector_only else "with transcript",
+        )
         return voice
 
     def set_default(self, voice_id: str) -> Voice:
@@ -403,15 +442,18 @@ class VoiceRegistry:
         with self._lock:
             voice = self.get(voice_id)
             if not voice.shipped:
-                _write_file_atomic(voice.folder / MANIFEST_NAME,
-                                   voice.manifest.model_copy(update={"is_default": True}).to_json())
+                _write_file_atomic(
+                    voice.folder / MANIFEST_NAME, voice.manifest.model_copy(update={"is_default": True}).to_json()
+                )
             self._clear_user_defaults(except_id=voice.id)
             return self.get(voice_id)
 
     def _clear_user_defaults(self, except_id: str) -> None:
         for v in self._scan().values():
             if not v.shipped and v.id != except_id and v.manifest.is_default:
-                _write_file_atomic(v.folder / MANIFEST_NAME, v.manifest.model_copy(update={"is_default": False}).to_json())
+                _write_file_atomic(
+                    v.folder / MANIFEST_NAME, v.manifest.model_copy(update={"is_default": False}).to_json()
+                )
 
     def delete(self, voice_id: str) -> None:
         """Remove a user voice (its folder, reference and cache). Shipped voices refuse (``VoiceReadOnlyError``)."""

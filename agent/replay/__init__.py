@@ -7,8 +7,16 @@
 ``duplex replay SCENARIO.yaml [--realtime] [--out DIR]`` is the command; docs/replay.md documents the format.
 """
 
-from .scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from .runner import ReplayResult, TurnResult, replay, run_scenario
+from .scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
-__all__ = ["ReplayResult", "Scenario", "ScenarioError", "TurnResult", "load_scenario", "parse_scenario", "replay",
-           "run_scenario"]
+__all__ = [
+    "ReplayResult",
+    "Scenario",
+    "ScenarioError",
+    "TurnResult",
+    "load_scenario",
+    "parse_scenario",
+    "replay",
+    "run_scenario",
+]

@@ -9,11 +9,17 @@ import sys
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", nargs="+", help="scenario YAML file(s) (docs/replay.md)")
-    parser.add_argument("--realtime", action="store_true",
-                        help="run on the wall clock (true latencies, real-time duration) instead of the virtual clock")
-    parser.add_argument("--out", metavar="DIR",
-                        help="write timeline.json, conversation.wav, timeline.png here (one subfolder per scenario "
-                             "when several are given)")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run on the wall clock (true latencies, real-time duration) instead of the virtual clock",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write timeline.json, conversation.wav, timeline.png here (one subfolder per scenario "
+        "when several are given)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the pipeline's log (default: warnings only)")
 
 

@@ -57,7 +57,7 @@ class ReplayStalled(RuntimeError):
 class _VirtualSelector:
     """Wraps the loop's selector: an empty wait moves virtual time instead of sleeping."""
 
-    def __init__(self, selector: selectors.BaseSelector, loop: "VirtualTimeLoop"):
+    def __init__(self, selector: selectors.BaseSelector, loop: VirtualTimeLoop):
         self._selector = selector
         self._loop = loop
 

@@ -19,27 +19,42 @@ def _r(v: float | None, nd: int = 4) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isinf(v)) else round(v, nd)
 
 
-def timeline_dict(result: "ReplayResult") -> dict:
+def timeline_dict(result: ReplayResult) -> dict:
     s = result.scenario
     turns = []
     for t in result.turns:
         m = t.metrics
-        turns.append({
-            "name": t.name, "fed_at": _r(t.fed_at), "speech_start": _r(t.speech_start), "speech_end": _r(t.speech_end),
-            "transcript": t.transcript, "reply": t.reply, "interrupted": t.interrupted, "resumed": t.resumed,
-            "answered": t.answered, "latencies_s": {k: _r(v) for k, v in t.latencies().items()},
-            "breakdown_s": {k: _r(v) for k, v in m.breakdown().items()} if m else None,
-        })
+        turns.append(
+            {
+                "name": t.name,
+                "fed_at": _r(t.fed_at),
+                "speech_start": _r(t.speech_start),
+                "speech_end": _r(t.speech_end),
+                "transcript": t.transcript,
+                "reply": t.reply,
+                "interrupted": t.interrupted,
+                "resumed": t.resumed,
+                "answered": t.answered,
+                "latencies_s": {k: _r(v) for k, v in t.latencies().items()},
+                "breakdown_s": {k: _r(v) for k, v in m.breakdown().items()} if m else None,
+            }
+        )
     return {
-        "scenario": s.name, "description": s.description, "engines": s.engines,
-        "clock": "real time" if result.realtime else "virtual", "duration_s": _r(result.duration_s),
-        "wall_s": _r(result.wall_s, 3), "sample_rate": result.sample_rate,
+        "scenario": s.name,
+        "description": s.description,
+        "engines": s.engines,
+        "clock": "real time" if result.realtime else "virtual",
+        "duration_s": _r(result.duration_s),
+        "wall_s": _r(result.wall_s, 3),
+        "sample_rate": result.sample_rate,
         "events": [{"t": _r(e["t"]), "kind": e["kind"], "label": e["label"]} for e in result.events],
-        "turns": turns, "context": result.context, "failures": result.failures,
+        "turns": turns,
+        "context": result.context,
+        "failures": result.failures,
     }
 
 
-def conversation_audio(result: "ReplayResult") -> np.ndarray:
+def conversation_audio(result: ReplayResult) -> np.ndarray:
     """(n, 2) float32: user left, bot right, on the replay's time axis."""
     rate = result.sample_rate
     n = int(math.ceil(result.duration_s * rate)) + rate // 10
@@ -69,7 +84,7 @@ def _spans(starts: list[float], stops: list[float], end: float) -> list[tuple[fl
     return spans
 
 
-def plot_timeline(result: "ReplayResult", path: Path) -> None:
+def plot_timeline(result: ReplayResult, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,12 +95,19 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
     rows = {"user speech": 4, "user turn / VAD": 3, "bot speech": 2, "latency": 1}
     # user speech: the voiced spans, with what the STT heard
     for t in result.turns:
-        ax.broken_barh([(t.speech_start, t.speech_end - t.speech_start)], (rows["user speech"] - 0.35, 0.7),
-                       color="#4c78a8")
-        ax.text(t.speech_start, rows["user speech"] + 0.42, f"{t.name}: {t.transcript or '(no words)'}"[:60],
-                fontsize=7, va="bottom")
+        ax.broken_barh(
+            [(t.speech_start, t.speech_end - t.speech_start)], (rows["user speech"] - 0.35, 0.7), color="#4c78a8"
+        )
+        ax.text(
+            t.speech_start,
+            rows["user speech"] + 0.42,
+            f"{t.name}: {t.transcript or '(no words)'}"[:60],
+            fontsize=7,
+            va="bottom",
+        )
     # VAD: start -> stop; user turn: start -> end (thin)
     ev = result.events
+
     def times(kind: str) -> list[float]:
         return [x["t"] for x in ev if x["kind"] == kind]
 
@@ -123,15 +145,28 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
         m = t.metrics
         if lat["voice_to_voice"] is not None and not t.resumed:
             a = t.speech_end
-            ax.annotate("", xy=(a + lat["voice_to_voice"], rows["latency"] + 0.15), xytext=(a, rows["latency"] + 0.15),
-                        arrowprops={"arrowstyle": "<->", "color": "#333"})
+            ax.annotate(
+                "",
+                xy=(a + lat["voice_to_voice"], rows["latency"] + 0.15),
+                xytext=(a, rows["latency"] + 0.15),
+                arrowprops={"arrowstyle": "<->", "color": "#333"},
+            )
             ax.text(a, rows["latency"] + 0.25, f"voice-to-voice {lat['voice_to_voice'] * 1000:.0f} ms", fontsize=7)
         if lat["barge_in_stop"] is not None and m is not None and m.barge_in is not None:
             a = t.speech_start
-            ax.annotate("", xy=(a + lat["barge_in_stop"], rows["latency"] - 0.2), xytext=(a, rows["latency"] - 0.2),
-                        arrowprops={"arrowstyle": "<->", "color": "#e45756"})
-            ax.text(a, rows["latency"] - 0.45, f"barge-in stop {lat['barge_in_stop'] * 1000:.0f} ms", fontsize=7,
-                    color="#e45756")
+            ax.annotate(
+                "",
+                xy=(a + lat["barge_in_stop"], rows["latency"] - 0.2),
+                xytext=(a, rows["latency"] - 0.2),
+                arrowprops={"arrowstyle": "<->", "color": "#e45756"},
+            )
+            ax.text(
+                a,
+                rows["latency"] - 0.45,
+                f"barge-in stop {lat['barge_in_stop'] * 1000:.0f} ms",
+                fontsize=7,
+                color="#e45756",
+            )
     ax.set_yticks(list(rows.values()), list(rows.keys()))
     ax.set_ylim(0.3, 5.1)
     ax.set_xlim(0, end + 0.2)
@@ -146,11 +181,14 @@ def plot_timeline(result: "ReplayResult", path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(result: "ReplayResult", out: str | Path) -> dict[str, Path]:
+def write_reports(result: ReplayResult, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"timeline.json": out / "timeline.json", "conversation.wav": out / "conversation.wav",
-             "timeline.png": out / "timeline.png"}
+    paths = {
+        "timeline.json": out / "timeline.json",
+        "conversation.wav": out / "conversation.wav",
+        "timeline.png": out / "timeline.png",
+    }
     paths["timeline.json"].write_text(json.dumps(timeline_dict(result), indent=2, default=str))
     write_wav(paths["conversation.wav"], conversation_audio(result), result.sample_rate)
     plot_timeline(result, paths["timeline.png"])

@@ -104,21 +104,26 @@ class ReplayResult:
             return "-" if v is None else f"{v * 1000:.0f} ms"
 
         mode = "real time" if self.realtime else "virtual clock"
-        lines = [f"replay {self.scenario.name or '(unnamed)'}: {self.duration_s:.1f} s of conversation in "
-                 f"{self.wall_s:.1f} s ({mode})"]
+        lines = [
+            f"replay {self.scenario.name or '(unnamed)'}: {self.duration_s:.1f} s of conversation in "
+            f"{self.wall_s:.1f} s ({mode})"
+        ]
         for t in self.turns:
             flags = [f for f, on in (("interrupted", t.interrupted), ("resumed", t.resumed)) if on]
             lat = ", ".join(f"{k} {ms(v)}" for k, v in t.latencies().items() if v is not None)
             flag_text = f" ({', '.join(flags)})" if flags else ""
-            lines.append(f"  [{t.speech_start:6.2f} s] {t.name}: heard {t.transcript!r}{flag_text}; bot: {t.reply!r}"
-                         + (f"; {lat}" if lat else ""))
+            lines.append(
+                f"  [{t.speech_start:6.2f} s] {t.name}: heard {t.transcript!r}{flag_text}; bot: {t.reply!r}"
+                + (f"; {lat}" if lat else "")
+            )
         return "\n".join(lines)
 
     def check(self) -> None:
         """Raise ``AssertionError`` listing every failed expectation (with the timeline for context)."""
         if self.failures:
-            timeline = "\n".join(f"    {e['t']:7.3f} {e['kind']}{' ' + repr(e['label']) if e['label'] else ''}"
-                                 for e in self.events)
+            timeline = "\n".join(
+                f"    {e['t']:7.3f} {e['kind']}{' ' + repr(e['label']) if e['label'] else ''}" for e in self.events
+            )
             raise AssertionError(
                 f"replay {self.scenario.name or ''}: {len(self.failures)} expectation(s) failed:\n"
                 + "\n".join(f"  - {f}" for f in self.failures)
@@ -130,8 +135,9 @@ class ReplayResult:
 
 
 @functools.lru_cache(maxsize=64)
-def synthesise(text: str, *, voice: str = "English", variant: str | None = None,
-               rate: int = 170) -> tuple[np.ndarray, int]:
+def synthesise(
+    text: str, *, voice: str = "English", variant: str | None = None, rate: int = 170
+) -> tuple[np.ndarray, int]:
     """``text`` spoken by espeak-ng (offline), float32 mono at espeak's rate. Memoised: espeak-ng's output for the
     same text differs by a few samples from call to call (state carried between utterances), and a replay must feed
     the same audio every time it runs in a process."""
@@ -168,8 +174,11 @@ class PlayedWords(BaseObserver):
         self.words: list[tuple[float, str]] = []
 
     async def on_push_frame(self, data: FramePushed):
-        if (data.source is self.output and data.direction == FrameDirection.DOWNSTREAM
-                and isinstance(data.frame, TTSTextFrame)):
+        if (
+            data.source is self.output
+            and data.direction == FrameDirection.DOWNSTREAM
+            and isinstance(data.frame, TTSTextFrame)
+        ):
             self.words.append((data.timestamp / 1e9, data.frame.text))
 
 
@@ -194,8 +203,16 @@ def build_agent(scenario: Scenario, transport: VirtualTransport, *, clock=None, 
     rate = scenario.transport.sample_rate
     telephony = scenario.transport.telephony if scenario.transport.telephony is not None else rate == 8000
     return build_voice_agent(
-        transport, settings, stt=stt, llm=llm, tts=tts, telephony=telephony,
-        audio_in_sample_rate=rate, audio_out_sample_rate=rate, clock=clock, observers=observers,
+        transport,
+        settings,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        telephony=telephony,
+        audio_in_sample_rate=rate,
+        audio_out_sample_rate=rate,
+        clock=clock,
+        observers=observers,
     )
 
 
@@ -205,8 +222,9 @@ def build_agent(scenario: Scenario, transport: VirtualTransport, *, clock=None, 
 async def _run(scenario: Scenario, realtime: bool) -> tuple[VoiceAgent, VirtualTransport, list[UserUtterance]]:
     utterances = build_utterances(scenario)
     rate = scenario.transport.sample_rate
-    params = TransportParams(audio_in_enabled=True, audio_out_enabled=True,
-                             audio_in_sample_rate=rate, audio_out_sample_rate=rate)
+    params = TransportParams(
+        audio_in_enabled=True, audio_out_enabled=True, audio_in_sample_rate=rate, audio_out_sample_rate=rate
+    )
     transport = VirtualTransport(utterances, params=params)
     played = PlayedWords(transport.output())
     agent = build_agent(scenario, transport, clock=None if realtime else LoopClock(), observers=[played])
@@ -288,8 +306,9 @@ def run_scenario(scenario: Scenario, *, realtime: bool = False) -> ReplayResult:
     return result
 
 
-def replay(scenario: str | Path | Scenario, *, realtime: bool = False, out: str | Path | None = None,
-           check: bool = True) -> ReplayResult:
+def replay(
+    scenario: str | Path | Scenario, *, realtime: bool = False, out: str | Path | None = None, check: bool = True
+) -> ReplayResult:
     """Replay a scenario (a YAML path or a loaded ``Scenario``); write the reports to ``out`` if given; raise a
     readable ``AssertionError`` when an expectation fails (``check=False``: just return the result)."""
     if not isinstance(scenario, Scenario):
@@ -307,8 +326,15 @@ def replay(scenario: str | Path | Scenario, *, realtime: bool = False, out: str 
 # -- results -----------------------------------------------------------------------------------------------------
 
 
-def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, utterances: list[UserUtterance], *,
-            realtime: bool, wall_s: float) -> ReplayResult:
+def collect(
+    scenario: Scenario,
+    agent: VoiceAgent,
+    transport: VirtualTransport,
+    utterances: list[UserUtterance],
+    *,
+    realtime: bool,
+    wall_s: float,
+) -> ReplayResult:
     t0 = transport.feed_started_at or 0.0
     rate = scenario.transport.sample_rate
     apply_ground_truth(agent.metrics.turns, transport.user_speech)
@@ -340,8 +366,17 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
         metrics = agent.metrics.turns[match] if match is not None else None
         if match is not None:
             used.add(match)
-        turns.append(TurnResult(i, scenario.turn_label(i), user_audio[i][0], s0, s1, metrics,
-                                transcript=metrics.transcript if metrics else ""))
+        turns.append(
+            TurnResult(
+                i,
+                scenario.turn_label(i),
+                user_audio[i][0],
+                s0,
+                s1,
+                metrics,
+                transcript=metrics.transcript if metrics else "",
+            )
+        )
     # an utterance that got no turn of its own but came before the previous turn ended belongs to that turn
     # (a pause shorter than the turn-stop silence): its true speech end is that turn's speech end
     for i, tr in enumerate(turns):
@@ -361,15 +396,20 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
         if tr.metrics is None:  # no turn of its own (merged, or ignored e.g. by the echo guard): the bot's words
             tr.window = (tr.speech_start, tr.speech_start)  # meanwhile belong to the turn before
             continue
-        following = [reacted(t) for t in turns[i + 1:] if t.metrics is not None]
+        following = [reacted(t) for t in turns[i + 1 :] if t.metrics is not None]
         tr.window = (reacted(tr), following[0] if following else float("inf"))
         words = [w for t, w in transport.played_words if tr.window[0] <= t - t0 < tr.window[1]]
         tr.reply = re.sub(r"\s+", " ", " ".join(w.strip() for w in words)).strip()
 
     events = [{"t": e.t - t0, "kind": e.kind, "label": e.label} for e in transport.events]
     for m in agent.metrics.turns:
-        for kind, v in (("vad_start", m.vad_start), ("vad_stop", m.vad_stop), ("user_turn_start", m.user_turn_start),
-                        ("user_turn_end", m.user_turn_end), ("transcript", m.transcript_at)):
+        for kind, v in (
+            ("vad_start", m.vad_start),
+            ("vad_stop", m.vad_stop),
+            ("user_turn_start", m.user_turn_start),
+            ("user_turn_end", m.user_turn_end),
+            ("transcript", m.transcript_at),
+        ):
             if v is not None:
                 events.append({"t": v - t0, "kind": kind, "label": m.transcript if kind == "transcript" else ""})
         if m.resumed and m.llm_request_at is not None:
@@ -382,8 +422,15 @@ def collect(scenario: Scenario, agent: VoiceAgent, transport: VirtualTransport, 
         bot_audio.append((c.start - t0, resample(pcm, c.sample_rate, rate) if c.sample_rate != rate else pcm))
     end = max([e["t"] for e in events] + [s + len(a) / rate for s, a in user_audio + bot_audio] + [0.0])
     return ReplayResult(
-        scenario=scenario, realtime=realtime, turns=turns, events=events, duration_s=end, wall_s=wall_s,
-        user_audio=user_audio, bot_audio=bot_audio, sample_rate=rate,
+        scenario=scenario,
+        realtime=realtime,
+        turns=turns,
+        events=events,
+        duration_s=end,
+        wall_s=wall_s,
+        user_audio=user_audio,
+        bot_audio=bot_audio,
+        sample_rate=rate,
         context=[dict(m) for m in agent.context.get_messages()],
     )
 

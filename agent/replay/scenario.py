@@ -16,8 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.settings import Settings
 
 EventKind = Literal[
-    "user_speech_start", "user_speech_end", "bot_started_speaking", "bot_stopped_speaking", "interruption",
-    "user_turn_start", "user_turn_end", "vad_start", "vad_stop", "transcript", "resumed",
+    "user_speech_start",
+    "user_speech_end",
+    "bot_started_speaking",
+    "bot_stopped_speaking",
+    "interruption",
+    "user_turn_start",
+    "user_turn_end",
+    "vad_start",
+    "vad_stop",
+    "transcript",
+    "resumed",
 ]
 LATENCIES = ("voice_to_voice", "barge_in_stop", "tts_first_audio")
 
@@ -58,7 +67,9 @@ class Turn(_Strict):
     """One user utterance: ``audio`` (a file, any rate/format) or ``text`` (synthesised offline with espeak)."""
 
     name: str = ""
-    audio: str | None = None  # path relative to the scenario file, ``clip:NAME`` (testkit/audio), ``human:NAME`` (gradio)
+    audio: str | None = (
+        None  # path relative to the scenario file, ``clip:NAME`` (testkit/audio), ``human:NAME`` (gradio)
+    )
     text: str | None = None
     voice: str = "English"  # espeak language for ``text`` (e.g. "English", "en-gb")
     variant: str | None = None  # espeak variant for ``text`` (e.g. "f3")
@@ -106,8 +117,16 @@ class Expectation(_Strict):
 
     @model_validator(mode="after")
     def _scoped(self):
-        per_turn = ("transcript_contains", "transcript_matches", "reply_contains", "reply_matches", "interrupted",
-                    "resumed", "answered", "within_ms")
+        per_turn = (
+            "transcript_contains",
+            "transcript_matches",
+            "reply_contains",
+            "reply_matches",
+            "interrupted",
+            "resumed",
+            "answered",
+            "within_ms",
+        )
         if self.turn is None and any(getattr(self, f) is not None for f in per_turn):
             raise ValueError(f"{', '.join(f for f in per_turn if getattr(self, f) is not None)} need a 'turn'")
         if self.turn is not None and self.count is not None:

@@ -46,9 +46,20 @@ class ScriptedLLMService(LLMService):
     the first sentence, to keep a reply streaming while its first sentence is spoken)."""
 
     def __init__(self, replies: Sequence[str], *, token_s: float = 0.02, tail_token_s: float | None = None, **kwargs):
-        fields = ("model", "system_instruction", "temperature", "max_tokens", "top_p", "top_k", "frequency_penalty",
-                  "presence_penalty", "seed", "filter_incomplete_user_turns", "user_turn_completion_config")
-        settings = LLMSettings(**{f: None for f in fields}, use_provider_thinking_default=False, extra={})
+        fields = (
+            "model",
+            "system_instruction",
+            "temperature",
+            "max_tokens",
+            "top_p",
+            "top_k",
+            "frequency_penalty",
+            "presence_penalty",
+            "seed",
+            "filter_incomplete_user_turns",
+            "user_turn_completion_config",
+        )
+        settings = LLMSettings(**dict.fromkeys(fields), use_provider_thinking_default=False, extra={})
         super().__init__(settings=settings, **kwargs)
         self.replies = list(replies)
         self.token_s = token_s

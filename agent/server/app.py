@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -54,8 +55,11 @@ def create_app(
     later while the server already answers (MODEL_LOADING until then).
     ``registry``: defaults to ``VoiceRegistry.from_settings(settings)``.
     """
-    ctx = ServerContext(settings=settings, engines=engines,
-                        registry=registry if registry is not None else VoiceRegistry.from_settings(settings))
+    ctx = ServerContext(
+        settings=settings,
+        engines=engines,
+        registry=registry if registry is not None else VoiceRegistry.from_settings(settings),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,8 +80,14 @@ def create_app(
                     log.warning("shutdown hook failed: %r", e)
             await asyncio.gather(preload, return_exceptions=True)
 
-    app = FastAPI(title="Duplex", version="0.1.0", lifespan=lifespan, docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="Duplex",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
     app.state.duplex = ctx
     app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
     app.include_router(health.router)

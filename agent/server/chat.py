@@ -133,23 +133,43 @@ async def ws_chat(websocket: WebSocket) -> None:
 
         transport = FastAPIWebsocketTransport(
             websocket,
-            FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
-                                   serializer=RawPCMSerializer(STT_SAMPLE_RATE), allowed_origins=[]),
+            FastAPIWebsocketParams(
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                add_wav_header=False,
+                serializer=RawPCMSerializer(STT_SAMPLE_RATE),
+                allowed_origins=[],
+            ),
         )
         events = SessionEvents(send_event, interruptions=False)  # the serializer sends them, in order with the audio
-        agent = await build_session_agent(ctx, transport, telephony=False, audio_in_sample_rate=STT_SAMPLE_RATE,
-                                          audio_out_sample_rate=TTS_SAMPLE_RATE, voice=voice, events=events)
+        agent = await build_session_agent(
+            ctx,
+            transport,
+            telephony=False,
+            audio_in_sample_rate=STT_SAMPLE_RATE,
+            audio_out_sample_rate=TTS_SAMPLE_RATE,
+            voice=voice,
+            events=events,
+        )
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:
             await agent.worker.cancel()
 
         session_id = uuid.uuid4().hex[:12]
-        await websocket.send_text(json.dumps({
-            "type": "ready", "sessionId": session_id, "inputSampleRate": STT_SAMPLE_RATE,
-            "outputSampleRate": TTS_SAMPLE_RATE, "encoding": "pcm16", "voice": voice_id,
-            "engines": ctx.engines.describe(),
-        }))
+        await websocket.send_text(
+            json.dumps(
+                {
+                    "type": "ready",
+                    "sessionId": session_id,
+                    "inputSampleRate": STT_SAMPLE_RATE,
+                    "outputSampleRate": TTS_SAMPLE_RATE,
+                    "encoding": "pcm16",
+                    "voice": voice_id,
+                    "engines": ctx.engines.describe(),
+                }
+            )
+        )
         if warning:
             await send_event({"type": "warning", "message": warning})
         await run_voice_session(ctx, agent, kind=WS_KIND)
@@ -190,12 +210,14 @@ def _webrtc_handler(request: Request) -> Any:
     return state.duplex_webrtc
 
 
-async def _run_webrtc_session(ctx: ServerContext, connection: Any, voice: Any, voice_id: str, warning: str | None,
-                              slot: Any) -> None:
+async def _run_webrtc_session(
+    ctx: ServerContext, connection: Any, voice: Any, voice_id: str, warning: str | None, slot: Any
+) -> None:
     from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
     events: SessionEvents | None = None
     try:
+
         async def send_event(event: dict[str, Any]) -> None:
             connection.send_app_message(event)
 
@@ -204,13 +226,26 @@ async def _run_webrtc_session(ctx: ServerContext, connection: Any, voice: Any, v
             params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
         )
         events = SessionEvents(send_event)
-        agent = await build_session_agent(ctx, transport, telephony=False, audio_in_sample_rate=STT_SAMPLE_RATE,
-                                          audio_out_sample_rate=TTS_SAMPLE_RATE, voice=voice, events=events)
+        agent = await build_session_agent(
+            ctx,
+            transport,
+            telephony=False,
+            audio_in_sample_rate=STT_SAMPLE_RATE,
+            audio_out_sample_rate=TTS_SAMPLE_RATE,
+            voice=voice,
+            events=events,
+        )
 
         @transport.event_handler("on_client_connected")
         async def _hello(_transport: Any, _client: Any) -> None:
-            await send_event({"type": "ready", "voice": voice_id, "engines": ctx.engines.describe(),
-                              "outputSampleRate": TTS_SAMPLE_RATE})
+            await send_event(
+                {
+                    "type": "ready",
+                    "voice": voice_id,
+                    "engines": ctx.engines.describe(),
+                    "outputSampleRate": TTS_SAMPLE_RATE,
+                }
+            )
             if warning:
                 await send_event({"type": "warning", "message": warning})
 
@@ -241,10 +276,11 @@ async def webrtc_offer(request: Request) -> JSONResponse:
     check_auth(request, ctx.auth_token)
     try:
         body = await request.json()
-        offer = SmallWebRTCRequest(sdp=str(body["sdp"]), type=str(body["type"]), pc_id=body.get("pc_id"),
-                                   restart_pc=body.get("restart_pc"))
+        offer = SmallWebRTCRequest(
+            sdp=str(body["sdp"]), type=str(body["type"]), pc_id=body.get("pc_id"), restart_pc=body.get("restart_pc")
+        )
     except Exception:
-        raise ApiError(400, "INVALID_REQUEST", "send JSON {\"sdp\": ..., \"type\": \"offer\"}") from None
+        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"sdp": ..., "type": "offer"}') from None
     handler = _webrtc_handler(request)
     is_new = not (offer.pc_id and offer.pc_id in handler._pcs_map)
     slot = None
@@ -288,6 +324,6 @@ async def webrtc_ice(request: Request) -> dict[str, str]:
         body = await request.json()
         patch = SmallWebRTCPatchRequest(pc_id=body["pc_id"], candidates=[IceCandidate(**c) for c in body["candidates"]])
     except Exception:
-        raise ApiError(400, "INVALID_REQUEST", "send JSON {\"pc_id\": ..., \"candidates\": [...]}") from None
+        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"pc_id": ..., "candidates": [...]}') from None
     await _webrtc_handler(request).handle_patch_request(patch)
     return {"status": "ok"}

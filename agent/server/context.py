@@ -114,8 +114,11 @@ class Engines:
         for kind in ("tts", "stt", "llm"):
             choice = self.choices.get(kind)
             state = self.tts_state if kind == "tts" else self.pipeline_state
-            out[kind] = {"engine": getattr(choice, "engine", "?"), "reason": getattr(choice, "reason", ""),
-                         "state": state}
+            out[kind] = {
+                "engine": getattr(choice, "engine", "?"),
+                "reason": getattr(choice, "reason", ""),
+                "state": state,
+            }
         return out
 
 

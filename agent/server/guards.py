@@ -30,8 +30,9 @@ class ApiError(Exception):
 
 
 def api_error_response(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status,
-                        headers=exc.headers)
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status, headers=exc.headers
+    )
 
 
 # --- auth ------------------------------------------------------------------------------------------
@@ -62,10 +63,16 @@ def check_auth(conn: HTTPConnection, expected: str | None) -> None:
         return
     token = presented_token(conn)
     if token is None:
-        raise ApiError(401, "UNAUTHORIZED", "this server needs a token: send 'Authorization: Bearer <token>'",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "this server needs a token: send 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
     if not token_matches(expected, token):
-        raise ApiError(401, "UNAUTHORIZED", "the token is not valid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise ApiError(
+            401, "UNAUTHORIZED", "the token is not valid", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
 
 
 def require_auth(request: Request) -> None:
@@ -78,14 +85,14 @@ def require_auth(request: Request) -> None:
 class SessionSlot:
     """One admitted session; ``release()`` (idempotent) frees it."""
 
-    limiter: "SessionLimiter"
+    limiter: SessionLimiter
     kind: str
     _released: bool = field(default=False, repr=False)
 
     def release(self) -> None:
         self.limiter._release(self)
 
-    def __enter__(self) -> "SessionSlot":
+    def __enter__(self) -> SessionSlot:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -143,5 +150,8 @@ def check_upload_length(request: Request, max_bytes: int) -> None:
     except ValueError:
         raise ApiError(400, "INVALID_REQUEST", f"bad Content-Length {length!r}") from None
     if n > max_bytes + UPLOAD_FORM_OVERHEAD:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE",
-                       f"the upload is {n} bytes; the limit is {max_bytes} bytes ({max_bytes / (1 << 20):g} MiB) of audio")
+        raise ApiError(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"the upload is {n} bytes; the limit is {max_bytes} bytes ({max_bytes / (1 << 20):g} MiB) of audio",
+        )

@@ -30,8 +30,11 @@ def health(ctx: ServerContext) -> dict[str, Any]:
         "status": "ok" if state == "ready" else state,
         "models": {"tts": tts, "pipeline": pipeline},
         "engines": ctx.engines.describe(),
-        "sessions": {"active": ctx.sessions.active, "max": ctx.sessions.max_sessions,
-                     "byKind": ctx.sessions.active_by_kind()},
+        "sessions": {
+            "active": ctx.sessions.active,
+            "max": ctx.sessions.max_sessions,
+            "byKind": ctx.sessions.active_by_kind(),
+        },
         "auth": bool(ctx.auth_token),
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -96,7 +96,9 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, labels: Iterable[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS):
+    def __init__(
+        self, name: str, help_text: str, labels: Iterable[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS
+    ):
         super().__init__(name, help_text, labels)
         self.buckets = tuple(sorted(float(b) for b in buckets)) + (math.inf,)
         self._data: dict[tuple[str, ...], tuple[list[int], float, int]] = {}
@@ -153,8 +155,9 @@ class MetricsRegistry:
     def gauge(self, name: str, help_text: str, labels: Iterable[str] = ()) -> Gauge:
         return self._add(Gauge(name, help_text, labels))  # type: ignore[return-value]
 
-    def histogram(self, name: str, help_text: str, labels: Iterable[str] = (),
-                  buckets: Iterable[float] = LATENCY_BUCKETS) -> Histogram:
+    def histogram(
+        self, name: str, help_text: str, labels: Iterable[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS
+    ) -> Histogram:
         return self._add(Histogram(name, help_text, labels, buckets))  # type: ignore[return-value]
 
     def render(self) -> str:
@@ -175,15 +178,19 @@ class ServerMetrics(MetricsRegistry):
         self.sessions_active = self.gauge("duplex_sessions_active", "Sessions open now.", ["kind"])
         self.sessions_total = self.counter("duplex_sessions_total", "Sessions accepted.", ["kind"])
         self.sessions_rejected = self.counter("duplex_sessions_rejected_total", "Sessions refused.", ["kind", "reason"])
-        self.turns = self.counter("duplex_turns_total", "Turns (speak requests, agent replies) by outcome.",
-                                  ["kind", "outcome"])
+        self.turns = self.counter(
+            "duplex_turns_total", "Turns (speak requests, agent replies) by outcome.", ["kind", "outcome"]
+        )
         self.first_audio = self.histogram(
             "duplex_first_audio_seconds",
             "Latency to the first audio sent: speak received -> first frame (speak); user stops -> bot audio (chat).",
-            ["kind"])
-        self.turn_seconds = self.histogram("duplex_turn_seconds", "Wall time of a turn until its last audio frame.",
-                                           ["kind"], DURATION_BUCKETS)
+            ["kind"],
+        )
+        self.turn_seconds = self.histogram(
+            "duplex_turn_seconds", "Wall time of a turn until its last audio frame.", ["kind"], DURATION_BUCKETS
+        )
         self.audio_seconds = self.counter("duplex_audio_seconds_total", "Seconds of audio sent to clients.", ["kind"])
         self.errors = self.counter("duplex_errors_total", "Errors sent to clients, by code.", ["kind", "code"])
-        self.models_ready = self.gauge("duplex_model_ready", "1 when a model is loaded, 0 while loading or failed.",
-                                       ["model"])
+        self.models_ready = self.gauge(
+            "duplex_model_ready", "1 when a model is loaded, 0 while loading or failed.", ["model"]
+        )

@@ -8,7 +8,7 @@ wire (``sampleRate``, ``requestId``).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -79,9 +79,12 @@ class StopMessage(_Message):
     reason: str | None = Field(None, max_length=500)
 
 
-ClientMessage = Union[StartMessage, SpeakMessage, CancelMessage, StopMessage]
+ClientMessage = StartMessage | SpeakMessage | CancelMessage | StopMessage
 _MODELS: dict[str, type[_Message]] = {
-    "start": StartMessage, "speak": SpeakMessage, "cancel": CancelMessage, "stop": StopMessage,
+    "start": StartMessage,
+    "speak": SpeakMessage,
+    "cancel": CancelMessage,
+    "stop": StopMessage,
 }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -84,9 +85,18 @@ class SessionEvents(BaseObserver):
             if isinstance(data.source, BaseOutputTransport) and self._first(frame):
                 await self._emit({"type": "transcript", "role": "bot", "text": frame.text})
             return
-        if not isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame, UserStartedSpeakingFrame,
-                                  UserStoppedSpeakingFrame, BotStartedSpeakingFrame, BotStoppedSpeakingFrame,
-                                  InterruptionFrame)):
+        if not isinstance(
+            frame,
+            (
+                TranscriptionFrame,
+                InterimTranscriptionFrame,
+                UserStartedSpeakingFrame,
+                UserStoppedSpeakingFrame,
+                BotStartedSpeakingFrame,
+                BotStoppedSpeakingFrame,
+                InterruptionFrame,
+            ),
+        ):
             return
         if not self._first(frame):
             return
@@ -122,8 +132,9 @@ class SessionEvents(BaseObserver):
                 continue
             self._reported.add(turn.index)
             breakdown = {k: None if v is None else round(v * 1000) for k, v in turn.breakdown().items()}
-            await self._emit({"type": "latency", "turn": turn.index, "voiceToVoiceMs": round(v2v * 1000),
-                              "breakdownMs": breakdown})
+            await self._emit(
+                {"type": "latency", "turn": turn.index, "voiceToVoiceMs": round(v2v * 1000), "breakdownMs": breakdown}
+            )
 
     def close(self) -> None:
         for task in list(self._tasks):
@@ -149,8 +160,11 @@ async def resolve_voice(ctx: ServerContext, voice_id: str | None) -> tuple[Any, 
         if voice.id == ctx.registry.default().id:
             raise
         default = ctx.registry.default()
-        return (await ctx.voices.load(engine, default), default.id,
-                f"voice {voice.id!r} cannot be used ({e}); using the default voice")
+        return (
+            await ctx.voices.load(engine, default),
+            default.id,
+            f"voice {voice.id!r} cannot be used ({e}); using the default voice",
+        )
 
 
 async def build_session_agent(
@@ -176,8 +190,14 @@ async def build_session_agent(
     tts_settings = settings.model_copy(update={"tts": settings.tts.model_copy(update={"engine": engines.tts.name})})
     tts = create_tts_service(tts_settings, engine=engines.tts, voice=voice)
     agent = build_voice_agent(
-        transport, settings, stt=stt, llm=llm, tts=tts, telephony=telephony,
-        audio_in_sample_rate=audio_in_sample_rate, audio_out_sample_rate=audio_out_sample_rate,
+        transport,
+        settings,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        telephony=telephony,
+        audio_in_sample_rate=audio_in_sample_rate,
+        audio_out_sample_rate=audio_out_sample_rate,
         observers=[events] if events is not None else None,
     )
     if events is not None:

@@ -87,9 +87,8 @@ class StreamConfig:
         out = []
         n = self.frame_samples
         for i in range(0, len(samples), n):
-            piece = samples[i:i + n]
-            out.append(float_to_pcm16(piece) if self.encoding == "pcm16" else
-                       np.asarray(piece, dtype="<f4").tobytes())
+            piece = samples[i : i + n]
+            out.append(float_to_pcm16(piece) if self.encoding == "pcm16" else np.asarray(piece, dtype="<f4").tobytes())
         return out
 
 
@@ -209,18 +208,27 @@ class SpeakSession:
             self.authed = True
         slot = ctx.sessions.try_acquire(KIND)
         if slot is None:
-            await self.fatal("RATE_LIMITED", f"the server is at its limit of {ctx.sessions.max_sessions} concurrent "
-                             "sessions; try again later", 1013, "too many sessions")
+            await self.fatal(
+                "RATE_LIMITED",
+                f"the server is at its limit of {ctx.sessions.max_sessions} concurrent sessions; try again later",
+                1013,
+                "too many sessions",
+            )
             return
         ctx.speak_sessions.add(self)
         player = asyncio.create_task(self._play(), name=f"speak-player-{self.id}")
         try:
             engine = ctx.engines.tts
-            await self.send(ReadyMessage(
-                session_id=self.id, voice_loaded=ctx.default_voice_loaded(),
-                capabilities=Capabilities(languages=list(engine.languages) if engine else [],
-                                          max_text_chars=ctx.settings.server.max_text_chars),
-            ))
+            await self.send(
+                ReadyMessage(
+                    session_id=self.id,
+                    voice_loaded=ctx.default_voice_loaded(),
+                    capabilities=Capabilities(
+                        languages=list(engine.languages) if engine else [],
+                        max_text_chars=ctx.settings.server.max_text_chars,
+                    ),
+                )
+            )
             await self._read_loop(player)
         except _SEND_ERRORS:
             pass
@@ -245,23 +253,31 @@ class SpeakSession:
                 deadline = self.last_activity + idle
                 if not self.authed:
                     deadline = min(deadline, started + min(AUTH_TIMEOUT_S, idle))
-                done, _ = await asyncio.wait({recv, player}, timeout=max(0.0, deadline - now),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {recv, player}, timeout=max(0.0, deadline - now), return_when=asyncio.FIRST_COMPLETED
+                )
                 if player in done:
                     if not player.cancelled() and player.exception() is not None:
                         log.error("speak session %s: player failed: %r", self.id, player.exception())
-                        await self.fatal("SYNTHESIS_ERROR", "internal error while sending audio", 1011, "internal error")
+                        await self.fatal(
+                            "SYNTHESIS_ERROR", "internal error while sending audio", 1011, "internal error"
+                        )
                     return
                 if not done:
                     if self.current is not None or self.queue:
                         self.last_activity = time.monotonic()  # speaking is activity
                         continue
                     if not self.authed:
-                        await self.fatal("UNAUTHORIZED", f"no start message with a valid authToken within "
-                                         f"{min(AUTH_TIMEOUT_S, idle):g} s", 1008, "unauthorized")
+                        await self.fatal(
+                            "UNAUTHORIZED",
+                            f"no start message with a valid authToken within {min(AUTH_TIMEOUT_S, idle):g} s",
+                            1008,
+                            "unauthorized",
+                        )
                     else:
-                        await self.fatal("TIMEOUT", f"no message for {idle:g} s; closing the idle session", 1000,
-                                         "idle timeout")
+                        await self.fatal(
+                            "TIMEOUT", f"no message for {idle:g} s; closing the idle session", 1000, "idle timeout"
+                        )
                     return
                 message = recv.result()
                 recv = None
@@ -287,8 +303,9 @@ class SpeakSession:
             msg = parse_client_message(text)
         except ProtocolError as e:
             if not self.authed:
-                await self.fatal("UNAUTHORIZED", f"send start with a valid authToken first ({e.message})", 1008,
-                                 "unauthorized")
+                await self.fatal(
+                    "UNAUTHORIZED", f"send start with a valid authToken first ({e.message})", 1008, "unauthorized"
+                )
                 return
             await self.error(e.code, e.message, e.recoverable)
             return
@@ -335,16 +352,18 @@ class SpeakSession:
             try:
                 voice = registry.get(msg.voice)
             except VoiceNotFoundError:
-                await self.error("VOICE_NOT_FOUND",
-                                 f"voice {msg.voice!r} not found; using the default voice {default.id!r}")
+                await self.error(
+                    "VOICE_NOT_FOUND", f"voice {msg.voice!r} not found; using the default voice {default.id!r}"
+                )
         try:
             voice_obj = await ctx.voices.load(engine, voice)
         except Exception as e:  # engines raise VoiceError for bad references; anything else is a failure too
             if voice.id == default.id:
                 await self.error("SYNTHESIS_ERROR", f"the default voice {voice.id!r} cannot be used: {e}", False)
                 return
-            await self.error("SYNTHESIS_ERROR",
-                             f"voice {voice.id!r} cannot be used ({e}); using the default voice {default.id!r}")
+            await self.error(
+                "SYNTHESIS_ERROR", f"voice {voice.id!r} cannot be used ({e}); using the default voice {default.id!r}"
+            )
             voice = default
             try:
                 voice_obj = await ctx.voices.load(engine, voice)
@@ -357,11 +376,25 @@ class SpeakSession:
             await self.error("INVALID_MESSAGE", f"invalid start message: {e}")
             return
         self.config = StreamConfig(
-            sample_rate=msg.sample_rate, encoding=msg.encoding, audio_format=msg.audio_format, pacing=msg.pacing,
-            pacing_lead_s=msg.pacing_lead_ms / 1000.0, voice_id=voice.id, voice=voice_obj, language=language,
+            sample_rate=msg.sample_rate,
+            encoding=msg.encoding,
+            audio_format=msg.audio_format,
+            pacing=msg.pacing,
+            pacing_lead_s=msg.pacing_lead_ms / 1000.0,
+            voice_id=voice.id,
+            voice=voice_obj,
+            language=language,
         )
-        await self.send(StartedMessage(sample_rate=msg.sample_rate, encoding=msg.encoding, voice=voice.id,
-                                       language=language, audio_format=msg.audio_format, pacing=msg.pacing))
+        await self.send(
+            StartedMessage(
+                sample_rate=msg.sample_rate,
+                encoding=msg.encoding,
+                voice=voice.id,
+                language=language,
+                audio_format=msg.audio_format,
+                pacing=msg.pacing,
+            )
+        )
 
     def _language(self, engine: TTSEngine, requested: str | None, voice_language: str) -> str:
         if requested:
@@ -386,11 +419,15 @@ class SpeakSession:
             await self.error("INVALID_TEXT", str(e), request_id=rid)
             return
         if len(self.queue) >= MAX_QUEUED_SPEAKS:
-            await self.error("RATE_LIMITED", f"{MAX_QUEUED_SPEAKS} speaks are already queued; wait for some to "
-                             "complete", request_id=rid)
+            await self.error(
+                "RATE_LIMITED",
+                f"{MAX_QUEUED_SPEAKS} speaks are already queued; wait for some to complete",
+                request_id=rid,
+            )
             return
-        job = SpeakJob(text=text, priority=msg.priority, request_id=rid, config=self.config,
-                       received=time.perf_counter())
+        job = SpeakJob(
+            text=text, priority=msg.priority, request_id=rid, config=self.config, received=time.perf_counter()
+        )
         if msg.priority == "high":
             # after queued high-priority speaks, before normal ones; a normal speak being spoken is cut off
             index = next((i for i, j in enumerate(self.queue) if j.priority != "high"), len(self.queue))
@@ -400,9 +437,14 @@ class SpeakSession:
                 async with self.send_lock:
                     current.cancel()
                     self.ctx.metrics.errors.inc(kind=KIND, code="CANCELLED")
-                    await self._send_text_locked(ErrorMessage(
-                        code="CANCELLED", message="pre-empted by a high-priority speak", recoverable=True,
-                        request_id=current.request_id).dump())
+                    await self._send_text_locked(
+                        ErrorMessage(
+                            code="CANCELLED",
+                            message="pre-empted by a high-priority speak",
+                            recoverable=True,
+                            request_id=current.request_id,
+                        ).dump()
+                    )
         else:
             self.queue.append(job)
         self.wakeup.set()
@@ -417,8 +459,9 @@ class SpeakSession:
             for job, message in jobs:
                 job.cancel()
                 self.ctx.metrics.errors.inc(kind=KIND, code="CANCELLED")
-                await self._send_text_locked(ErrorMessage(code="CANCELLED", message=message, recoverable=True,
-                                                          request_id=job.request_id).dump())
+                await self._send_text_locked(
+                    ErrorMessage(code="CANCELLED", message=message, recoverable=True, request_id=job.request_id).dump()
+                )
 
     # --- playing -----------------------------------------------------------------------------------
     async def _play(self) -> None:
@@ -442,8 +485,9 @@ class SpeakSession:
         loop = asyncio.get_running_loop()
         job.queue = asyncio.Queue()
         finished = loop.create_future()
-        thread = threading.Thread(target=self._worker, args=(job, engine, loop, finished),
-                                  name=f"duplex-speak-{self.id}", daemon=True)
+        thread = threading.Thread(
+            target=self._worker, args=(job, engine, loop, finished), name=f"duplex-speak-{self.id}", daemon=True
+        )
         t0 = time.perf_counter()
         first_audio: float | None = None
         sent_samples = 0
@@ -473,9 +517,11 @@ class SpeakSession:
                             await _sleep_unless(job.cancelled_async, ahead - cfg.pacing_lead_s)
                     if cfg.audio_format == "json":
                         payload: bytes | str = AudioChunkMessage(
-                            data=base64.b64encode(frame).decode("ascii"), sequence_number=seq,
+                            data=base64.b64encode(frame).decode("ascii"),
+                            sequence_number=seq,
                             is_final=item.final and i == len(frames) - 1,
-                            timestamp_ms=round(sent_samples * 1000.0 / cfg.sample_rate, 3), request_id=job.request_id,
+                            timestamp_ms=round(sent_samples * 1000.0 / cfg.sample_rate, 3),
+                            request_id=job.request_id,
                         ).dump()
                     else:
                         payload = frame
@@ -495,11 +541,15 @@ class SpeakSession:
                     async with self.send_lock:
                         if not job.cancelled:
                             outcome = "complete"
-                            await self._send_text_locked(CompleteMessage(
-                                duration_ms=round(duration * 1000, 3), characters_processed=len(job.text),
-                                audio_length_ms=round(audio_s * 1000, 3),
-                                first_audio_ms=round(first_audio * 1000, 3) if first_audio is not None else None,
-                                request_id=job.request_id).dump())
+                            await self._send_text_locked(
+                                CompleteMessage(
+                                    duration_ms=round(duration * 1000, 3),
+                                    characters_processed=len(job.text),
+                                    audio_length_ms=round(audio_s * 1000, 3),
+                                    first_audio_ms=round(first_audio * 1000, 3) if first_audio is not None else None,
+                                    request_id=job.request_id,
+                                ).dump()
+                            )
                     ctx.metrics.turn_seconds.observe(duration, kind=KIND)
                     break
         finally:
@@ -532,8 +582,9 @@ class SpeakSession:
             detail = str(error) or type(error).__name__
             await self.error("SYNTHESIS_ERROR", f"synthesis failed: {detail}", request_id=job.request_id)
 
-    def _worker(self, job: SpeakJob, engine: TTSEngine, loop: asyncio.AbstractEventLoop,
-                finished: asyncio.Future) -> None:
+    def _worker(
+        self, job: SpeakJob, engine: TTSEngine, loop: asyncio.AbstractEventLoop, finished: asyncio.Future
+    ) -> None:
         """Runs in the speak's thread: engine.stream -> resample -> encode -> frames for the player."""
         cfg, cancel = job.config, job.cancel_event
 
@@ -585,8 +636,11 @@ class SpeakSession:
         try:
             done, _ = await asyncio.wait({finished}, timeout=WORKER_JOIN_WARN_S)
             if not done:
-                log.warning("speak session %s: worker still running %g s after cancel (engine busy?)", self.id,
-                            WORKER_JOIN_WARN_S)
+                log.warning(
+                    "speak session %s: worker still running %g s after cancel (engine busy?)",
+                    self.id,
+                    WORKER_JOIN_WARN_S,
+                )
                 await finished
         except asyncio.CancelledError:
             thread.join(timeout=5.0)  # the loop is going away: wait for one engine step, not longer
@@ -604,8 +658,9 @@ class SpeakSession:
             while thread.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             if thread.is_alive():
-                log.error("speak session %s: worker %s did not stop; releasing the session anyway", self.id,
-                          thread.name)
+                log.error(
+                    "speak session %s: worker %s did not stop; releasing the session anyway", self.id, thread.name
+                )
             self.workers.discard(thread)
 
 

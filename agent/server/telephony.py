@@ -6,7 +6,8 @@ The pipeline runs at 8 kHz in and out, the rate of the call: the serializer then
 resampler (pipecat's soxr stream resampler holds back ~95-140 ms at 8k<->16k, a latency trap on every frame, see
 /work/shared/notes/pipecat.md); Silero VAD takes 8 kHz as is; only the STT (16 kHz) and the TTS output (22.05/24 kHz ->
 8 kHz, once per reply chunk) resample inside their services. On barge-in pipecat's ``InterruptionFrame`` makes the
-serializer send Twilio ``{"event": "clear", "streamSid"}`` (Telnyx ``clear``, Plivo ``clearAudio``), so audio buffered at Twilio stops at once. The call is
+serializer send Twilio ``{"event": "clear", "streamSid"}`` (Telnyx ``clear``, Plivo ``clearAudio``), so audio
+buffered at the carrier stops at once. The call is
 detected as telephony (the serializer), so the echo guard is on with ``turn.echo_guard=auto``.
 
 Auth: with a server token set, the stream URL must carry ``?token=<token>`` (Twilio cannot send headers on a
@@ -37,6 +38,7 @@ router = APIRouter()
 
 async def _read_start(websocket: WebSocket) -> dict[str, Any]:
     """Read the carrier's first events up to its ``start`` event (Twilio/Telnyx send ``connected`` first)."""
+
     async def read() -> dict[str, Any]:
         while True:
             message = json.loads(await websocket.receive_text())
@@ -53,7 +55,8 @@ def _twilio(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
 
     start = message["start"]
     serializer = TwilioFrameSerializer(
-        stream_sid=message.get("streamSid") or start["streamSid"], call_sid=start.get("callSid"),
+        stream_sid=message.get("streamSid") or start["streamSid"],
+        call_sid=start.get("callSid"),
         params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
     )
     return serializer, start.get("callSid"), start.get("customParameters") or {}
@@ -65,8 +68,11 @@ def _telnyx(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
     start = message.get("start") or {}
     encoding = (start.get("media_format") or {}).get("encoding") or "PCMU"
     serializer = TelnyxFrameSerializer(
-        stream_id=message["stream_id"], outbound_encoding=encoding, inbound_encoding=encoding,
-        call_control_id=start.get("call_control_id"), params=TelnyxFrameSerializer.InputParams(auto_hang_up=False),
+        stream_id=message["stream_id"],
+        outbound_encoding=encoding,
+        inbound_encoding=encoding,
+        call_control_id=start.get("call_control_id"),
+        params=TelnyxFrameSerializer.InputParams(auto_hang_up=False),
     )
     return serializer, start.get("call_control_id"), start.get("custom_parameters") or {}
 
@@ -75,8 +81,11 @@ def _plivo(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
     from pipecat.serializers.plivo import PlivoFrameSerializer
 
     start = message["start"]
-    serializer = PlivoFrameSerializer(stream_id=start["streamId"], call_id=start.get("callId"),
-                                      params=PlivoFrameSerializer.InputParams(auto_hang_up=False))
+    serializer = PlivoFrameSerializer(
+        stream_id=start["streamId"],
+        call_id=start.get("callId"),
+        params=PlivoFrameSerializer.InputParams(auto_hang_up=False),
+    )
     return serializer, start.get("callId"), message.get("extra_headers") or {}
 
 
@@ -103,7 +112,7 @@ async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
     try:
         try:
             serializer, call_id, custom = CARRIERS[kind](await _read_start(websocket))
-        except (asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (TimeoutError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("%s: bad stream start (%s)", kind, e)
             ctx.metrics.errors.inc(kind=kind, code="INVALID_MESSAGE")
             await websocket.close(1008)
@@ -114,12 +123,22 @@ async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
             log.warning("%s: %s", kind, warning)
         transport = FastAPIWebsocketTransport(
             websocket,
-            FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
-                                   serializer=serializer, allowed_origins=[]),
+            FastAPIWebsocketParams(
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                add_wav_header=False,
+                serializer=serializer,
+                allowed_origins=[],
+            ),
         )
-        agent = await build_session_agent(ctx, transport, telephony=True,
-                                          audio_in_sample_rate=TELEPHONY_SAMPLE_RATE,
-                                          audio_out_sample_rate=TELEPHONY_SAMPLE_RATE, voice=voice)
+        agent = await build_session_agent(
+            ctx,
+            transport,
+            telephony=True,
+            audio_in_sample_rate=TELEPHONY_SAMPLE_RATE,
+            audio_out_sample_rate=TELEPHONY_SAMPLE_RATE,
+            voice=voice,
+        )
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:

@@ -40,9 +40,15 @@ FIELDS = ("audio", "name", "transcript", "language", "id", "description", "defau
 def voice_json(voice: Voice, default_id: str | None) -> dict[str, Any]:
     m = voice.manifest
     return {
-        "id": m.id, "name": m.name, "language": m.language, "description": m.description,
-        "isDefault": m.id == default_id, "builtIn": voice.shipped, "hasTranscript": bool(m.transcript),
-        "source": m.source, "licence": m.licence,
+        "id": m.id,
+        "name": m.name,
+        "language": m.language,
+        "description": m.description,
+        "isDefault": m.id == default_id,
+        "builtIn": voice.shipped,
+        "hasTranscript": bool(m.transcript),
+        "source": m.source,
+        "licence": m.licence,
     }
 
 
@@ -108,8 +114,9 @@ async def add_voice(request: Request) -> JSONResponse:
     try:
         unknown = sorted(set(form.keys()) - set(FIELDS))
         if unknown:
-            raise ApiError(400, "INVALID_FIELD", f"unknown form field(s) {', '.join(unknown)}; expected: "
-                           f"{', '.join(FIELDS)}")
+            raise ApiError(
+                400, "INVALID_FIELD", f"unknown form field(s) {', '.join(unknown)}; expected: {', '.join(FIELDS)}"
+            )
         audio = form.get("audio")
         if not isinstance(audio, UploadFile):
             raise ApiError(400, "INVALID_FIELD", "the form needs an 'audio' file field (multipart/form-data)")
@@ -135,8 +142,15 @@ async def add_voice(request: Request) -> JSONResponse:
             raise ApiError(400, "INVALID_FIELD", str(e)) from None
     try:
         voice = await run_in_thread(
-            lambda: ctx.registry.add(data, name=name, voice_id=voice_id, transcript=transcript, language=language,
-                                     description=description, default=make_default),
+            lambda: ctx.registry.add(
+                data,
+                name=name,
+                voice_id=voice_id,
+                transcript=transcript,
+                language=language,
+                description=description,
+                default=make_default,
+            ),
             name="duplex-voice-add",
         )
     except InvalidVoiceAudioError as e:

@@ -16,8 +16,14 @@ from .engine import (
 )
 
 __all__ = [
-    "LANGUAGE_VOICES", "SUPPORTED_LANGUAGES", "EspeakEngine", "EspeakTTSService", "EspeakVoice", "InvalidOptionError",
-    "StreamStats", "split_sentences",
+    "LANGUAGE_VOICES",
+    "SUPPORTED_LANGUAGES",
+    "EspeakEngine",
+    "EspeakTTSService",
+    "EspeakVoice",
+    "InvalidOptionError",
+    "StreamStats",
+    "split_sentences",
 ]
 
 

@@ -23,9 +23,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -62,13 +63,42 @@ MAX_SENTENCE_CHARS = 300  # longer "sentences" (no punctuation) are split at cla
 
 # Language names (the Qwen3-TTS ten first, same spelling) -> espeak-ng language voices in the wheel's data.
 LANGUAGE_VOICES: dict[str, str] = {
-    "English": "en-us", "Chinese": "cmn", "Japanese": "ja", "Korean": "ko", "German": "de", "French": "fr",
-    "Russian": "ru", "Portuguese": "pt-br", "Spanish": "es", "Italian": "it",
-    "Dutch": "nl", "Polish": "pl", "Swedish": "sv", "Danish": "da", "Norwegian": "nb", "Finnish": "fi",
-    "Czech": "cs", "Slovak": "sk", "Greek": "el", "Turkish": "tr", "Ukrainian": "uk", "Hungarian": "hu",
-    "Romanian": "ro", "Bulgarian": "bg", "Catalan": "ca", "Arabic": "ar", "Hebrew": "he", "Hindi": "hi",
-    "Vietnamese": "vi", "Indonesian": "id", "Malay": "ms", "Thai": "th", "Cantonese": "yue", "Persian": "fa",
-    "Welsh": "cy", "Swahili": "sw",
+    "English": "en-us",
+    "Chinese": "cmn",
+    "Japanese": "ja",
+    "Korean": "ko",
+    "German": "de",
+    "French": "fr",
+    "Russian": "ru",
+    "Portuguese": "pt-br",
+    "Spanish": "es",
+    "Italian": "it",
+    "Dutch": "nl",
+    "Polish": "pl",
+    "Swedish": "sv",
+    "Danish": "da",
+    "Norwegian": "nb",
+    "Finnish": "fi",
+    "Czech": "cs",
+    "Slovak": "sk",
+    "Greek": "el",
+    "Turkish": "tr",
+    "Ukrainian": "uk",
+    "Hungarian": "hu",
+    "Romanian": "ro",
+    "Bulgarian": "bg",
+    "Catalan": "ca",
+    "Arabic": "ar",
+    "Hebrew": "he",
+    "Hindi": "hi",
+    "Vietnamese": "vi",
+    "Indonesian": "id",
+    "Malay": "ms",
+    "Thai": "th",
+    "Cantonese": "yue",
+    "Persian": "fa",
+    "Welsh": "cy",
+    "Swahili": "sw",
 }
 SUPPORTED_LANGUAGES = tuple(LANGUAGE_VOICES)
 
@@ -184,21 +214,32 @@ def _library() -> ctypes.CDLL:
     lib.espeak_SetVoiceByName.restype = ctypes.c_int
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     lib.espeak_Synth.restype = ctypes.c_int
     rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, ESPEAK_BUFFER_MS, path, espeakINITIALIZE_DONT_EXIT)
     if rate != ESPEAK_SAMPLE_RATE or lib.espeak_SetVoiceByName(b"en") != EE_OK:
-        _init_error = (f"libespeak-ng failed to initialise with data at {path.decode()} (returned {rate}; "
-                       f"expected {ESPEAK_SAMPLE_RATE} Hz and a working 'en' voice)")
+        _init_error = (
+            f"libespeak-ng failed to initialise with data at {path.decode()} (returned {rate}; "
+            f"expected {ESPEAK_SAMPLE_RATE} Hz and a working 'en' voice)"
+        )
         raise TTSError(_init_error)
     lib.espeak_SetSynthCallback(_callback)
     _lib = lib
     return lib
 
 
-def _synth_sentence(sentence: str, voice_name: str, rate: int, pitch: int, end_pause: bool,
-                    cancel: threading.Event | None) -> _Job:
+def _synth_sentence(
+    sentence: str, voice_name: str, rate: int, pitch: int, end_pause: bool, cancel: threading.Event | None
+) -> _Job:
     """One sentence, synthesised fully (or until ``cancel``) under the process-wide lock."""
     global _job, _current_voice
     data = sentence.encode("utf-8") + b"\0"
@@ -232,9 +273,17 @@ def _synth_sentence(sentence: str, voice_name: str, rate: int, pitch: int, end_p
 
 
 class _EspeakVoiceStruct(ctypes.Structure):  # espeak_VOICE
-    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
-                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
-                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
 
 
 def _resolve_voice_name(name: str) -> str | None:
@@ -271,7 +320,7 @@ def _cap(piece: str, max_chars: int) -> list[str]:
     parts: list[str] = []
     current = ""
     for unit in _CLAUSE_SPLIT.split(piece):
-        for word in ([unit] if len(unit) <= max_chars else _words(unit, max_chars)):
+        for word in [unit] if len(unit) <= max_chars else _words(unit, max_chars):
             if current and len(current) + 1 + len(word) > max_chars:
                 parts.append(current)
                 current = word
@@ -286,7 +335,7 @@ def _words(unit: str, max_chars: int) -> list[str]:
     words = unit.split() if " " in unit.strip() else [unit]
     out = []
     for w in words:  # a single unbroken run (CJK without spaces): hard split
-        out.extend(w[i:i + max_chars] for i in range(0, len(w), max_chars))
+        out.extend(w[i : i + max_chars] for i in range(0, len(w), max_chars))
     return out
 
 
@@ -313,12 +362,17 @@ class EspeakEngine:
         return SUPPORTED_LANGUAGES
 
     # --- voices ------------------------------------------------------------------------------------
-    def create_voice(self, language: str = "English", variant: str | None = None, dialect: str | None = None,
-                     *, id: str = "") -> EspeakVoice:
+    def create_voice(
+        self, language: str = "English", variant: str | None = None, dialect: str | None = None, *, id: str = ""
+    ) -> EspeakVoice:
         """An espeak voice; ``variant`` (e.g. ``f3``) and ``dialect`` (e.g. ``en-gb``) are checked against the data."""
         lang = resolve_language(language, self.languages, allow_auto=False)
         if variant is not None:
-            if not isinstance(variant, str) or not _VARIANT.match(variant) or not (data_path() / "voices" / "!v" / variant).is_file():
+            if (
+                not isinstance(variant, str)
+                or not _VARIANT.match(variant)
+                or not (data_path() / "voices" / "!v" / variant).is_file()
+            ):
                 raise VoiceError(f"espeak has no voice variant {variant!r}; see {data_path() / 'voices' / '!v'}")
         if dialect is not None:
             if not isinstance(dialect, str) or not _ESPEAK_NAME.match(dialect):
@@ -355,20 +409,28 @@ class EspeakEngine:
             return self.create_voice("English", head, id=voice_id)
         resolved = _resolve_voice_name(head) if _ESPEAK_NAME.match(head) else None
         if resolved is None:
-            raise VoiceError(f"unknown espeak voice {voice_id!r}: use [language or espeak dialect][+variant], e.g. "
-                             f"'German+m3', 'en-gb', 'f3'")
+            raise VoiceError(
+                f"unknown espeak voice {voice_id!r}: use [language or espeak dialect][+variant], e.g. "
+                f"'German+m3', 'en-gb', 'f3'"
+            )
         code = resolved.split("/")[-1].split("-")[0].lower()
         language = next((name for name, v in LANGUAGE_VOICES.items() if v.split("-")[0] == code), None)
         if language is None:
-            raise VoiceError(f"espeak voice {head!r} speaks a language Duplex does not list: {', '.join(self.languages)}")
+            raise VoiceError(
+                f"espeak voice {head!r} speaks a language Duplex does not list: {', '.join(self.languages)}"
+            )
         return self.create_voice(language, variant, head, id=voice_id)
 
     def load_voice(self, spec: VoiceSpec) -> EspeakVoice:
         """espeak cannot clone: a registry voice becomes the plain espeak voice for its language."""
         if not self._warned_cloning:
             self._warned_cloning = True
-            log.warning("espeak: voice cloning is not available with this engine; voice %r (and any other registry "
-                        "voice) speaks with the espeak %s voice", spec.id, spec.language)
+            log.warning(
+                "espeak: voice cloning is not available with this engine; voice %r (and any other registry "
+                "voice) speaks with the espeak %s voice",
+                spec.id,
+                spec.language,
+            )
         return self.create_voice(spec.language, id=spec.id)
 
     def voice_name(self, voice: EspeakVoice, language: str) -> str:
@@ -398,17 +460,22 @@ class EspeakEngine:
         if not isinstance(voice, EspeakVoice):
             raise VoiceError(f"voice must be an EspeakVoice (create_voice/load_voice), got {type(voice).__name__}")
         if voice.language not in LANGUAGE_VOICES:
-            raise UnsupportedLanguageError(f"voice language {voice.language!r} is not one of: {', '.join(self.languages)}")
+            raise UnsupportedLanguageError(
+                f"voice language {voice.language!r} is not one of: {', '.join(self.languages)}"
+            )
         unknown = set(generation) - {"rate", "pitch"}
         if unknown:
-            raise InvalidOptionError(f"espeak does not know the option(s) {', '.join(sorted(unknown))}; "
-                                     "valid options: rate (words per minute), pitch (0-100)")
+            raise InvalidOptionError(
+                f"espeak does not know the option(s) {', '.join(sorted(unknown))}; "
+                "valid options: rate (words per minute), pitch (0-100)"
+            )
         rate = _check_int("rate", generation.get("rate", self.rate), MIN_RATE, MAX_RATE)
         pitch = _check_int("pitch", generation.get("pitch", self.pitch), 0, 100)
         return self._stream(split_sentences(text), self.voice_name(voice, lang), rate, pitch, cancel)
 
-    def _stream(self, sentences: list[str], voice_name: str, rate: int, pitch: int,
-                cancel: threading.Event | None) -> Iterator[np.ndarray]:
+    def _stream(
+        self, sentences: list[str], voice_name: str, rate: int, pitch: int, cancel: threading.Event | None
+    ) -> Iterator[np.ndarray]:
         stats = StreamStats()
         self.last_stats = stats
         t0 = time.perf_counter()
@@ -443,8 +510,9 @@ class EspeakEngine:
         finally:
             stats.total_s = time.perf_counter() - t0
 
-    def synthesize(self, text: str, voice: EspeakVoice | None = None, language: str = "English",
-                   **generation: Any) -> np.ndarray:
+    def synthesize(
+        self, text: str, voice: EspeakVoice | None = None, language: str = "English", **generation: Any
+    ) -> np.ndarray:
         """The whole waveform (float32, 22050 Hz), built on ``stream``."""
         return collect(self.stream(text, voice, language, **generation))
 

@@ -49,8 +49,15 @@ class EspeakTTSService(EngineTTSService):
         if rate is not None:
             generation["rate"] = rate
         engine.stream("check", voice, language, **generation)  # bad language/options fail here, not mid-call
-        super().__init__(engine, voice=voice, voice_id=voice_id, voices=voices or engine.voice_from_id,
-                         language=language, generation=generation, **kwargs)
+        super().__init__(
+            engine,
+            voice=voice,
+            voice_id=voice_id,
+            voices=voices or engine.voice_from_id,
+            language=language,
+            generation=generation,
+            **kwargs,
+        )
 
     def language_to_service_language(self, language: Language) -> str | None:
         code = str(language.value).split("-")[0].lower()

@@ -71,7 +71,8 @@ class GenerationStats:
 
 
 def default_cache_root() -> Path:
-    """Where Duplex keeps derived model files: ``DUPLEX_CACHE_DIR`` > ``$XDG_CACHE_HOME/duplex`` > ``~/.cache/duplex``."""
+    """Where Duplex keeps derived model files:
+    ``DUPLEX_CACHE_DIR`` > ``$XDG_CACHE_HOME/duplex`` > ``~/.cache/duplex``."""
     if env := os.environ.get("DUPLEX_CACHE_DIR"):
         return Path(env).expanduser()
     if xdg := os.environ.get("XDG_CACHE_HOME"):

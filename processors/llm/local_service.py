@@ -186,7 +186,9 @@ class LocalLLMService(LLMService):
                 await self.start_processing_metrics()
                 await self._process_context(frame.context)
             except LLMUnavailableError as e:
-                await self.push_error(error_msg=f"Local LLM unavailable: {e}", exception=e, force_treat_as_permanent=True)
+                await self.push_error(
+                    error_msg=f"Local LLM unavailable: {e}", exception=e, force_treat_as_permanent=True
+                )
             except LLMInputError as e:
                 await self.push_error(
                     error_msg=f"Local LLM cannot use this context: {e}", exception=e, category=ErrorCategory.APPLICATION

@@ -22,7 +22,7 @@ import numpy as np
 from loguru import logger
 
 from processors.audio import STT_MIN_CLIP_SECONDS, STT_SAMPLE_RATE
-from processors.stt_engine import STTError, Stopwatch, Transcript, Word, validate_audio
+from processors.stt_engine import Stopwatch, STTError, Transcript, Word, validate_audio
 
 DEFAULT_PARAKEET_MODEL = "nvidia/parakeet-tdt-0.6b-v2"
 
@@ -97,7 +97,7 @@ class ParakeetEngine:
         *,
         language: str | None = "en",
         word_timestamps: bool = True,
-    ) -> "ParakeetEngine":
+    ) -> ParakeetEngine:
         """Load a Hugging Face hub id (``"nvidia/parakeet-tdt-0.6b-v2"``, downloaded into the HF cache on first use;
         offline with ``HF_HUB_OFFLINE=1`` once cached) or a local ``.nemo`` file.
 
@@ -110,8 +110,10 @@ class ParakeetEngine:
         model = os.path.expanduser(str(model))
         local = _is_local_model(model)
         if local and not Path(model).is_file():
-            raise STTError(f"Parakeet model file not found: {model} (expected a .nemo file or a hub id like "
-                           f"{DEFAULT_PARAKEET_MODEL!r})")
+            raise STTError(
+                f"Parakeet model file not found: {model} (expected a .nemo file or a hub id like "
+                f"{DEFAULT_PARAKEET_MODEL!r})"
+            )
         logger.info(f"Parakeet: loading {model!r} on {dev}" + (" (no CUDA GPU found)" if dev == "cpu" else ""))
         ensure_nemo_importable()
         try:
@@ -128,9 +130,13 @@ class ParakeetEngine:
                     asr = ASRModel.from_pretrained(model_name=model, map_location=torch.device(dev))
             except (OSError, ConnectionError) as e:
                 where = "read" if local else "download or find in the Hugging Face cache"
-                hint = "" if local else (
-                    " Without internet, fill the cache once elsewhere (then HF_HUB_OFFLINE=1 works)"
-                    " or pass a local .nemo path."
+                hint = (
+                    ""
+                    if local
+                    else (
+                        " Without internet, fill the cache once elsewhere (then HF_HUB_OFFLINE=1 works)"
+                        " or pass a local .nemo path."
+                    )
                 )
                 raise STTError(f"could not {where} Parakeet model {model!r}: {e}.{hint}") from e
             except Exception as e:  # corrupt archive, wrong model class, config errors
@@ -160,8 +166,9 @@ class ParakeetEngine:
         hyp = self._first_hypothesis(out)
         text = (hyp if isinstance(hyp, str) else getattr(hyp, "text", "") or "").strip()
         words = self._words(hyp, seconds) if text else ()
-        return Transcript(text=text, words=words, language=self.language, audio_seconds=seconds,
-                          compute_seconds=sw.seconds)
+        return Transcript(
+            text=text, words=words, language=self.language, audio_seconds=seconds, compute_seconds=sw.seconds
+        )
 
     def warmup(self) -> float:
         """One transcription of 1 s of silence (first calls build decoding state); returns its seconds."""

@@ -27,7 +27,7 @@ import numpy as np
 from loguru import logger
 
 from processors.audio import STT_DITHER_DBFS, STT_DITHER_MIN_RUN_SECONDS, STT_SAMPLE_RATE, float_to_pcm16
-from processors.stt_engine import STTError, Stopwatch, Transcript, Word, validate_audio
+from processors.stt_engine import Stopwatch, STTError, Transcript, Word, validate_audio
 
 _FILLERS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")  # silence and noise tokens, not words
 _ALT_PRONUNCIATION = re.compile(r"\(\d+\)$")  # "read(2)" -> "read"
@@ -123,5 +123,6 @@ class PocketsphinxEngine:
             start, end = offset + sf * self._frame_seconds, offset + (ef + 1) * self._frame_seconds
             words.append(Word(word, min(start, seconds), min(end, seconds)))
         text = " ".join(w.word for w in words) if words else (hyp.hypstr.strip() if hyp is not None else "")
-        return Transcript(text=text, words=tuple(words), language=self.language, audio_seconds=seconds,
-                          compute_seconds=sw.seconds)
+        return Transcript(
+            text=text, words=tuple(words), language=self.language, audio_seconds=seconds, compute_seconds=sw.seconds
+        )

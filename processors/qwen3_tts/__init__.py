@@ -8,8 +8,13 @@ from .engine import DEFAULT_MODEL, SUPPORTED_LANGUAGES, ModelUnavailableError, Q
 from .voice import VoicePrompt
 
 __all__ = [
-    "DEFAULT_MODEL", "SUPPORTED_LANGUAGES", "ModelUnavailableError", "Qwen3TTSEngine", "Qwen3TTSService",
-    "StreamStats", "VoicePrompt",
+    "DEFAULT_MODEL",
+    "SUPPORTED_LANGUAGES",
+    "ModelUnavailableError",
+    "Qwen3TTSEngine",
+    "Qwen3TTSService",
+    "StreamStats",
+    "VoicePrompt",
 ]
 
 

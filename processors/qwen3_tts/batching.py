@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -36,8 +36,9 @@ _DONE = object()
 class BatchedStream:
     """One stream in a ``BatchScheduler``; iterate ``frames()`` for its codes (LongTensor (16,) per frame)."""
 
-    def __init__(self, scheduler: "BatchScheduler", prompt: TalkerPrompt, max_frames: int,
-                 cancel: threading.Event | None):
+    def __init__(
+        self, scheduler: BatchScheduler, prompt: TalkerPrompt, max_frames: int, cancel: threading.Event | None
+    ):
         self.scheduler = scheduler
         self.prompt = prompt
         self.max_frames = frame_limit(prompt, max_frames)
@@ -124,7 +125,7 @@ class BatchScheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "BatchScheduler":
+    def __enter__(self) -> BatchScheduler:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,7 +160,7 @@ class BatchScheduler:
                         self._prefill(s)
                     if self._active:
                         self._step()
-        except BaseException as e:  # noqa: BLE001 - handed to every consumer
+        except BaseException as e:
             log.exception("Qwen3-TTS batch worker failed")
             with self._cv:
                 streams = self._active + self._waiting

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 
 
 def _module_types():
@@ -48,7 +47,7 @@ class StreamingCodecDecoder:
         self._Residual = m.Qwen3TTSTokenizerV2DecoderDecoderResidualUnit
         self._Block = m.Qwen3TTSTokenizerV2DecoderDecoderBlock
 
-    def fork(self) -> "StreamingCodecDecoder":
+    def fork(self) -> StreamingCodecDecoder:
         """An independent copy of this state (e.g. the state after a voice's reference codes)."""
         clone = copy.copy(self)
         clone._conv_tails = {k: v.clone() for k, v in self._conv_tails.items()}

@@ -22,7 +22,7 @@ position-gathered RoPE, batched slots) on CPU and the graph tests only where CUD
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -78,7 +78,9 @@ class CudaGraphTalker(LeanTalker):
         return self._out_hidden[:n], self.logits0[:n]
 
     # --- code predictor -----------------------------------------------------------------------------------------
-    def predict(self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list[StreamSampler]) -> torch.Tensor:
+    def predict(
+        self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list[StreamSampler]
+    ) -> torch.Tensor:
         self._in_hidden[:n].copy_(hidden)
         self._in_tok[:n].copy_(token0)
         key = (n, tuple(s.sub_key for s in samplers))

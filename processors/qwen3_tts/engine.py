@@ -18,9 +18,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,16 @@ log = logging.getLogger("duplex.qwen3_tts")
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 SUPPORTED_LANGUAGES = (
-    "Chinese", "English", "Japanese", "Korean", "German", "French", "Russian", "Portuguese", "Spanish", "Italian",
+    "Chinese",
+    "English",
+    "Japanese",
+    "Korean",
+    "German",
+    "French",
+    "Russian",
+    "Portuguese",
+    "Spanish",
+    "Italian",
 )
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -92,8 +102,14 @@ def pick_device(device: str | None, dtype: str | torch.dtype | None) -> tuple[st
     if device is None:
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float16": torch.float16, "fp16": torch.float16}[dtype.lower()]
+        dtype = {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype.lower()]
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     return str(device), dtype
@@ -141,7 +157,10 @@ class Qwen3TTSEngine:
         self.dtype = next(model.talker.parameters()).dtype
         self.codec_decoder = model.speech_tokenizer.model.decoder
         supported = model.get_supported_languages() or []
-        self._languages = tuple(l for l in SUPPORTED_LANGUAGES if l.lower() in {s.lower() for s in supported}) or SUPPORTED_LANGUAGES
+        self._languages = (
+            tuple(lang for lang in SUPPORTED_LANGUAGES if lang.lower() in {s.lower() for s in supported})
+            or SUPPORTED_LANGUAGES
+        )
 
     # --- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -153,7 +172,7 @@ class Qwen3TTSEngine:
         quantize: str | None = None,
         decoder_dtype: str | torch.dtype | None = None,
         **options: Any,
-    ) -> "Qwen3TTSEngine":
+    ) -> Qwen3TTSEngine:
         """Load from a Hugging Face hub id (downloaded into the HF cache, with progress) or a local directory.
 
         ``quantize``: None, "int8" (weight-only, bf16 activations where supported) or "int8-dynamic" (torch.ao, fp32);
@@ -173,11 +192,15 @@ class Qwen3TTSEngine:
         try:
             tts_model = Qwen3TTSModel.from_pretrained(str(model), device_map=device, dtype=torch_dtype)
         except Exception as e:  # OSError, HF hub errors, safetensors errors...
-            hint = ("it is not in the local Hugging Face cache and could not be downloaded (offline?); "
-                    "use a local directory, or the espeak fallback (--tts espeak)")
+            hint = (
+                "it is not in the local Hugging Face cache and could not be downloaded (offline?); "
+                "use a local directory, or the espeak fallback (--tts espeak)"
+            )
             if Path(str(model)).exists():
                 hint = "the directory is not a complete Qwen3-TTS model"
-            raise ModelUnavailableError(f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})") from e
+            raise ModelUnavailableError(
+                f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})"
+            ) from e
         tts_model.model.eval()
         prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU
         if decoder_dtype is not None:
@@ -290,12 +313,15 @@ class Qwen3TTSEngine:
             try:
                 with self._lock if batched else contextlib.nullcontext():
                     prompt = capture_prompt(
-                        self.tts_model, text=text, language=lang,
-                        voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)], **generation,
+                        self.tts_model,
+                        text=text,
+                        language=lang,
+                        voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)],
+                        **generation,
                     )
                     decoder = self._decoder_for(voice)
                 loop = self._frame_loop(prompt, budget)
-                cancelled = lambda: cancel is not None and cancel.is_set()  # noqa: E731
+                cancelled = lambda: cancel is not None and cancel.is_set()
                 frames = loop.frames(cancel)
                 pending: list[torch.Tensor] = []
                 t_gen = t_dec = 0.0
@@ -327,9 +353,13 @@ class Qwen3TTSEngine:
                 stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
                 stats.timings = {"generate_s": t_gen, "decode_s": t_dec, **getattr(loop, "timings", {})}
                 if loop.hit_budget:
-                    log.warning("Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
-                                "characters of text: the model missed its end token", stats.frames,
-                                stats.frames * 0.08, len(text))
+                    log.warning(
+                        "Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
+                        "characters of text: the model missed its end token",
+                        stats.frames,
+                        stats.frames * 0.08,
+                        len(text),
+                    )
             finally:
                 stats.total_s = time.perf_counter() - t0
 

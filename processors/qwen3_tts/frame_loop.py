@@ -18,8 +18,9 @@ with a lean one (static caches); this one trades speed for obviously-upstream se
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -51,7 +52,7 @@ class TalkerPrompt:
 
 
 def capture_prompt(tts_model: Any, **voice_clone_kwargs: Any) -> TalkerPrompt:
-    """Run upstream ``generate_voice_clone`` up to the point where it would start HF ``generate``, and return the prompt.
+    """Run upstream ``generate_voice_clone`` up to where it would start HF ``generate``, and return the prompt.
 
     ``tts_model`` is a ``qwen_tts.Qwen3TTSModel``. The caller holds the engine lock (the talker is patched briefly).
     """
@@ -71,20 +72,34 @@ def capture_prompt(tts_model: Any, **voice_clone_kwargs: Any) -> TalkerPrompt:
         del talker.generate
     if kw["inputs_embeds"].shape[0] != 1:
         raise RuntimeError("only single-utterance prompts are supported")
-    options = {k: v for k, v in kw.items() if k not in ("inputs_embeds", "attention_mask", "trailing_text_hidden", "tts_pad_embed")}
+    options = {
+        k: v
+        for k, v in kw.items()
+        if k not in ("inputs_embeds", "attention_mask", "trailing_text_hidden", "tts_pad_embed")
+    }
     return TalkerPrompt(kw["inputs_embeds"], kw["trailing_text_hidden"], kw["tts_pad_embed"], options)
 
 
 def _processors(
-    *, do_sample: bool, temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0,
-    min_new_tokens: int = 0, eos: int | None = None, suppress: list[int] | None = None, device: torch.device,
+    *,
+    do_sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float = 1.0,
+    min_new_tokens: int = 0,
+    eos: int | None = None,
+    suppress: list[int] | None = None,
+    device: torch.device,
 ) -> LogitsProcessorList:
     """Logits processors in the order HF ``GenerationMixin._get_logits_processor`` (transformers 4.57) applies them."""
     procs = LogitsProcessorList()
     if repetition_penalty is not None and repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
     if min_new_tokens and eos is not None:
-        procs.append(MinNewTokensLengthLogitsProcessor(0, min_new_tokens, torch.tensor([eos], device=device), device=device))
+        procs.append(
+            MinNewTokensLengthLogitsProcessor(0, min_new_tokens, torch.tensor([eos], device=device), device=device)
+        )
     if suppress:
         procs.append(SuppressTokensLogitsProcessor(suppress, device=device))
     if do_sample:
@@ -140,14 +155,23 @@ class FrameLoop(StopPolicy):
         self.num_code_groups = int(talker.config.num_code_groups)
         device = prompt.inputs_embeds.device
         self._talker_procs = _processors(
-            do_sample=bool(o["do_sample"]), temperature=o["temperature"], top_k=o["top_k"], top_p=o["top_p"],
-            repetition_penalty=o["repetition_penalty"], min_new_tokens=int(o.get("min_new_tokens", 0)),
-            eos=self.eos, suppress=list(o.get("suppress_tokens") or []), device=device,
+            do_sample=bool(o["do_sample"]),
+            temperature=o["temperature"],
+            top_k=o["top_k"],
+            top_p=o["top_p"],
+            repetition_penalty=o["repetition_penalty"],
+            min_new_tokens=int(o.get("min_new_tokens", 0)),
+            eos=self.eos,
+            suppress=list(o.get("suppress_tokens") or []),
+            device=device,
         )
         self._talker_sample = bool(o["do_sample"])
         self._sub_procs = _processors(
-            do_sample=bool(o["subtalker_dosample"]), temperature=o["subtalker_temperature"],
-            top_k=o["subtalker_top_k"], top_p=o["subtalker_top_p"], device=device,
+            do_sample=bool(o["subtalker_dosample"]),
+            temperature=o["subtalker_temperature"],
+            top_k=o["subtalker_top_k"],
+            top_p=o["subtalker_top_p"],
+            device=device,
         )
         self._sub_sample = bool(o["subtalker_dosample"])
 

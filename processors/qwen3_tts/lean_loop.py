@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +72,21 @@ class _Work:
     q, k and v are written side by side into ``qkv``, so q and k are normalised and rotated in one go (per head,
     exactly upstream's arithmetic)."""
 
-    def __init__(self, batch: int, tokens: int, hidden: int, n_heads: int, n_kv: int, head_dim: int, inter: int,
-                 dtype, device):
-        e = lambda *s: torch.empty(*s, dtype=dtype, device=device)  # noqa: E731
+    def __init__(
+        self, batch: int, tokens: int, hidden: int, n_heads: int, n_kv: int, head_dim: int, inter: int, dtype, device
+    ):
+        e = lambda *s: torch.empty(*s, dtype=dtype, device=device)
         rows, H, KV, D = batch * tokens, n_heads, n_kv, head_dim
         self.x = e(rows, hidden)  # residual stream
         self.h = e(rows, hidden)  # normed input of a sublayer
         self.sq = e(rows, hidden)
         self.var = e(rows, 1)
         self.qkv = e(rows, (H + 2 * KV) * D)
-        self.q_out, self.k_out, self.v_out = self.qkv[:, : H * D], self.qkv[:, H * D : (H + KV) * D], self.qkv[:, (H + KV) * D :]
+        self.q_out, self.k_out, self.v_out = (
+            self.qkv[:, : H * D],
+            self.qkv[:, H * D : (H + KV) * D],
+            self.qkv[:, (H + KV) * D :],
+        )
         heads = self.qkv.view(batch, tokens, H + 2 * KV, D)
         self.qk = heads[:, :, : H + KV]  # (batch, tokens, H + KV, D), a strided view
         self.v = heads[:, :, H + KV :]  # (batch, tokens, KV, D)
@@ -132,8 +138,14 @@ def _into(y: torch.Tensor, out: torch.Tensor) -> None:
 class DecoderStack:
     """The layers of a Qwen3 decoder (talker or code predictor) with a static KV cache for ``max_batch`` streams."""
 
-    def __init__(self, model: torch.nn.Module, rope_table: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                 max_batch: int, attention: str, quantized_ok: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        rope_table: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        max_batch: int,
+        attention: str,
+        quantized_ok: bool = True,
+    ):
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -204,8 +216,9 @@ class DecoderStack:
             c[dst, :length].copy_(c[src, :length])
 
     # --- forward --------------------------------------------------------------------------------------------------
-    def forward(self, w: _Work, batch: int, tokens: int, starts: list[int], pos: torch.Tensor | None = None,
-                slot: int = 0) -> torch.Tensor:
+    def forward(
+        self, w: _Work, batch: int, tokens: int, starts: list[int], pos: torch.Tensor | None = None, slot: int = 0
+    ) -> torch.Tensor:
         """Run all layers on ``w.x`` ((batch*tokens, hidden), row b*tokens + t = stream b, position starts[b] + t).
 
         Streams occupy cache slots ``slot .. slot+batch-1``. ``tokens > 1`` only at a stream's start (prefill: all
@@ -213,7 +226,7 @@ class DecoderStack:
         differ and for masked attention. Returns the final-normed hidden states (a workspace buffer, valid until the
         next call)."""
         same = all(s == starts[0] for s in starts)
-        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        D = self.head_dim
         masked = self.attention == "masked" and tokens == 1
         if same and not masked:
             s0 = starts[0]
@@ -221,8 +234,9 @@ class DecoderStack:
             sin = self.sin[s0 : s0 + tokens].view(1, tokens, 1, D)
         else:
             if tokens != 1 or pos is None:
-                raise ValueError("streams at different positions (and masked attention) step one token at a time, "
-                                 "with `pos`")
+                raise ValueError(
+                    "streams at different positions (and masked attention) step one token at a time, with `pos`"
+                )
             cos = torch.index_select(self.cos, 0, pos, out=w.cos).view(batch, 1, 1, D)
             sin = torch.index_select(self.sin, 0, pos, out=w.sin).view(batch, 1, 1, D)
         if masked:
@@ -245,26 +259,41 @@ class DecoderStack:
             if masked:
                 kc.index_put_((rows, pos), k[:, 0])
                 vc.index_put_((rows, pos), v[:, 0])
-                out = F.scaled_dot_product_attention(q4, kc[cslice].transpose(1, 2), vc[cslice].transpose(1, 2),
-                                                     attn_mask=mask, scale=self.scale, enable_gqa=True)
+                out = F.scaled_dot_product_attention(
+                    q4,
+                    kc[cslice].transpose(1, 2),
+                    vc[cslice].transpose(1, 2),
+                    attn_mask=mask,
+                    scale=self.scale,
+                    enable_gqa=True,
+                )
                 attn.copy_(out.transpose(1, 2))
             elif same:
                 s0 = starts[0]
                 end = s0 + tokens
                 kc[cslice, s0:end].copy_(k)
                 vc[cslice, s0:end].copy_(v)
-                out = F.scaled_dot_product_attention(q4, kc[cslice, :end].transpose(1, 2),
-                                                     vc[cslice, :end].transpose(1, 2), scale=self.scale,
-                                                     is_causal=tokens > 1, enable_gqa=True)
+                out = F.scaled_dot_product_attention(
+                    q4,
+                    kc[cslice, :end].transpose(1, 2),
+                    vc[cslice, :end].transpose(1, 2),
+                    scale=self.scale,
+                    is_causal=tokens > 1,
+                    enable_gqa=True,
+                )
                 attn.copy_(out.transpose(1, 2))
             else:
                 for b, s in enumerate(starts):
                     c = slot + b
                     kc[c, s].copy_(k[b, 0])
                     vc[c, s].copy_(v[b, 0])
-                    out = F.scaled_dot_product_attention(q4[b : b + 1], kc[c : c + 1, : s + 1].transpose(1, 2),
-                                                         vc[c : c + 1, : s + 1].transpose(1, 2), scale=self.scale,
-                                                         enable_gqa=True)
+                    out = F.scaled_dot_product_attention(
+                        q4[b : b + 1],
+                        kc[c : c + 1, : s + 1].transpose(1, 2),
+                        vc[c : c + 1, : s + 1].transpose(1, 2),
+                        scale=self.scale,
+                        enable_gqa=True,
+                    )
                     attn[b].copy_(out[0].transpose(0, 1))
             x.add_(L.o(w.attn2d, w.o))
             h = _rms(x, L.ln2, self.eps, w.h, w.sq, w.var)
@@ -384,7 +413,7 @@ class LeanTalker:
             self.emb_sum[b].add_(row)
 
     # --- code predictor -------------------------------------------------------------------------------------------
-    def pick_sub(self, samplers: list["StreamSampler"], logits: torch.Tensor) -> torch.Tensor:
+    def pick_sub(self, samplers: list[StreamSampler], logits: torch.Tensor) -> torch.Tensor:
         """Tokens (n,) of one sub-talker step from logits (n, V), each row with its stream's processors."""
         if all(s.sub_greedy for s in samplers):
             return torch.argmax(logits, dim=-1)  # what every row's (empty) processor list + argmax picks, in one call
@@ -395,7 +424,9 @@ class LeanTalker:
             out[b : b + 1].copy_(s.sub_token(logits[b : b + 1]))
         return out
 
-    def predict(self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list["StreamSampler"]) -> torch.Tensor:
+    def predict(
+        self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list[StreamSampler]
+    ) -> torch.Tensor:
         """Codebooks 1..15 for streams 0..n-1 given the talker's last hidden (n, H) and codebook-0 tokens (n,).
 
         Each row samples with its stream's sub-talker processors (``samplers[b]``). Fills ``self.codes[:n]`` and
@@ -511,7 +542,7 @@ class LeanFrameLoop(StopPolicy):
         try:
             yield from self._frames(lean, cancel)
         finally:
-            self.timings = {k: v for k, v in lean.timings.items()}
+            self.timings = dict(lean.timings)
 
     def _frames(self, lean: LeanTalker, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
         prompt = self.prompt

@@ -11,7 +11,8 @@ int8 1. Options:
   code predictor layers and both heads; activations stay in the model dtype (``_weight_int8pack_mm`` wants bf16).
 * ``quantize="int8-dynamic"``: torch.ao dynamic quantisation (fbgemm): int8 weights per channel AND activations
   quantised per call (per tensor, 7-bit range); fp32 model. The fastest option measured here, and the coarsest:
-  an activation outlier dimension takes the quantiser's range (see the drift table in docs/benchmarks.md). torch.ao quantisation is
+  an activation outlier dimension takes the quantiser's range (see the drift table in docs/benchmarks.md).
+  torch.ao quantisation is
   deprecated upstream in favour of torchao (not a dependency here); it works in torch 2.13 and may go away later.
 
 Embeddings, norms and the text projection stay as loaded. Quality on real weights is UNVERIFIED (real weights cannot
@@ -21,8 +22,9 @@ be downloaded here); ``benchmarks/tts.py`` measures drift against fp32 on the fu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -266,7 +268,9 @@ def weight_bytes_per_frame(talker: nn.Module) -> int:
         total = 0
         for layer in layers:
             a, m = layer.self_attn, layer.mlp
-            total += sum(nbytes(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj))
+            total += sum(
+                nbytes(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            )
             total += sum(p.numel() * p.element_size() for p in (layer.input_layernorm.weight,
                          layer.post_attention_layernorm.weight, a.q_norm.weight, a.k_norm.weight))  # fmt: skip
         return total

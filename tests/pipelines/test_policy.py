@@ -25,8 +25,8 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import ProcessingMetricsData
-from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     AssistantTurnStoppedMessage,
     LLMContextAggregatorPair,
@@ -87,8 +87,10 @@ def test_smart_turn_echo_guard_and_no_recovery():
 def test_barge_in_off_means_no_interruptions():
     s = build_user_turn_strategies(turn_settings(barge_in=False), echo_guard=True)
     assert all(not x._enable_interruptions for x in s.start)
-    assert not any(isinstance(x, (EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy))
-                   for x in [*s.start, *s.stop])
+    assert not any(
+        isinstance(x, (EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy))
+        for x in [*s.start, *s.stop]
+    )
 
 
 def test_echo_guard_auto_follows_the_client():
@@ -157,11 +159,18 @@ def names(frames) -> list[str]:
 async def test_echo_guard_drops_a_short_burst_and_its_transcript():
     guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5)
     agg = aggregator([guard, VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()])
-    down, _ = await run_test(agg, frames_to_send=[
-        BotStartedSpeakingFrame(), *audio(0.3),
-        VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.24), VADUserStoppedSpeakingFrame(stop_secs=0.2),
-        TranscriptionFrame("woof woof", "", time_now_iso8601()), *audio(0.1),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            BotStartedSpeakingFrame(),
+            *audio(0.3),
+            VADUserStartedSpeakingFrame(start_secs=0.2),
+            *audio(0.24),
+            VADUserStoppedSpeakingFrame(stop_secs=0.2),
+            TranscriptionFrame("woof woof", "", time_now_iso8601()),
+            *audio(0.1),
+        ],
+    )
     assert "UserStartedSpeakingFrame" not in names(down) and "InterruptionFrame" not in names(down)
     assert guard.suppressed_segments == 1 and agg.aggregation_string() == ""
 
@@ -180,21 +189,36 @@ async def test_echo_guard_lets_sustained_speech_start_a_turn_after_min_speech():
 async def test_echo_guard_words_and_outside_the_window():
     guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5, min_words=2)
     agg = aggregator([guard, VADUserTurnStartStrategy()])
-    down, _ = await run_test(agg, frames_to_send=[
-        BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.1),
-        InterimTranscriptionFrame("wait a", "", time_now_iso8601()),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            BotStartedSpeakingFrame(),
+            VADUserStartedSpeakingFrame(start_secs=0.2),
+            *audio(0.1),
+            InterimTranscriptionFrame("wait a", "", time_now_iso8601()),
+        ],
+    )
     assert names(down).count("UserStartedSpeakingFrame") == 1  # two words in an interim: a real interruption
     guard = EchoGuardUserTurnStartStrategy(window_s=1.5, min_speech_s=0.5)
     agg = aggregator([guard, VADUserTurnStartStrategy()])
-    down, _ = await run_test(agg, frames_to_send=[
-        BotStartedSpeakingFrame(), *audio(1.6), VADUserStartedSpeakingFrame(start_secs=0.2),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            BotStartedSpeakingFrame(),
+            *audio(1.6),
+            VADUserStartedSpeakingFrame(start_secs=0.2),
+        ],
+    )
     assert names(down).count("UserStartedSpeakingFrame") == 1 and guard.suppressed_segments == 0  # window over
     agg = aggregator([EchoGuardUserTurnStartStrategy(), VADUserTurnStartStrategy()])
-    down, _ = await run_test(agg, frames_to_send=[
-        BotStartedSpeakingFrame(), BotStoppedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            BotStartedSpeakingFrame(),
+            BotStoppedSpeakingFrame(),
+            VADUserStartedSpeakingFrame(start_secs=0.2),
+        ],
+    )
     assert names(down).count("UserStartedSpeakingFrame") == 1  # the bot is silent: nothing to guard
 
 
@@ -204,9 +228,15 @@ async def test_echo_guard_words_and_outside_the_window():
 async def test_false_interruption_ends_a_wordless_turn():
     stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.2)
     agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
-    down, _ = await run_test(agg, frames_to_send=[
-        VADUserStartedSpeakingFrame(), SleepFrame(0.05), VADUserStoppedSpeakingFrame(), SleepFrame(0.4),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            SleepFrame(0.05),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.4),
+        ],
+    )
     n = names(down)
     assert n.count("FalseInterruptionFrame") == 1
     assert n.index("FalseInterruptionFrame") < n.index("UserStoppedSpeakingFrame")
@@ -214,12 +244,20 @@ async def test_false_interruption_ends_a_wordless_turn():
 
 
 async def test_false_interruption_not_when_words_arrive():
-    agg = aggregator([VADUserTurnStartStrategy()],
-                     [SpeechTimeoutUserTurnStopStrategy(), FalseInterruptionUserTurnStopStrategy(timeout_s=0.2)])
-    down, _ = await run_test(agg, frames_to_send=[
-        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.1),
-        TranscriptionFrame("hello there", "", time_now_iso8601(), finalized=True), SleepFrame(0.4),
-    ])
+    agg = aggregator(
+        [VADUserTurnStartStrategy()],
+        [SpeechTimeoutUserTurnStopStrategy(), FalseInterruptionUserTurnStopStrategy(timeout_s=0.2)],
+    )
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.1),
+            TranscriptionFrame("hello there", "", time_now_iso8601(), finalized=True),
+            SleepFrame(0.4),
+        ],
+    )
     assert "FalseInterruptionFrame" not in names(down)
 
 
@@ -227,16 +265,30 @@ async def test_false_interruption_waits_for_a_busy_stt():
     stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
     agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
     done = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=0.5)])
-    down, _ = await run_test(agg, frames_to_send=[
-        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.4),  # STT still working
-        TranscriptionFrame("late words", "", time_now_iso8601(), finalized=True), done, SleepFrame(0.4),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.4),  # STT still working
+            TranscriptionFrame("late words", "", time_now_iso8601(), finalized=True),
+            done,
+            SleepFrame(0.4),
+        ],
+    )
     assert "FalseInterruptionFrame" not in names(down) and stop.false_interruptions == 0
     stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
     agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
-    down, _ = await run_test(agg, frames_to_send=[
-        VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.4), done, SleepFrame(0.3),
-    ])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.4),
+            done,
+            SleepFrame(0.3),
+        ],
+    )
     assert names(down).count("FalseInterruptionFrame") == 1  # the STT heard nothing: resume
 
 
@@ -245,12 +297,20 @@ async def test_false_interruption_waits_for_a_busy_stt():
 
 async def test_idle_interruption_filter():
     f = IdleInterruptionFilter()
-    down, _ = await run_test(f, frames_to_send=[
-        InterruptionFrame(),  # bot idle: dropped
-        LLMFullResponseStartFrame(), SleepFrame(0.05), InterruptionFrame(),  # reply open: passed
-        InterruptionFrame(),  # everything downstream was reset by the previous one: dropped
-        TTSAudioRawFrame(bytes(480), 24000, 1), LLMFullResponseEndFrame(), SleepFrame(0.05), InterruptionFrame(),
-    ])
+    down, _ = await run_test(
+        f,
+        frames_to_send=[
+            InterruptionFrame(),  # bot idle: dropped
+            LLMFullResponseStartFrame(),
+            SleepFrame(0.05),
+            InterruptionFrame(),  # reply open: passed
+            InterruptionFrame(),  # everything downstream was reset by the previous one: dropped
+            TTSAudioRawFrame(bytes(480), 24000, 1),
+            LLMFullResponseEndFrame(),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+        ],
+    )
     assert names(down).count("InterruptionFrame") == 2 and f.dropped == 2
 
 
@@ -289,11 +349,21 @@ async def test_resumer_resends_the_unspoken_remainder_and_joins_the_context():
     context, pipeline, resumer, played = resumer_setup()
     context.add_message({"role": "user", "content": "weather?"})
     reply = "It is sunny in Paris. Take a hat."
-    down, up = await run_test(pipeline, frames_to_send=[
-        LLMFullResponseStartFrame(), LLMTextFrame("It is sunny"), LLMTextFrame(" in Paris. Take a hat."),
-        LLMFullResponseEndFrame(), SleepFrame(0.05), InterruptionFrame(),
-        SleepFrame(0.05), played("It is sunny"), FalseInterruptionFrame(), SleepFrame(0.05),
-    ])
+    down, up = await run_test(
+        pipeline,
+        frames_to_send=[
+            LLMFullResponseStartFrame(),
+            LLMTextFrame("It is sunny"),
+            LLMTextFrame(" in Paris. Take a hat."),
+            LLMFullResponseEndFrame(),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+            SleepFrame(0.05),
+            played("It is sunny"),
+            FalseInterruptionFrame(),
+            SleepFrame(0.05),
+        ],
+    )
     assert resumer.resumed == ["in Paris. Take a hat."]
     tail = [f for f in down if isinstance(f, (LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame))][-3:]
     assert isinstance(tail[0], ResumedResponseStartFrame) and tail[1].text == "in Paris. Take a hat."
@@ -308,33 +378,63 @@ async def test_resumer_resends_the_unspoken_remainder_and_joins_the_context():
 
 async def test_resumer_reruns_the_llm_when_nothing_was_generated():
     _, pipeline, resumer, _ = resumer_setup()
-    down, up = await run_test(pipeline, frames_to_send=[
-        LLMFullResponseStartFrame(), SleepFrame(0.05), InterruptionFrame(), SleepFrame(0.05),
-        FalseInterruptionFrame(), SleepFrame(0.05),
-    ])
+    down, up = await run_test(
+        pipeline,
+        frames_to_send=[
+            LLMFullResponseStartFrame(),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+            SleepFrame(0.05),
+            FalseInterruptionFrame(),
+            SleepFrame(0.05),
+        ],
+    )
     assert any(isinstance(f, LLMRunFrame) for f in up) and resumer.resumed == []
 
 
 async def test_resumer_does_nothing_after_a_real_turn_or_a_finished_reply():
     _, pipeline, resumer, played = resumer_setup()
-    down, up = await run_test(pipeline, frames_to_send=[
-        LLMFullResponseStartFrame(), LLMTextFrame("One. Two."), SleepFrame(0.05), InterruptionFrame(),
-        SleepFrame(0.05), played("One."), LLMFullResponseStartFrame(), LLMTextFrame("New answer."),  # a real turn
-        SleepFrame(0.05), played("New answer.", interrupted=False),  # ... answered and played out
-        FalseInterruptionFrame(), SleepFrame(0.05),
-    ])
+    down, up = await run_test(
+        pipeline,
+        frames_to_send=[
+            LLMFullResponseStartFrame(),
+            LLMTextFrame("One. Two."),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+            SleepFrame(0.05),
+            played("One."),
+            LLMFullResponseStartFrame(),
+            LLMTextFrame("New answer."),  # a real turn
+            SleepFrame(0.05),
+            played("New answer.", interrupted=False),  # ... answered and played out
+            FalseInterruptionFrame(),
+            SleepFrame(0.05),
+        ],
+    )
     assert resumer.resumed == [] and not any(isinstance(f, LLMRunFrame) for f in up)
 
 
 async def test_resumer_joins_a_reply_resumed_twice_into_one_message():
     context, pipeline, resumer, played = resumer_setup()
     context.add_message({"role": "user", "content": "weather?"})
-    await run_test(pipeline, frames_to_send=[
-        LLMFullResponseStartFrame(), LLMTextFrame("One two three four five."), SleepFrame(0.05), InterruptionFrame(),
-        SleepFrame(0.05), played("One two"), FalseInterruptionFrame(), SleepFrame(0.05),
-        InterruptionFrame(), SleepFrame(0.05), played(""),  # the resumed part cut before a word played
-        FalseInterruptionFrame(), SleepFrame(0.05),
-    ])
+    await run_test(
+        pipeline,
+        frames_to_send=[
+            LLMFullResponseStartFrame(),
+            LLMTextFrame("One two three four five."),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+            SleepFrame(0.05),
+            played("One two"),
+            FalseInterruptionFrame(),
+            SleepFrame(0.05),
+            InterruptionFrame(),
+            SleepFrame(0.05),
+            played(""),  # the resumed part cut before a word played
+            FalseInterruptionFrame(),
+            SleepFrame(0.05),
+        ],
+    )
     assert resumer.resumed == ["three four five.", "three four five."]
     context.add_message({"role": "assistant", "content": "One two"})  # what the aggregator wrote at the first cut
     context.add_message({"role": "assistant", "content": "three four five."})

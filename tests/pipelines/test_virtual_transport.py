@@ -32,8 +32,11 @@ def tone(seconds: float, rate: int = 16000) -> np.ndarray:
 
 
 async def run(transport: VirtualTransport, tap: InputTap, until, timeout: float, feed_bot=None):
-    worker = PipelineWorker(Pipeline([transport.input(), tap, transport.output()]), enable_rtvi=False,
-                            params=PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=24000))
+    worker = PipelineWorker(
+        Pipeline([transport.input(), tap, transport.output()]),
+        enable_rtvi=False,
+        params=PipelineParams(audio_in_sample_rate=16000, audio_out_sample_rate=24000),
+    )
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
@@ -53,10 +56,12 @@ def test_voiced_span():
 
 
 async def test_feeds_the_schedule_in_20ms_frames():
-    transport = VirtualTransport([
-        UserUtterance(tone(0.3), at_s=0.1, label="a"),
-        UserUtterance(tone(0.2), after="previous_end", offset_s=0.2, label="b"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(tone(0.3), at_s=0.1, label="a"),
+            UserUtterance(tone(0.2), after="previous_end", offset_s=0.2, label="b"),
+        ]
+    )
     tap = InputTap()
     await run(transport, tap, lambda: transport.schedule_done.is_set() and len(tap.frames) >= 50, timeout=5)
     assert all(len(f.audio) == 640 and f.sample_rate == 16000 for f in tap.frames)
@@ -79,8 +84,13 @@ async def test_output_is_paced_recorded_and_anchors_follow_the_bot():
         await worker.queue_frame(TTSAudioRawFrame(audio=bytes(2 * 24000), sample_rate=24000, num_channels=1))
         await worker.queue_frame(TTSStoppedFrame())
 
-    await run(transport, tap, lambda: transport.schedule_done.is_set() and "bot_stopped_speaking" in
-              [e.kind for e in transport.events], timeout=5, feed_bot=bot_says)
+    await run(
+        transport,
+        tap,
+        lambda: transport.schedule_done.is_set() and "bot_stopped_speaking" in [e.kind for e in transport.events],
+        timeout=5,
+        feed_bot=bot_says,
+    )
     chunks = transport.audio
     assert len(chunks) == 25 and all(abs(c.end - c.start - 0.04) < 1e-6 for c in chunks)  # 1 s in 40 ms chunks
     assert chunks[-1].end - chunks[0].start >= 0.999  # played at clock speed, back to back

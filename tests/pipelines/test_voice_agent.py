@@ -13,7 +13,6 @@ import threading
 import time
 
 import numpy as np
-
 from pipecat.frames.frames import (
     InterruptionFrame,
     LLMTextFrame,
@@ -27,9 +26,9 @@ from pipelines.engines import create_stt_service
 from pipelines.metrics import apply_ground_truth
 from pipelines.virtual_transport import UserUtterance, VirtualTransport
 from pipelines.voice_agent import build_voice_agent
+from processors.audio import STT_SAMPLE_RATE, resample
 from processors.espeak_tts import EspeakTTSService
 from processors.llm import LocalLLMService
-from processors.audio import STT_SAMPLE_RATE, resample
 from processors.pocketsphinx_stt import PocketsphinxEngine
 
 from .conftest import ScriptedLLMService, ScriptedSTTEngine, cough_like, run_agent, speech
@@ -90,8 +89,15 @@ def assert_stopped_within_one_chunk(barge, chunks) -> None:
 
 def check_turn_timeline(turn) -> None:
     """The moments of one answered turn happen in pipeline order."""
-    seq = [turn.speech_end, turn.vad_stop, turn.user_turn_end, turn.llm_request_at, turn.first_sentence_at,
-           turn.tts_first_audio_at, turn.bot_started_at]
+    seq = [
+        turn.speech_end,
+        turn.vad_stop,
+        turn.user_turn_end,
+        turn.llm_request_at,
+        turn.first_sentence_at,
+        turn.tts_first_audio_at,
+        turn.bot_started_at,
+    ]
     assert None not in seq, turn
     assert seq == sorted(seq), turn
     assert turn.voice_to_voice > 0
@@ -106,12 +112,20 @@ async def test_full_turn_real_engines(local_llm_engine):
     """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled), espeak TTS. Nothing scripted."""
     settings = settings_for()
     transport = VirtualTransport([UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="q")])
-    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
-        system_instruction=settings.llm.system_prompt, max_tokens=24, temperature=0.0))
+    llm = LocalLLMService(
+        engine=local_llm_engine,
+        settings=LocalLLMService.Settings(
+            system_instruction=settings.llm.system_prompt, max_tokens=24, temperature=0.0
+        ),
+    )
     recorder = TextRecorder(llm)
     agent = build_voice_agent(
-        transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()), llm=llm,
-        tts=EspeakTTSService(rate=260), observers=[recorder],
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(rate=260),
+        observers=[recorder],
     )
     await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport), timeout=40, settle_s=0.2)
 
@@ -175,15 +189,25 @@ async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
     import asyncio
 
     settings = settings_for()
-    transport = VirtualTransport([
-        UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
-        UserUtterance(speech("espeak_wait_en-f3_200.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
+            UserUtterance(
+                speech("espeak_wait_en-f3_200.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"
+            ),
+        ]
+    )
     llm = ScriptedLLMService([BARGE_REPLY, "Sure."], token_s=0.02, tail_token_s=0.25)
     tts = tiny_qwen_tts()
     watch = WorkerWatch(tts, transport)
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=parakeet_engine),
-                              llm=llm, tts=tts, observers=[watch])
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=parakeet_engine),
+        llm=llm,
+        tts=tts,
+        observers=[watch],
+    )
 
     def done():
         if "bot_started_speaking" in kinds(transport):
@@ -204,8 +228,10 @@ async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
     # the TTS worker was generating at the barge-in and stopped within about one codec frame (80 ms)
     assert watch.alive_at_vad_start, "the TTS had finished before the barge-in: the test proves nothing"
     assert watch.gone_at is not None and watch.gone_at - barge.interruption < 0.15
-    print(f"TTS worker gone {1000 * (watch.gone_at - barge.interruption):.0f} ms after the interruption; "
-          f"last bot audio {1000 * barge.stop_latency_from_vad:.0f} ms after VAD start")
+    print(
+        f"TTS worker gone {1000 * (watch.gone_at - barge.interruption):.0f} ms after the interruption; "
+        f"last bot audio {1000 * barge.stop_latency_from_vad:.0f} ms after VAD start"
+    )
     assert llm.cancelled == 1  # the LLM stream was closed mid-reply
     # the context holds exactly the words whose audio had started playing
     messages = agent.context.get_messages()
@@ -241,19 +267,40 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
     """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled, asked for a long answer), espeak TTS.
     Nothing scripted. The barge-in lands while the local LLM is still generating."""
     settings = settings_for()
-    transport = VirtualTransport([
-        UserUtterance(speech("flite_story_slt.wav"), at_s=0.2, label="question"),
-        UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
-    ])
-    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
-        system_instruction="You are a storyteller. Tell long stories.", max_tokens=200, temperature=0.0))
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_story_slt.wav"), at_s=0.2, label="question"),
+            UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
+        ]
+    )
+    llm = LocalLLMService(
+        engine=local_llm_engine,
+        settings=LocalLLMService.Settings(
+            system_instruction="You are a storyteller. Tell long stories.", max_tokens=200, temperature=0.0
+        ),
+    )
     recorder = TextRecorder(llm)
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService(), observers=[recorder])
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(),
+        observers=[recorder],
+    )
     clock = InterruptionClock(agent.user_aggregator)
     agent.worker.add_observer(clock)
-    await run_agent(agent, transport, lambda: len(agent.metrics.turns) > 1 and agent.metrics.turns[1].barge_in
-                    and agent.metrics.turns[1].barge_in.interruption, timeout=40, settle_s=0.3)
+    await run_agent(
+        agent,
+        transport,
+        lambda: (
+            len(agent.metrics.turns) > 1
+            and agent.metrics.turns[1].barge_in
+            and agent.metrics.turns[1].barge_in.interruption
+        ),
+        timeout=40,
+        settle_s=0.3,
+    )
 
     stats = local_llm_engine.last_stats
     assert stats.cancelled and stats.new_tokens < 200  # the generation was stopped, not finished
@@ -275,14 +322,21 @@ async def test_cough_during_reply_resumes():
     Scripted: the STT (the cough must yield no words; pocketsphinx would invent some) and the LLM reply (its
     remainder is checked)."""
     settings = settings_for(false_interruption_timeout_s=1.0)
-    transport = VirtualTransport([
-        UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
-        UserUtterance(cough_like(), after="bot_started_speaking", offset_s=1.0, label="cough"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
+            UserUtterance(cough_like(), after="bot_started_speaking", offset_s=1.0, label="cough"),
+        ]
+    )
     stt_engine = ScriptedSTTEngine(["what is the weather like today", ""])
     llm = ScriptedLLMService([SHORT_REPLY])
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=stt_engine), llm=llm,
-                              tts=EspeakTTSService(rate=240))
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=stt_engine),
+        llm=llm,
+        tts=EspeakTTSService(rate=240),
+    )
 
     def done():
         k = kinds(transport)
@@ -295,7 +349,7 @@ async def test_cough_during_reply_resumes():
     assert len(stt_engine.calls) == 2 and len(llm.requests) == 1  # the cough was heard; no new LLM answer
     assert len(agent.resumer.resumed) == 1
     remainder = agent.resumer.resumed[0]
-    assert words(SHORT_REPLY)[-len(words(remainder)):] == words(remainder)
+    assert words(SHORT_REPLY)[-len(words(remainder)) :] == words(remainder)
     assert 0 < len(words(remainder)) < len(words(SHORT_REPLY))
     # resumed within the timeout (+ pipeline) after the cough ended, and the second stretch of speech is the rest
     resumed_at = transport.event_times("bot_started_speaking")[1]
@@ -314,13 +368,20 @@ async def test_cough_during_reply_resumes():
 async def test_speech_while_bot_silent_sends_no_interruption():
     """Real: flite speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies (short, fast)."""
     settings = settings_for()
-    transport = VirtualTransport([
-        UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
-        UserUtterance(speech("flite_table_rms.wav"), after="bot_stopped_speaking", offset_s=1.0, label="second"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
+            UserUtterance(speech("flite_table_rms.wav"), after="bot_stopped_speaking", offset_s=1.0, label="second"),
+        ]
+    )
     llm = ScriptedLLMService(["Done, the lights are off.", "Yes, a table for two is booked."])
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService(rate=240))
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(rate=240),
+    )
     await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=40)
 
     assert len(agent.metrics.turns) == 2 and not any(t.interrupted_bot for t in agent.metrics.turns)
@@ -338,16 +399,28 @@ async def test_two_quick_turns_real_engines(local_llm_engine):
     """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled), espeak TTS. Nothing scripted.
     The second question comes the moment the bot has finished its first answer."""
     settings = settings_for()
-    transport = VirtualTransport([
-        UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
-        UserUtterance(speech("flite_pizza_kal16.wav"), after="bot_stopped_speaking", offset_s=0.0, label="second"),
-    ])
-    llm = LocalLLMService(engine=local_llm_engine, settings=LocalLLMService.Settings(
-        system_instruction=settings.llm.system_prompt, max_tokens=16, temperature=0.0))
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService(rate=280))
-    await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=60,
-                    settle_s=0.2)
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
+            UserUtterance(speech("flite_pizza_kal16.wav"), after="bot_stopped_speaking", offset_s=0.0, label="second"),
+        ]
+    )
+    llm = LocalLLMService(
+        engine=local_llm_engine,
+        settings=LocalLLMService.Settings(
+            system_instruction=settings.llm.system_prompt, max_tokens=16, temperature=0.0
+        ),
+    )
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(rate=280),
+    )
+    await run_agent(
+        agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=60, settle_s=0.2
+    )
 
     turns = agent.metrics.turns
     assert len(turns) == 2 and not any(t.interrupted_bot for t in turns)
@@ -373,17 +446,30 @@ async def test_echo_guard_ignores_short_burst():
     residual echo or a backchannel."""
     settings = settings_for()
     burst = speech("espeak_yes_please_en-f3_150.wav")[: int(0.4 * 16000)]
-    transport = VirtualTransport([
-        UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
-        UserUtterance(burst, after="bot_started_speaking", offset_s=0.2, label="burst"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
+            UserUtterance(burst, after="bot_started_speaking", offset_s=0.2, label="burst"),
+        ]
+    )
     reply = "It is sunny and warm in Paris today. You will not need an umbrella."
     llm = ScriptedLLMService([reply])
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService(rate=220), telephony=True)
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(rate=220),
+        telephony=True,
+    )
     assert agent.policy.echo_guard
-    await run_agent(agent, transport, lambda: "bot_stopped_speaking" in kinds(transport)
-                    and transport.schedule_done.is_set(), timeout=40, settle_s=1.0)
+    await run_agent(
+        agent,
+        transport,
+        lambda: "bot_stopped_speaking" in kinds(transport) and transport.schedule_done.is_set(),
+        timeout=40,
+        settle_s=1.0,
+    )
 
     guard = agent.user_aggregator._params.user_turn_strategies.start[0]
     assert guard.suppressed_segments == 1  # VAD heard the "mhm" ...
@@ -397,15 +483,31 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies.
     The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s."""
     settings = settings_for(echo_guard="on")
-    transport = VirtualTransport([
-        UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
-        UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=0.3, label="over"),
-    ])
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
+            UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=0.3, label="over"),
+        ]
+    )
     llm = ScriptedLLMService([LONG_REPLY, "Yes."])
-    agent = build_voice_agent(transport, settings, stt=create_stt_service(settings, engine=PocketsphinxEngine()),
-                              llm=llm, tts=EspeakTTSService(rate=220))
-    await run_agent(agent, transport, lambda: len(agent.metrics.turns) >= 2 and agent.metrics.turns[1].barge_in
-                    and agent.metrics.turns[1].barge_in.interruption, timeout=40, settle_s=0.2)
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        llm=llm,
+        tts=EspeakTTSService(rate=220),
+    )
+    await run_agent(
+        agent,
+        transport,
+        lambda: (
+            len(agent.metrics.turns) >= 2
+            and agent.metrics.turns[1].barge_in
+            and agent.metrics.turns[1].barge_in.interruption
+        ),
+        timeout=40,
+        settle_s=0.2,
+    )
 
     turn = agent.metrics.turns[1]
     held = turn.user_turn_start - turn.vad_start

@@ -21,15 +21,15 @@ from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
-from testkit.clips import speech
-from testkit.transcripts import words_of
-
-from .stt_words import TELEPHONE_KEY_WORDS, noise
 
 from processors.audio import STT_SAMPLE_RATE, float_to_pcm16, resample
 from processors.parakeet_stt import ParakeetSTTService
 from processors.pocketsphinx_stt import PocketsphinxEngine, PocketsphinxSTTService
 from processors.stt_engine import Transcript
+from testkit.clips import speech
+from testkit.transcripts import words_of
+
+from .stt_words import TELEPHONE_KEY_WORDS, noise
 
 FRAME_S = 0.02
 
@@ -73,8 +73,13 @@ def utterance(
                 paced.append(SleepFrame(sleep=sleep_s))
         body = paced
     tail = audio_frames(post, rate, user_id=user_id)
-    return [*head, VADUserStartedSpeakingFrame(start_secs=start_secs), *body, *tail,
-            VADUserStoppedSpeakingFrame(stop_secs=post_s)]
+    return [
+        *head,
+        VADUserStartedSpeakingFrame(start_secs=start_secs),
+        *body,
+        *tail,
+        VADUserStoppedSpeakingFrame(stop_secs=post_s),
+    ]
 
 
 def of_type(frames, cls):

@@ -97,8 +97,11 @@ def test_directory_has_the_upstream_layout(tiny_qwen_dir, tts):
                        ("tts_eos_token_id", "<tts_text_eod>")]:  # fmt: skip
         assert tok.convert_ids_to_tokens(cfg[key]) == token
     codec = json.loads((tiny_qwen_dir / "speech_tokenizer" / "config.json").read_text())
-    assert codec["decode_upsample_rate"] == CODEC_FRAME_SAMPLES == int(np.prod(
-        codec["decoder_config"]["upsample_rates"] + codec["decoder_config"]["upsampling_ratios"]))
+    assert (
+        codec["decode_upsample_rate"]
+        == CODEC_FRAME_SAMPLES
+        == int(np.prod(codec["decoder_config"]["upsample_rates"] + codec["decoder_config"]["upsampling_ratios"]))
+    )
     assert codec["decoder_config"]["num_quantizers"] == codec["encoder_valid_num_quantizers"] == 16
 
 
@@ -194,7 +197,12 @@ def test_full_preset_configs_have_the_real_sizes():
     cfg = Qwen3TTSConfig(**model_config("full", ids, text_vocab_size=531))
     t, cp, spk = cfg.talker_config, cfg.talker_config.code_predictor_config, cfg.speaker_encoder_config
     assert (t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim) == (
-        28, 1024, 16, 8, 128)
+        28,
+        1024,
+        16,
+        8,
+        128,
+    )
     assert (t.intermediate_size, t.rope_theta, t.rope_scaling["mrope_section"]) == (3072, 1000000, [24, 20, 20])
     assert (t.text_vocab_size, t.text_hidden_size, t.vocab_size) == (151936, 2048, 3072)
     assert (cp.num_hidden_layers, cp.hidden_size, cp.vocab_size, cp.num_code_groups) == (5, 1024, 2048, 16)
@@ -202,7 +210,12 @@ def test_full_preset_configs_have_the_real_sizes():
     codec = Qwen3TTSTokenizerV2Config(**speech_tokenizer_config("full"))
     dec = codec.decoder_config
     assert (dec.num_hidden_layers, dec.hidden_size, dec.latent_dim, dec.decoder_dim, dec.sliding_window) == (
-        8, 512, 1024, 1536, 72)
+        8,
+        512,
+        1024,
+        1536,
+        72,
+    )
     assert codec.encoder_config.frame_rate == 12.5 and codec.encoder_config.num_quantizers == 32
 
 

@@ -96,8 +96,14 @@ def test_bad_folders_are_skipped_with_a_warning(tmp_path, caplog):
         reg.list()  # warned once per folder, not on every scan
     assert ids == ["default", "good"]
     text = caplog.text
-    for fragment in ("badjson", "differs from the folder name", "reference file", "colour", "is taken by",
-                     "plain file name"):
+    for fragment in (
+        "badjson",
+        "differs from the folder name",
+        "reference file",
+        "colour",
+        "is taken by",
+        "plain file name",
+    ):
         assert fragment in text, fragment
     assert text.count("badjson") == 1
 

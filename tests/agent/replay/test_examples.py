@@ -30,8 +30,13 @@ def test_failing_expectation_is_readable():
     scenario = load_scenario(EXAMPLES[0].parent / "simple_qa.yaml")
     data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
     data["expect"] = [
-        {"turn": "question", "transcript_contains": "pizza", "reply_contains": "it will rain", "interrupted": True,
-         "within_ms": {"voice_to_voice": 50}},
+        {
+            "turn": "question",
+            "transcript_contains": "pizza",
+            "reply_contains": "it will rain",
+            "interrupted": True,
+            "within_ms": {"voice_to_voice": 50},
+        },
         {"absent": ["bot_started_speaking"]},
     ]
     broken = parse_scenario(data, base_dir=scenario.base_dir)
@@ -40,7 +45,9 @@ def test_failing_expectation_is_readable():
     message = str(info.value)
     print(message)
     assert "5 expectation(s) failed" in message
-    assert "turn 'question': transcript should contain 'pizza', was 'what is the weather like in paris today'" in message
+    assert (
+        "turn 'question': transcript should contain 'pizza', was 'what is the weather like in paris today'" in message
+    )
     assert "bot reply should contain 'it will rain', the user heard 'It is sunny in Paris today." in message
     assert "expected interrupted=true, got false" in message
     assert "voice_to_voice was" in message and "budget 50 ms" in message
@@ -119,10 +126,13 @@ def test_realtime_mode():
     assert result.turns[0].latencies()["tts_first_audio"] > 0
 
 
-@pytest.mark.parametrize("name, change, broken", [
-    ("backchannel", {"turn": {"echo_guard": "off"}}, "turn 'yeah': expected interrupted=false, got true"),
-    ("cough", {"turn": {"false_interruption_timeout_s": None}}, "turn 'cough': expected resumed=true, got false"),
-])
+@pytest.mark.parametrize(
+    "name, change, broken",
+    [
+        ("backchannel", {"turn": {"echo_guard": "off"}}, "turn 'yeah': expected interrupted=false, got true"),
+        ("cough", {"turn": {"false_interruption_timeout_s": None}}, "turn 'cough': expected resumed=true, got false"),
+    ],
+)
 def test_examples_fail_without_the_feature_they_test(name, change, broken):
     """The backchannel example fails with the echo guard off, the cough example without false-interruption resume:
     they pass because of the policy they are about, not by accident."""

@@ -24,7 +24,7 @@ import uvicorn
 import websockets
 
 from agent.server import Engines, create_app
-from agent.settings import ServerSettings, Settings, TTSSettings
+from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
 from voices.registry import VoiceRegistry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,8 +81,9 @@ def any_engine(request, engine_root):
 # --- server -----------------------------------------------------------------------------------------
 def make_settings(voices_dir: Path, **server: Any) -> Settings:
     server.setdefault("idle_timeout_s", 30.0)
-    return Settings(voices_dir=voices_dir, tts=TTSSettings(voice=None, language="English"),
-                    server=ServerSettings(**server))
+    return Settings(
+        voices_dir=voices_dir, tts=TTSSettings(voice=None, language="English"), server=ServerSettings(**server)
+    )
 
 
 class LiveServer:
@@ -95,11 +96,13 @@ class LiveServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=ws_max_size,
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", ws_max_size=ws_max_size, timeout_graceful_shutdown=5
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name=f"uvicorn-{self.port}", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name=f"uvicorn-{self.port}", daemon=True
+        )
 
     @property
     def http(self) -> str:
@@ -109,7 +112,7 @@ class LiveServer:
     def speak_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/api/v1/speak"
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -130,9 +133,15 @@ def server_factory(tmp_path_factory):
     """``factory(engine, registry=None, engines=None, **server_settings) -> LiveServer``; all stopped at module end."""
     servers: list[LiveServer] = []
 
-    def factory(engine: Any = None, *, engines: Engines | None = None, voices_dir: Path | None = None,
-                registry: VoiceRegistry | None = None, ws_max_size: int = 16 * 1024 * 1024,
-                **server: Any) -> LiveServer:
+    def factory(
+        engine: Any = None,
+        *,
+        engines: Engines | None = None,
+        voices_dir: Path | None = None,
+        registry: VoiceRegistry | None = None,
+        ws_max_size: int = 16 * 1024 * 1024,
+        **server: Any,
+    ) -> LiveServer:
         voices_dir = voices_dir or tmp_path_factory.mktemp("user-voices")
         settings = make_settings(voices_dir, **server)
         app = create_app(settings, engines if engines is not None else Engines(tts=engine), registry=registry)
@@ -218,3 +227,24 @@ async def await_until(predicate, timeout: float = 5.0, interval: float = 0.01) -
             return True
         await asyncio.sleep(interval)
     return predicate()
+
+
+# --- a whole agent server ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def agent_server(tmp_path_factory):
+    """A live agent server (real uvicorn on loopback) with the fallback engines, loaded by ``load_engines`` exactly as
+    ``duplex serve`` loads them: espeak TTS, pocketsphinx STT, the bundled SmolLM2 (replies capped for speed)."""
+    from agent.engines import load_engines
+    from agent.serve import build_app
+
+    settings = Settings(
+        voices_dir=tmp_path_factory.mktemp("voices"),
+        tts=TTSSettings(engine="espeak"),
+        stt=STTSettings(engine="pocketsphinx"),
+        llm=LLMSettings(backend="local", max_tokens=24, temperature=0.0),
+        server=ServerSettings(idle_timeout_s=60),
+    )
+    engines = load_engines(settings)
+    live = LiveServer(build_app(settings, engines)).start()
+    yield live
+    live.stop()

@@ -15,17 +15,13 @@ import audioop
 import base64
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import websockets
 
-from processors.audio import float_to_pcm16, load_audio, resample
-
+from processors.audio import float_to_pcm16
 from testkit.clips import speech
-
-from .agent_fixtures import agent_server  # noqa: F401  (fixture)
 
 FRAME_S = 0.02
 
@@ -33,7 +29,7 @@ FRAME_S = 0.02
 def frames(audio: np.ndarray, rate: int) -> list[np.ndarray]:
     n = int(rate * FRAME_S)
     audio = np.concatenate([audio, np.zeros((-len(audio)) % n, np.float32)])
-    return [audio[i:i + n] for i in range(0, len(audio), n)]
+    return [audio[i : i + n] for i in range(0, len(audio), n)]
 
 
 def words(text: str) -> set[str]:
@@ -86,9 +82,11 @@ async def test_ws_completes_one_turn(agent_server):
             await pacer.tick()
         speech_end = time.monotonic()
         deadline = speech_end + 40
+
         def bot_done():
             states = [e.get("state") for e in events if e["type"] == "state"]
             return "speaking" in states and states[-1] == "listening" and states.index("speaking") < len(states) - 1
+
         while time.monotonic() < deadline and not bot_done():
             await ws.send(float_to_pcm16(silence))
             await pacer.tick()
@@ -107,9 +105,11 @@ async def test_ws_completes_one_turn(agent_server):
     latency = [e for e in events if e["type"] == "latency"]
     assert latency and latency[0]["voiceToVoiceMs"] > 0, events
     client_v2v = audio[0][0] - speech_end
-    print(f"\n/ws turn: server voice-to-voice {latency[0]['voiceToVoiceMs']} ms "
-          f"(breakdown {latency[0]['breakdownMs']}); client speech end -> first bot audio {client_v2v * 1000:.0f} ms; "
-          f"user={user!r} bot={bot!r} ({bot_audio_s:.1f} s of audio)")
+    print(
+        f"\n/ws turn: server voice-to-voice {latency[0]['voiceToVoiceMs']} ms "
+        f"(breakdown {latency[0]['breakdownMs']}); client speech end -> first bot audio {client_v2v * 1000:.0f} ms; "
+        f"user={user!r} bot={bot!r} ({bot_audio_s:.1f} s of audio)"
+    )
     # the session's slot is freed once the client is gone
     for _ in range(100):
         if not agent_server.ctx.sessions.active_by_kind().get("browser_ws"):
@@ -185,9 +185,23 @@ async def test_twilio_turn_and_barge_in_clear(agent_server):
 
     async with websockets.connect(f"ws://127.0.0.1:{agent_server.port}/telephony/twilio", max_size=None) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": {
-            "streamSid": stream_sid, "accountSid": "AC0", "callSid": "CA0", "tracks": ["inbound"],
-            "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequenceNumber": "1",
+                    "streamSid": stream_sid,
+                    "start": {
+                        "streamSid": stream_sid,
+                        "accountSid": "AC0",
+                        "callSid": "CA0",
+                        "tracks": ["inbound"],
+                        "customParameters": {},
+                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    },
+                }
+            )
+        )
 
         async def reader():
             async for msg in ws:
@@ -200,9 +214,21 @@ async def test_twilio_turn_and_barge_in_clear(agent_server):
         async def send_media(payload: str):
             nonlocal seq
             seq += 1
-            await ws.send(json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": stream_sid,
-                                      "media": {"track": "inbound", "chunk": str(seq), "timestamp": str(seq * 20),
-                                                "payload": payload}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "media",
+                        "sequenceNumber": str(seq),
+                        "streamSid": stream_sid,
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(seq),
+                            "timestamp": str(seq * 20),
+                            "payload": payload,
+                        },
+                    }
+                )
+            )
             await pacer.tick()
 
         def media_after(t: float) -> list[float]:
@@ -229,8 +255,16 @@ async def test_twilio_turn_and_barge_in_clear(agent_server):
         # quiet after the barge-in: no audio of the interrupted reply may follow the clear
         while time.monotonic() < barge_end + 0.5:
             await send_media(silence)
-        await ws.send(json.dumps({"event": "stop", "sequenceNumber": str(seq + 1), "streamSid": stream_sid,
-                                  "stop": {"accountSid": "AC0", "callSid": "CA0"}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "stop",
+                    "sequenceNumber": str(seq + 1),
+                    "streamSid": stream_sid,
+                    "stop": {"accountSid": "AC0", "callSid": "CA0"},
+                }
+            )
+        )
         await ws.close()
         read_task.cancel()
         await asyncio.gather(read_task, return_exceptions=True)
@@ -245,18 +279,38 @@ async def test_twilio_turn_and_barge_in_clear(agent_server):
     # user's turn to end first (speech end + VAD stop + turn timeout)
     late = [ts for ts in media_after(clear_at) if ts < barge_end + 0.5]
     assert not late, f"{len(late)} media messages after clear, {late[0] - clear_at:.3f} s after it"
-    reply_audio_s = sum(len(base64.b64decode(m["media"]["payload"])) for ts, m in received
-                        if m.get("event") == "media" and speech_end < ts < clear_at) / 8000
-    print(f"\ntwilio: first reply audio {(first_audio - speech_end) * 1000:.0f} ms after speech end; "
-          f"clear {(clear_at - barge_start) * 1000:.0f} ms after barge-in speech onset; "
-          f"{reply_audio_s:.2f} s of reply media before the clear")
+    reply_audio_s = (
+        sum(
+            len(base64.b64decode(m["media"]["payload"]))
+            for ts, m in received
+            if m.get("event") == "media" and speech_end < ts < clear_at
+        )
+        / 8000
+    )
+    print(
+        f"\ntwilio: first reply audio {(first_audio - speech_end) * 1000:.0f} ms after speech end; "
+        f"clear {(clear_at - barge_start) * 1000:.0f} ms after barge-in speech onset; "
+        f"{reply_audio_s:.2f} s of reply media before the clear"
+    )
 
 
-@pytest.mark.parametrize("kind,start", [
-    ("telnyx", {"event": "start", "stream_id": "st-1", "start": {
-        "call_control_id": "cc-1", "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}}),
-    ("plivo", {"event": "start", "start": {"streamId": "st-2", "callId": "call-2"}}),
-])
+@pytest.mark.parametrize(
+    "kind,start",
+    [
+        (
+            "telnyx",
+            {
+                "event": "start",
+                "stream_id": "st-1",
+                "start": {
+                    "call_control_id": "cc-1",
+                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+                },
+            },
+        ),
+        ("plivo", {"event": "start", "start": {"streamId": "st-2", "callId": "call-2"}}),
+    ],
+)
 async def test_other_carriers_start_a_session(agent_server, kind, start):
     """Telnyx and Plivo through pipecat's serializers: the start event is parsed, a session runs and takes a slot,
     and hanging up frees it. (The pipeline behind them is the one the Twilio test drives through a whole turn.)"""

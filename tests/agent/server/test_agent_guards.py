@@ -104,8 +104,10 @@ async def test_session_cap_and_bad_requests(tmp_path):
         assert httpx.get(f"http://{base}/static/style.css", timeout=10).status_code == 200
         assert httpx.get(f"http://{base}/static/..%2Fchat.py", timeout=10).status_code == 404
         assert server.ctx.sessions.active == 0
-        assert 'duplex_sessions_rejected_total{kind="browser_ws",reason="RATE_LIMITED"} 1' in \
-            httpx.get(f"http://{base}/metrics", timeout=10).text
+        assert (
+            'duplex_sessions_rejected_total{kind="browser_ws",reason="RATE_LIMITED"} 1'
+            in httpx.get(f"http://{base}/metrics", timeout=10).text
+        )
     finally:
         server.stop()
 

@@ -22,22 +22,23 @@ import numpy as np
 import pytest
 import websockets
 
-from processors.audio import load_audio, resample, write_wav
-
+from processors.audio import write_wav
 from testkit.clips import clip_path
 from testkit.clips import speech as clip_speech
 
-from .agent_fixtures import agent_server  # noqa: F401  (fixture)
-
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(os.environ.get("DUPLEX_ARTIFACTS_DIR", ROOT / "artifacts"))
-CLONE_TRANSCRIPT = ("The meeting has been moved to Thursday afternoon, so please send the report to everyone "
-                    "before lunch.")
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                             shutil.which("google-chrome")) if p), None)
+CLONE_TRANSCRIPT = (
+    "The meeting has been moved to Thursday afternoon, so please send the report to everyone before lunch."
+)
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None
+)
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
+]
 
 
 class CDP:
@@ -74,18 +75,33 @@ def fake_mic_wav(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("transport", ["webrtc", "ws"])
-async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
+async def test_browser_turn(agent_server, tmp_path, transport):
     wav = fake_mic_wav(tmp_path / "mic.wav")
     profile = tmp_path / "profile"
     url = f"http://127.0.0.1:{agent_server.port}/"
     t_start = time.monotonic()
-    proc = subprocess.Popen([
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
-        "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--disable-background-networking", "--disable-component-update", "--no-first-run",
-        f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1200,900", url,
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}",
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1200,900",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -99,11 +115,14 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
         async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             cdp = CDP(ws)
             for _ in range(200):  # the target may still show about:blank at first
-                if await cdp.eval("typeof $ === 'function' && document.readyState === 'complete' && "
-                                  "$('voice').options.length > 0"):
+                if await cdp.eval(
+                    "typeof $ === 'function' && document.readyState === 'complete' && $('voice').options.length > 0"
+                ):
                     break
                 await asyncio.sleep(0.1)
-            assert await cdp.eval("$('engines').textContent.includes('espeak')"), await cdp.eval("$('engines').textContent")
+            assert await cdp.eval("$('engines').textContent.includes('espeak')"), await cdp.eval(
+                "$('engines').textContent"
+            )
             await cdp.eval(f"$('transport').value = '{transport}'; $('connect').click(); true")
             t0 = time.monotonic()
             events: list[dict] = []
@@ -136,9 +155,11 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
     assert "weather" in user.lower(), (user, events)
     assert bot.strip() and latency, events
     assert "weather" in page_text.lower() and bot.split()[0] in page_text, page_text
-    print(f"\nbrowser {transport} turn: voice-to-voice {latency[0]['voiceToVoiceMs']} ms; user={user!r}; bot={bot!r}; "
-          f"screenshot {ARTIFACTS / f'browser_{transport}_turn.png'}; chromium up after {t0 - t_start:.1f} s, "
-          f"turn {turn_s:.1f} s")
+    print(
+        f"\nbrowser {transport} turn: voice-to-voice {latency[0]['voiceToVoiceMs']} ms; user={user!r}; bot={bot!r}; "
+        f"screenshot {ARTIFACTS / f'browser_{transport}_turn.png'}; chromium up after {t0 - t_start:.1f} s, "
+        f"turn {turn_s:.1f} s"
+    )
     for _ in range(100):  # the slot is freed when the peer goes away
         if not agent_server.ctx.sessions.active:
             break
@@ -147,14 +168,17 @@ async def test_browser_turn(agent_server, tmp_path, transport):  # noqa: F811
 
 
 async def clone_by_upload(cdp: CDP) -> None:
-    """"Clone my voice" by upload, with its transcript: the voice is added and selected; a new session uses it."""
+    """ "Clone my voice" by upload, with its transcript: the voice is added and selected; a new session uses it."""
     clip = clip_path("flite_meeting_rms.wav")
     doc = await cdp.call("DOM.getDocument")
     node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#clone-file")
     await cdp.call("DOM.setFileInputFiles", files=[str(clip)], nodeId=node["nodeId"])
-    await cdp.eval("$('clone-name').value = 'Browser clone'; $('clone-transcript').value = "
-                   + json.dumps(CLONE_TRANSCRIPT) + "; $('clone-save').disabled = false; "
-                   "$('clone-save').click(); true")
+    await cdp.eval(
+        "$('clone-name').value = 'Browser clone'; $('clone-transcript').value = "
+        + json.dumps(CLONE_TRANSCRIPT)
+        + "; $('clone-save').disabled = false; "
+        "$('clone-save').click(); true"
+    )
     status = ""
     for _ in range(100):
         status = await cdp.eval("$('clone-status').textContent")

@@ -27,7 +27,7 @@ def test_text_format():
         h.observe(v, kind="k")
     text = reg.render()
     assert text.endswith("\n")
-    assert '# TYPE x_total counter\n' in text and '# HELP x_total Things.\n' in text
+    assert "# TYPE x_total counter\n" in text and "# HELP x_total Things.\n" in text
     assert 'x_total{kind="a\\"b\\\\c\\n"} 1\n' in text
     assert 'x_total{kind="plain"} 2\n' in text
     assert "x_open 1\n" in text

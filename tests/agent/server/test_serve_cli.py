@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import websockets
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -37,17 +36,39 @@ def fresh_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("DUPLEX_")]:
         del env[key]
-    env.update(HF_HOME=str(tmp / "hf-empty"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               DUPLEX_CACHE_DIR=str(default_cache_root()), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HOME=str(tmp / "hf-empty"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        DUPLEX_CACHE_DIR=str(default_cache_root()),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
 def start(tmp: Path, *args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--port", str(port),
-                             "--voices-dir", str(tmp / "voices"), "--log-level", "warning", *args],
-                            cwd=ROOT, env=fresh_env(tmp), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--voices-dir",
+            str(tmp / "voices"),
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        cwd=ROOT,
+        env=fresh_env(tmp),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return proc, port
 
 
@@ -102,8 +123,10 @@ async def test_serve_fresh_offline_environment(tmp_path):
         assert len(audio) / 2 / 16000 > 0.5
         page = httpx.get(base + "/", timeout=10)
         assert page.status_code == 200 and "Duplex" in page.text
-        print(f"\nduplex serve (fresh offline env): /healthz after {first_health:.1f} s, all models ready after "
-              f"{ready_s:.1f} s")
+        print(
+            f"\nduplex serve (fresh offline env): /healthz after {first_health:.1f} s, all models ready after "
+            f"{ready_s:.1f} s"
+        )
     finally:
         code = stop(proc)
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
@@ -131,8 +154,11 @@ def test_flags_over_env_over_defaults(monkeypatch):
     monkeypatch.setenv("DUPLEX_SERVER__MAX_SESSIONS", "3")
     parser = argparse.ArgumentParser()
     configure(parser)
-    s = settings_from_args(parser.parse_args(["--tts", "espeak", "--max-sessions", "5", "--llm",
-                                              "http://localhost:11434/v1", "--llm-model", "llama3.2"]))
+    s = settings_from_args(
+        parser.parse_args(
+            ["--tts", "espeak", "--max-sessions", "5", "--llm", "http://localhost:11434/v1", "--llm-model", "llama3.2"]
+        )
+    )
     assert s.tts.engine == "espeak" and s.tts.language == "German"  # flag wins; env kept for the rest of the group
     assert s.server.max_sessions == 5 and s.server.port == 9001 and s.server.host == "127.0.0.1"
     assert s.llm.backend == "http://localhost:11434/v1" and s.llm.model == "llama3.2"

@@ -107,21 +107,29 @@ async def test_speak_before_start(live):
     try:
         await ws.send(json.dumps({"type": "speak", "text": "Too early.", "requestId": "early"}))
         msg = await recv_json(ws)
-        assert msg == {"type": "error", "code": "INVALID_MESSAGE", "message": "send a start message before speak",
-                       "recoverable": True, "requestId": "early"}
+        assert msg == {
+            "type": "error",
+            "code": "INVALID_MESSAGE",
+            "message": "send a start message before speak",
+            "recoverable": True,
+            "requestId": "early",
+        }
     finally:
         await ws.close()
 
 
 # --- INVALID_TEXT ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [
-    ("", "text is empty"),
-    ("   \n\t ", "text is empty"),
-    (None, "text is missing"),
-    (42, "text must be a string, got int"),
-    (["a"], "text must be a string, got list"),
-    ("y" * 2001, "the limit is 2000"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", "text is empty"),
+        ("   \n\t ", "text is empty"),
+        (None, "text is missing"),
+        (42, "text must be a string, got int"),
+        (["a"], "text must be a string, got list"),
+        ("y" * 2001, "the limit is 2000"),
+    ],
+)
 async def test_invalid_text(live, text, expected):
     ws, _, _ = await open_session(live.speak_url, {})
     try:
@@ -170,8 +178,13 @@ async def test_unusable_voice_is_synthesis_error_with_fallback(any_engine, serve
     (since damaged) reference. SYNTHESIS_ERROR, then the default voice."""
     registry = VoiceRegistry(tmp_path / "voices")
     clip = SHIPPED_DIR / "default" / "reference.wav"
-    bad = registry.add(clip, name="Broken", voice_id="broken", transcript="A reference clip.",
-                       language="Klingon" if any_engine.name == "espeak" else "English")
+    bad = registry.add(
+        clip,
+        name="Broken",
+        voice_id="broken",
+        transcript="A reference clip.",
+        language="Klingon" if any_engine.name == "espeak" else "English",
+    )
     if any_engine.name != "espeak":
         bad.reference_path.write_bytes(b"RIFF garbage that is not a WAV file")
     live = server_factory(any_engine, registry=registry)
@@ -323,8 +336,10 @@ async def test_auth_accepts_the_token(auth_live, how):
         await ws.close()
 
 
-@pytest.mark.parametrize("how", ["wrong-header", "not-bearer", "wrong-query", "wrong-start", "no-token-start",
-                                 "speak-first", "garbage-first"])
+@pytest.mark.parametrize(
+    "how",
+    ["wrong-header", "not-bearer", "wrong-query", "wrong-start", "no-token-start", "speak-first", "garbage-first"],
+)
 async def test_auth_refuses(auth_live, how):
     url, headers = auth_live.speak_url, None
     if how == "wrong-header":
@@ -340,8 +355,11 @@ async def test_auth_refuses(auth_live, how):
             err = first  # refused at once, before ready
         else:
             assert first["type"] == "ready"
-            send = {"wrong-start": {"type": "start", "authToken": "nope"}, "no-token-start": {"type": "start"},
-                    "speak-first": {"type": "speak", "text": "hello"}}.get(how)
+            send = {
+                "wrong-start": {"type": "start", "authToken": "nope"},
+                "no-token-start": {"type": "start"},
+                "speak-first": {"type": "speak", "text": "hello"},
+            }.get(how)
             await ws.send(json.dumps(send) if send else "garbage")
             err = await recv_json(ws)
         assert err["type"] == "error" and err["code"] == "UNAUTHORIZED" and err["recoverable"] is False, err

@@ -14,7 +14,17 @@ import pytest
 
 from processors.audio import CODEC_FRAME_MS, StreamResampler
 
-from .conftest import LONG_TEXT, await_until, collect_speak, decode, open_session, recv, recv_json, speak_threads, wait_until
+from .conftest import (
+    LONG_TEXT,
+    await_until,
+    collect_speak,
+    decode,
+    open_session,
+    recv,
+    recv_json,
+    speak_threads,
+    wait_until,
+)
 
 TEXT = "Hello there. This is a streaming speech test."
 SHORT = "Hi there."  # for the (slow, sampled) Qwen3 engine where the text's length does not matter
@@ -22,6 +32,8 @@ SHORT = "Hi there."  # for the (slow, sampled) Qwen3 engine where the text's len
 
 def text_for(engine) -> str:
     return TEXT if engine.name == "espeak" else SHORT
+
+
 RATES = (8_000, 16_000, 24_000, 48_000)
 
 
@@ -55,8 +67,15 @@ async def test_binary_audio(live, any_engine, rate, encoding):
     try:
         assert ready["capabilities"]["streaming"] is True and "English" in ready["capabilities"]["languages"]
         assert ready["voiceLoaded"] is True and ready["sessionId"]
-        assert started == {"type": "started", "sampleRate": rate, "encoding": encoding, "voice": "default",
-                           "language": "English", "audioFormat": "binary", "pacing": "asap"}
+        assert started == {
+            "type": "started",
+            "sampleRate": rate,
+            "encoding": encoding,
+            "voice": "default",
+            "language": "English",
+            "audioFormat": "binary",
+            "pacing": "asap",
+        }
         text = text_for(any_engine)
         await ws.send(json.dumps({"type": "speak", "text": text, "requestId": "r1"}))
         frames, messages, end = await collect_speak(ws)
@@ -85,8 +104,9 @@ async def test_binary_audio(live, any_engine, rate, encoding):
 @pytest.mark.parametrize("encoding", ["pcm16", "pcm32f"])
 async def test_json_audio(live, any_engine, encoding):
     rate = 16_000
-    ws, _, started = await open_session(live.speak_url, {"sampleRate": rate, "encoding": encoding,
-                                                          "audioFormat": "json"})
+    ws, _, started = await open_session(
+        live.speak_url, {"sampleRate": rate, "encoding": encoding, "audioFormat": "json"}
+    )
     try:
         assert started["audioFormat"] == "json"
         await ws.send(json.dumps({"type": "speak", "text": text_for(any_engine), "requestId": "j1"}))
@@ -137,11 +157,18 @@ async def test_cancel_mid_stream_realtime(live, any_engine):
                 continue
             t_end = time.perf_counter()
             break
-        assert frame == {"type": "error", "code": "CANCELLED", "message": "cancelled by the client",
-                         "recoverable": True, "requestId": "long"}
+        assert frame == {
+            "type": "error",
+            "code": "CANCELLED",
+            "message": "cancelled by the client",
+            "recoverable": True,
+            "requestId": "long",
+        }
         after_ms = after / rate * 1000
-        print(f"\n[{any_engine.name}] realtime cancel: {after_ms:.0f} ms of audio after cancel, last frame "
-              f"{(t_last - t_cancel) * 1000:.1f} ms and CANCELLED {(t_end - t_cancel) * 1000:.1f} ms after cancel")
+        print(
+            f"\n[{any_engine.name}] realtime cancel: {after_ms:.0f} ms of audio after cancel, last frame "
+            f"{(t_last - t_cancel) * 1000:.1f} ms and CANCELLED {(t_end - t_cancel) * 1000:.1f} ms after cancel"
+        )
         assert after_ms <= lead_ms + 2 * CODEC_FRAME_MS
         assert t_end - t_cancel < 0.5
         # nothing more for the cancelled speak; the session still works
@@ -172,8 +199,10 @@ async def test_cancel_mid_stream_asap(live, any_engine):
                 continue
             break
         assert frame["code"] == "CANCELLED" and frame["requestId"] == "long"
-        print(f"\n[{any_engine.name}] asap cancel: last frame {(t_last - t_cancel) * 1000:.1f} ms after cancel, "
-              f"{after / 24:.0f} ms of audio (already sent) after cancel")
+        print(
+            f"\n[{any_engine.name}] asap cancel: last frame {(t_last - t_cancel) * 1000:.1f} ms after cancel, "
+            f"{after / 24:.0f} ms of audio (already sent) after cancel"
+        )
         assert t_last - t_cancel < 0.5
     finally:
         await ws.close()
@@ -196,8 +225,13 @@ async def test_priority_preempts_and_queue_order(live, any_engine):
             _, _, end = await collect_speak(ws)
             ends.append((end["type"], end.get("code"), end["requestId"]))
         # "a" is cut off; high-priority speaks go first, in order, and do not cut each other off; then b, c
-        assert ends == [("error", "CANCELLED", "a"), ("complete", None, "h1"), ("complete", None, "h2"),
-                        ("complete", None, "b"), ("complete", None, "c")]
+        assert ends == [
+            ("error", "CANCELLED", "a"),
+            ("complete", None, "h1"),
+            ("complete", None, "h2"),
+            ("complete", None, "b"),
+            ("complete", None, "c"),
+        ]
     finally:
         await ws.close()
 

@@ -76,8 +76,16 @@ async def test_add_list_use_delete(live, voices_dir):
     assert r.status_code == 201, r.text
     body = r.json()
     assert r.headers["location"] == "/api/v1/voices/mine"
-    assert body == {**body, "id": "mine", "name": "My Voice", "language": "English", "description": "test voice",
-                    "isDefault": False, "builtIn": False, "hasTranscript": True}
+    assert body == {
+        **body,
+        "id": "mine",
+        "name": "My Voice",
+        "language": "English",
+        "description": "test voice",
+        "isDefault": False,
+        "builtIn": False,
+        "hasTranscript": True,
+    }
     assert "mine" in [v["id"] for v in listed(live)["voices"]]
     assert httpx.get(live.http + "/api/v1/voices/mine").json()["id"] == "mine"
     folder = voices_dir / "mine"
@@ -148,8 +156,10 @@ def test_user_default_voice(live, voices_dir):
 def test_shipped_voice_cannot_be_deleted(live):
     r = httpx.delete(live.http + "/api/v1/voices/default")
     assert r.status_code == 403
-    assert r.json()["error"] == {"code": "VOICE_READ_ONLY",
-                                 "message": "voice 'default' ships with Duplex and cannot be deleted"}
+    assert r.json()["error"] == {
+        "code": "VOICE_READ_ONLY",
+        "message": "voice 'default' ships with Duplex and cannot be deleted",
+    }
     assert (SHIPPED_DIR / "default" / "reference.wav").is_file()
 
 
@@ -201,11 +211,15 @@ def test_audio_as_a_text_field_and_non_multipart_bodies(live, voices_dir):
     def chunked():
         yield b"--x\r\n"
 
-    r = httpx.post(live.http + "/api/v1/voices", content=chunked(),
-                   headers={"Content-Type": "multipart/form-data; boundary=x"})
+    r = httpx.post(
+        live.http + "/api/v1/voices", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
     assert r.status_code == 411 and r.json()["error"]["code"] == "LENGTH_REQUIRED"
-    r = httpx.post(live.http + "/api/v1/voices", content=b"--x\r\nbroken",
-                   headers={"Content-Type": "multipart/form-data; boundary=x"})
+    r = httpx.post(
+        live.http + "/api/v1/voices",
+        content=b"--x\r\nbroken",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
     assert r.status_code == 400
     assert on_disk(voices_dir) == []
 

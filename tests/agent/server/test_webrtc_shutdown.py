@@ -21,8 +21,12 @@ async def test_webrtc_session_ends_with_the_server(tmp_path):
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import AudioStreamTrack  # silence
 
-    settings = Settings(voices_dir=tmp_path / "voices", tts=TTSSettings(engine="espeak"),
-                        stt=STTSettings(engine="pocketsphinx"), llm=LLMSettings(max_tokens=16))
+    settings = Settings(
+        voices_dir=tmp_path / "voices",
+        tts=TTSSettings(engine="espeak"),
+        stt=STTSettings(engine="pocketsphinx"),
+        llm=LLMSettings(max_tokens=16),
+    )
     server = LiveServer(build_app(settings, load_engines(settings))).start()
     pc = RTCPeerConnection()
     events: list[dict] = []
@@ -32,8 +36,11 @@ async def test_webrtc_session_ends_with_the_server(tmp_path):
         pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient() as client:
-            r = await client.post(f"http://127.0.0.1:{server.port}/api/offer?voice=nope", timeout=20,
-                                  json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+            r = await client.post(
+                f"http://127.0.0.1:{server.port}/api/offer?voice=nope",
+                timeout=20,
+                json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
+            )
         assert r.status_code == 200, r.text
         await pc.setRemoteDescription(RTCSessionDescription(**{k: r.json()[k] for k in ("sdp", "type")}))
         deadline = time.monotonic() + 20

@@ -27,8 +27,10 @@ from processors.tts_engine import (
     VoiceSpec,
 )
 
-TEXT = ("Hello there. This is the offline fallback voice of the agent. It speaks one sentence at a time! "
-        "Can you hear every sentence?")
+TEXT = (
+    "Hello there. This is the offline fallback voice of the agent. It speaks one sentence at a time! "
+    "Can you hear every sentence?"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def median_f0(a: np.ndarray, sr: int = ESPEAK_SAMPLE_RATE) -> float:
     f0s = []
     lo, hi = sr // 400, sr // 70
     for i in range(0, len(a) - 1024, 512):
-        w = a[i:i + 1024].astype(np.float64)
+        w = a[i : i + 1024].astype(np.float64)
         if np.sqrt(np.mean(w * w)) < 0.05:
             continue
         ac = np.correlate(w, w, "full")[1023:]
@@ -78,7 +80,18 @@ def test_protocol_and_rate(engine):
     assert isinstance(engine, TTSEngine)
     assert engine.name == "espeak"
     assert engine.sample_rate == ESPEAK_SAMPLE_RATE == 22050
-    qwen = {"English", "Chinese", "Japanese", "Korean", "German", "French", "Russian", "Portuguese", "Spanish", "Italian"}
+    qwen = {
+        "English",
+        "Chinese",
+        "Japanese",
+        "Korean",
+        "German",
+        "French",
+        "Russian",
+        "Portuguese",
+        "Spanish",
+        "Italian",
+    }
     assert qwen <= set(engine.languages)
 
 
@@ -198,8 +211,10 @@ def test_concurrent_threads_share_the_library_safely(engine):
             start.wait(5)
             for _ in range(5):
                 j = jobs[i]
-                results[i].append(np.concatenate(list(engine.stream(j["text"], j["voice"], j["language"], rate=j["rate"]))))
-        except BaseException as e:  # noqa: BLE001 - reported below
+                results[i].append(
+                    np.concatenate(list(engine.stream(j["text"], j["voice"], j["language"], rate=j["rate"])))
+                )
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -224,11 +239,21 @@ def test_two_engines_share_one_library(engine):
     assert_same_speech(engine.synthesize("Testing the speaking rate of a second engine."), slow)
 
 
-@pytest.mark.parametrize("language,text", [
-    ("English", "Good morning."), ("Chinese", "你好，世界。"), ("Japanese", "こんにちは。"), ("Korean", "안녕하세요."),
-    ("German", "Guten Morgen."), ("French", "Bonjour à tous."), ("Russian", "Доброе утро."),
-    ("Portuguese", "Bom dia."), ("Spanish", "Buenos días."), ("Italian", "Buongiorno."),
-])
+@pytest.mark.parametrize(
+    "language,text",
+    [
+        ("English", "Good morning."),
+        ("Chinese", "你好，世界。"),
+        ("Japanese", "こんにちは。"),
+        ("Korean", "안녕하세요."),
+        ("German", "Guten Morgen."),
+        ("French", "Bonjour à tous."),
+        ("Russian", "Доброе утро."),
+        ("Portuguese", "Bom dia."),
+        ("Spanish", "Buenos días."),
+        ("Italian", "Buongiorno."),
+    ],
+)
 def test_qwen_languages_speak(engine, language, text):
     audio = engine.synthesize(text, language=language)
     assert len(audio) > 0.3 * ESPEAK_SAMPLE_RATE and rms(audio) > 0.02
@@ -326,8 +351,13 @@ def test_punctuation_only_and_odd_text(engine):
 
 
 def test_split_sentences():
-    assert split_sentences("Hello there. How are you? \"Fine!\" he said.\nNew line") == [
-        "Hello there.", "How are you?", "\"Fine!\"", "he said.", "New line"]
+    assert split_sentences('Hello there. How are you? "Fine!" he said.\nNew line') == [
+        "Hello there.",
+        "How are you?",
+        '"Fine!"',
+        "he said.",
+        "New line",
+    ]
     assert split_sentences("Pi is 3.14 today.") == ["Pi is 3.14 today."]
     assert split_sentences("你好。世界！好") == ["你好。", "世界！", "好"]
     long = "one, " * 100 + "end"

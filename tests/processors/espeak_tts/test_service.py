@@ -50,10 +50,10 @@ def median_f0(a: np.ndarray, sr: int) -> float:
     win = int(0.046 * sr)
     lo, hi = sr // 400, sr // 70
     for i in range(0, len(a) - win, win // 2):
-        w = a[i:i + win].astype(np.float64)
+        w = a[i : i + win].astype(np.float64)
         if np.sqrt(np.mean(w * w)) < 0.05:
             continue
-        ac = np.correlate(w, w, "full")[win - 1:]
+        ac = np.correlate(w, w, "full")[win - 1 :]
         f0s.append(sr / (lo + int(np.argmax(ac[lo:hi]))))
     return float(np.median(f0s))
 
@@ -62,8 +62,9 @@ def median_f0(a: np.ndarray, sr: int) -> float:
 async def test_speak_frames_at_pipeline_rate(engine, rate):
     expected = len(engine.synthesize(TEXT)) * rate / ESPEAK_SAMPLE_RATE
     tts = EspeakTTSService(engine=engine)
-    down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)],
-                              pipeline_params=PipelineParams(audio_out_sample_rate=rate))
+    down, up = await run_test(
+        tts, frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=PipelineParams(audio_out_sample_rate=rate)
+    )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     types = [type(f) for f in down]
     assert types.count(TTSStartedFrame) == 1 and types.count(TTSStoppedFrame) == 1
@@ -73,7 +74,7 @@ async def test_speak_frames_at_pipeline_rate(engine, rate):
     audio = _audio(down)
     assert len(audio) >= 10 and all(f.sample_rate == rate and f.num_channels == 1 for f in audio)
     pcm = _pcm(down)
-    assert np.all(np.isfinite(pcm)) and np.sqrt(np.mean(pcm ** 2)) > 0.02
+    assert np.all(np.isfinite(pcm)) and np.sqrt(np.mean(pcm**2)) > 0.02
     assert abs(len(pcm) - expected) <= 0.01 * expected  # espeak's length wobbles ~0.2 % between calls
     words = [f.text.strip() for f in down if isinstance(f, TTSTextFrame)]
     assert words == TEXT.split()
@@ -81,8 +82,9 @@ async def test_speak_frames_at_pipeline_rate(engine, rate):
 
 async def test_word_timestamps_follow_the_audio(engine):
     tts = EspeakTTSService(engine=engine)
-    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame(TEXT)],
-                             pipeline_params=PipelineParams(audio_out_sample_rate=16000))
+    down, _ = await run_test(
+        tts, frames_to_send=[TTSSpeakFrame(TEXT)], pipeline_params=PipelineParams(audio_out_sample_rate=16000)
+    )
     words = [f for f in down if isinstance(f, TTSTextFrame)]
     pts = [f.pts for f in words]
     assert all(p is not None for p in pts) and pts == sorted(pts)
@@ -150,10 +152,13 @@ async def test_runtime_voice_switch_and_unknown_voice(engine):
     down, up = await run_test(
         tts,
         frames_to_send=[
-            TTSSpeakFrame("Hello, how are you today?"), SleepFrame(0.3),
-            TTSUpdateSettingsFrame(delta=TTSSettings(voice="f3")), TTSSpeakFrame("Hello, how are you today?"),
+            TTSSpeakFrame("Hello, how are you today?"),
             SleepFrame(0.3),
-            TTSUpdateSettingsFrame(delta=TTSSettings(voice="nobody")), TTSSpeakFrame("Still the same voice."),
+            TTSUpdateSettingsFrame(delta=TTSSettings(voice="f3")),
+            TTSSpeakFrame("Hello, how are you today?"),
+            SleepFrame(0.3),
+            TTSUpdateSettingsFrame(delta=TTSSettings(voice="nobody")),
+            TTSSpeakFrame("Still the same voice."),
             SleepFrame(0.3),
         ],
         pipeline_params=PipelineParams(audio_out_sample_rate=16000),
@@ -163,7 +168,7 @@ async def test_runtime_voice_switch_and_unknown_voice(engine):
     assert any("nobody" in e for e in errors)
     starts = [i for i, f in enumerate(down) if isinstance(f, TTSStartedFrame)]
     assert len(starts) == 3
-    first, second = _pcm(down[starts[0]:starts[1]]), _pcm(down[starts[1]:starts[2]])
+    first, second = _pcm(down[starts[0] : starts[1]]), _pcm(down[starts[1] : starts[2]])
     assert median_f0(second, 16000) > 1.5 * median_f0(first, 16000)  # the female variant
 
 
@@ -172,9 +177,11 @@ async def test_runtime_language_switch(engine):
     down, up = await run_test(
         tts,
         frames_to_send=[
-            TTSUpdateSettingsFrame(delta=TTSSettings(language=Language.NL)), TTSSpeakFrame("Goedemorgen."),
+            TTSUpdateSettingsFrame(delta=TTSSettings(language=Language.NL)),
+            TTSSpeakFrame("Goedemorgen."),
             SleepFrame(0.3),
-            TTSUpdateSettingsFrame(delta=TTSSettings(language=Language.DE_DE)), TTSSpeakFrame("Guten Morgen."),
+            TTSUpdateSettingsFrame(delta=TTSSettings(language=Language.DE_DE)),
+            TTSSpeakFrame("Guten Morgen."),
             SleepFrame(0.3),
         ],
     )
@@ -188,8 +195,11 @@ async def test_unknown_language_at_runtime_becomes_error_frame(engine):
     tts = EspeakTTSService(engine=engine, stop_frame_timeout_s=0.3)  # no audio: the context closes on this timeout
     down, up = await run_test(
         tts,
-        frames_to_send=[TTSUpdateSettingsFrame(delta=TTSSettings(language="Klingon")), TTSSpeakFrame("Hello."),
-                        SleepFrame(0.3)],
+        frames_to_send=[
+            TTSUpdateSettingsFrame(delta=TTSSettings(language="Klingon")),
+            TTSSpeakFrame("Hello."),
+            SleepFrame(0.3),
+        ],
     )
     errors = [f.error for f in up if isinstance(f, ErrorFrame)]
     assert errors and "unsupported language" in errors[0] and "English" in errors[0]
@@ -207,8 +217,11 @@ def test_bad_construction_fails_early(engine):
 
 async def test_rate_and_voice_id_options(engine):
     async def seconds(**kwargs) -> float:
-        down, _ = await run_test(EspeakTTSService(engine=engine, **kwargs), frames_to_send=[TTSSpeakFrame(TEXT)],
-                                 pipeline_params=PipelineParams(audio_out_sample_rate=16000))
+        down, _ = await run_test(
+            EspeakTTSService(engine=engine, **kwargs),
+            frames_to_send=[TTSSpeakFrame(TEXT)],
+            pipeline_params=PipelineParams(audio_out_sample_rate=16000),
+        )
         return len(_pcm(down)) / 16000
 
     assert await seconds(rate=320) < 0.7 * await seconds(rate=150)
@@ -216,7 +229,9 @@ async def test_rate_and_voice_id_options(engine):
 
 
 def test_engine_package_does_not_import_pipecat():
-    code = ("import sys; from processors.espeak_tts import EspeakEngine; "
-            "assert len(EspeakEngine().synthesize('Hi there.')) > 0; "
-            "assert not any(m.startswith('pipecat') for m in sys.modules), 'pipecat imported'")
+    code = (
+        "import sys; from processors.espeak_tts import EspeakEngine; "
+        "assert len(EspeakEngine().synthesize('Hi there.')) > 0; "
+        "assert not any(m.startswith('pipecat') for m in sys.modules), 'pipecat imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

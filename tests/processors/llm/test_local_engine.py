@@ -40,7 +40,9 @@ def test_cold_load_writes_a_complete_cache_and_the_next_load_is_fast(loaded_llm)
     assert json.loads((folder / CACHE_MARKER).read_text())["gguf"] == bundled_gguf_path().name
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").stat().st_size > 100_000_000
     assert sorted(p.name for p in loaded_llm.cache_root.iterdir()) == [BUNDLED_CACHE_NAME]  # no temp leftovers
-    print(f"\ncold load (GGUF + cache write) {loaded_llm.cold_load_s:.1f} s, cached load {loaded_llm.cached_load_s:.2f} s")
+    print(
+        f"\ncold load (GGUF + cache write) {loaded_llm.cold_load_s:.1f} s, cached load {loaded_llm.cached_load_s:.2f} s"
+    )
     assert loaded_llm.cached_load_s < loaded_llm.cold_load_s / 3
 
 
@@ -71,7 +73,9 @@ def test_streams_several_pieces_and_reports_speed(engine, llm_threads):
     assert "Paris" in "".join(pieces)
     assert not stats.cancelled and stats.new_tokens >= len(pieces)
     assert llm_threads(timeout=0) == []
-    print(f"\nTTFT {stats.time_to_first_piece_s * 1000:.0f} ms, {stats.tokens_per_s:.1f} tok/s, {stats.new_tokens} tokens")
+    print(
+        f"\nTTFT {stats.time_to_first_piece_s * 1000:.0f} ms, {stats.tokens_per_s:.1f} tok/s, {stats.new_tokens} tokens"
+    )
 
 
 def test_no_double_bos_in_the_prompt(engine):

@@ -60,7 +60,9 @@ async def test_context_frame_streams_start_text_end_with_ttfb(engine, llm_thread
     texts = [f.text for f in flow[1:-1]]
     assert len(texts) >= 5 and all(isinstance(f, LLMTextFrame) for f in flow[1:-1])
     # exactly what the engine says for the same messages (greedy), so nothing is lost or reordered on the way
-    assert "".join(texts) == engine.generate_text([{"role": "user", "content": QUESTION}], temperature=0, max_new_tokens=40)
+    assert "".join(texts) == engine.generate_text(
+        [{"role": "user", "content": QUESTION}], temperature=0, max_new_tokens=40
+    )
     # pipecat reports a zero TTFB for every service at start; ours is the non-zero one
     ttfb = [d.value for m in _kinds(down, MetricsFrame) for d in m.data if isinstance(d, TTFBMetricsData) and d.value]
     assert len(ttfb) == 1 and 0 < ttfb[0] < 5
@@ -77,7 +79,9 @@ async def test_system_instruction_setting_reaches_the_model(engine):
     )
     down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(LLMContext(messages=list(question)))])
     answer = "".join(f.text for f in _kinds(down, LLMTextFrame))
-    with_prompt = engine.generate_text([{"role": "system", "content": pirate}, *question], temperature=0, max_new_tokens=15)
+    with_prompt = engine.generate_text(
+        [{"role": "system", "content": pirate}, *question], temperature=0, max_new_tokens=15
+    )
     without = engine.generate_text(question, temperature=0, max_new_tokens=15)
     assert answer == with_prompt and answer != without
 
@@ -118,7 +122,9 @@ async def test_interruption_stops_generation_within_a_token(engine, llm_threads)
 async def test_greeting_from_a_system_prompt_alone(engine):
     llm = LocalLLMService(
         engine=engine,
-        settings=LocalLLMService.Settings(system_instruction="Greet the user in one sentence.", temperature=0, max_tokens=20),
+        settings=LocalLLMService.Settings(
+            system_instruction="Greet the user in one sentence.", temperature=0, max_tokens=20
+        ),
     )
     down, up = await run_test(llm, frames_to_send=[LLMContextFrame(LLMContext(messages=[]))])
     assert "".join(f.text for f in _kinds(down, LLMTextFrame)).strip()
@@ -128,7 +134,9 @@ async def test_greeting_from_a_system_prompt_alone(engine):
 async def test_unloadable_model_gives_a_clear_error_frame(tmp_path):
     settings = LLMSettings(backend="local", model=str(tmp_path / "no-such-model"))
     llm = create_llm_service(settings)
-    down, up = await run_test(llm, frames_to_send=[LLMContextFrame(LLMContext(messages=[{"role": "user", "content": "hi"}]))])
+    down, up = await run_test(
+        llm, frames_to_send=[LLMContextFrame(LLMContext(messages=[{"role": "user", "content": "hi"}]))]
+    )
     errors = _kinds(up, ErrorFrame)
     assert len(errors) == 1 and "Local LLM unavailable" in errors[0].error and "no-such-model" in errors[0].error
     assert _kinds(down, LLMTextFrame) == []

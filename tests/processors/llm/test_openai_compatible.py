@@ -59,7 +59,15 @@ class ScriptedServer:
                     await asyncio.sleep(0.01)
                 yield _chunk(body["model"], {}, finish="stop")
                 usage = {"prompt_tokens": 12, "completion_tokens": len(CHUNKS), "total_tokens": 12 + len(CHUNKS)}
-                yield f"data: {json.dumps({'id': 'chatcmpl-test', 'object': 'chat.completion.chunk', 'created': 1, 'model': body['model'], 'choices': [], 'usage': usage})}\n\n"
+                last = {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
@@ -127,9 +135,14 @@ async def test_unreachable_endpoint_gives_a_clear_error_frame():
     url = f"http://127.0.0.1:{_free_port()}/v1"
     llm = create_llm_service(LLMSettings(backend=url, model="m"))
     started = time.perf_counter()
-    down, up = await run_test(llm, frames_to_send=[LLMContextFrame(LLMContext(messages=[{"role": "user", "content": "x"}]))])
+    down, up = await run_test(
+        llm, frames_to_send=[LLMContextFrame(LLMContext(messages=[{"role": "user", "content": "x"}]))]
+    )
     errors = [f for f in up if isinstance(f, ErrorFrame)]
-    print(f"\nunreachable endpoint -> ErrorFrame in {time.perf_counter() - started:.1f} s: {errors[0].error if errors else None}")
+    print(
+        f"\nunreachable endpoint -> ErrorFrame in {time.perf_counter() - started:.1f} s: "
+        f"{errors[0].error if errors else None}"
+    )
     assert len(errors) == 1 and f"cannot reach the LLM endpoint {url}" in errors[0].error
     assert not [f for f in down if isinstance(f, LLMTextFrame)]
     assert any(isinstance(f, LLMFullResponseEndFrame) for f in down)  # the response is still closed

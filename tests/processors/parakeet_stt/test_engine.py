@@ -11,10 +11,11 @@ import threading
 
 import numpy as np
 import pytest
-from ..stt_words import noise
 
 from processors.parakeet_stt import ParakeetEngine
 from processors.stt_engine import STTEngine, STTError, STTInputError, Transcript, Word
+
+from ..stt_words import noise
 
 
 def test_tiny_model_is_a_parakeet_tdt(parakeet_engine, tiny_nemo):

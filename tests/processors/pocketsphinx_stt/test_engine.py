@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from testkit.clips import clip_names, manifest_entry, speech
-from testkit.transcripts import wer, words_of
-
-from ..stt_words import KEY_WORDS
 
 from processors.audio import STT_DITHER_DBFS, STT_SAMPLE_RATE
 from processors.pocketsphinx_stt import PocketsphinxEngine, dither_digital_silence
 from processors.stt_engine import STTEngine, STTInputError, Transcript, transcribe_long
+from testkit.clips import clip_names, manifest_entry, speech
+from testkit.transcripts import wer, words_of
+
+from ..stt_words import KEY_WORDS
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from processors.qwen3_tts import Qwen3TTSEngine
 from processors.qwen3_tts.batching import BatchScheduler
 from processors.qwen3_tts.frame_loop import capture_prompt
 from processors.qwen3_tts.lean_loop import LeanFrameLoop, LeanTalker
-from testkit.qwen3_tts_model import make_reference_audio
 from processors.qwen3_tts.voice import to_model_device
+from testkit.qwen3_tts_model import make_reference_audio
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 JOBS = [  # text, voice index, frame budget: different prompt lengths and different stopping points

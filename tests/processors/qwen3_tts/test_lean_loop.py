@@ -12,8 +12,8 @@ import torch
 from processors.qwen3_tts import Qwen3TTSEngine
 from processors.qwen3_tts.frame_loop import FrameLoop, capture_prompt
 from processors.qwen3_tts.lean_loop import LeanFrameLoop, LeanTalker, _rope, _talker_rope, build_lean_talker
-from testkit.qwen3_tts_model import make_reference_audio
 from processors.qwen3_tts.voice import to_model_device
+from testkit.qwen3_tts_model import make_reference_audio
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 TEXT = "Hello there, this is a lean loop test."

@@ -96,7 +96,7 @@ def test_quantize_replaces_the_per_step_linears(tiny_qwen_never_eos_dir, mode):
 def test_weight_bytes_per_frame_counts_the_predictor_15_times(tiny_qwen_never_eos_dir):
     eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir)
     talker = eng.tts_model.model.talker
-    p = lambda mods: sum(q.numel() * 4 for m in mods for q in m.parameters())  # noqa: E731
+    p = lambda mods: sum(q.numel() * 4 for m in mods for q in m.parameters())
     norms_free = p(talker.model.layers) + talker.codec_head.weight.numel() * 4
     pred = p(talker.code_predictor.model.layers) + talker.code_predictor.lm_head[0].weight.numel() * 4
     assert weight_bytes_per_frame(talker) == norms_free + 15 * pred

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
@@ -48,7 +46,8 @@ def _audio(frames):
 async def test_speak_frames_at_pipeline_rate(engine, voices, rate):
     tts = Qwen3TTSService(engine=engine, voice=voices["alice"], generation={**GREEDY, "max_frames": 12})
     down, _ = await run_test(
-        tts, frames_to_send=[TTSSpeakFrame("Hello world, streaming now.")],
+        tts,
+        frames_to_send=[TTSSpeakFrame("Hello world, streaming now.")],
         pipeline_params=PipelineParams(audio_out_sample_rate=rate),
     )
     types = [type(f) for f in down]
@@ -69,8 +68,11 @@ async def test_resampled_stream_has_no_seam_clicks(engine, voices):
 
     whole = engine.synthesize("Seamless resampling check.", voices["bob"], "English", max_frames=12, **GREEDY)
     tts = Qwen3TTSService(engine=engine, voice=voices["bob"], generation={**GREEDY, "max_frames": 12})
-    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame("Seamless resampling check.")],
-                             pipeline_params=PipelineParams(audio_out_sample_rate=16000))
+    down, _ = await run_test(
+        tts,
+        frames_to_send=[TTSSpeakFrame("Seamless resampling check.")],
+        pipeline_params=PipelineParams(audio_out_sample_rate=16000),
+    )
     ours = np.concatenate([pcm16_to_float(f.audio) for f in _audio(down)])
     ref = resample(whole, 24000, 16000)
     n = min(len(ours), len(ref))
@@ -83,8 +85,12 @@ async def test_interruption_stops_worker_and_audio(engine, voices):
     tts = Qwen3TTSService(engine=engine, voice=voices["alice"], generation={**GREEDY, "max_frames": 2000})
     down, _ = await run_test(
         tts,
-        frames_to_send=[TTSSpeakFrame("This reply is long and will be cut off by the user."), SleepFrame(1.0),
-                        InterruptionFrame(), SleepFrame(0.3)],
+        frames_to_send=[
+            TTSSpeakFrame("This reply is long and will be cut off by the user."),
+            SleepFrame(1.0),
+            InterruptionFrame(),
+            SleepFrame(0.3),
+        ],
     )
     idx = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     assert _audio(down[:idx]), "some audio played before the interruption"
@@ -100,8 +106,12 @@ async def test_voice_switch_and_unknown_voice(engine, voices):
     down, up = await run_test(
         tts,
         frames_to_send=[
-            TTSUpdateSettingsFrame(delta=TTSSettings(voice="bob")), TTSSpeakFrame("Now Bob speaks."), SleepFrame(0.5),
-            TTSUpdateSettingsFrame(delta=TTSSettings(voice="nobody")), TTSSpeakFrame("Still Bob."), SleepFrame(0.5),
+            TTSUpdateSettingsFrame(delta=TTSSettings(voice="bob")),
+            TTSSpeakFrame("Now Bob speaks."),
+            SleepFrame(0.5),
+            TTSUpdateSettingsFrame(delta=TTSSettings(voice="nobody")),
+            TTSSpeakFrame("Still Bob."),
+            SleepFrame(0.5),
         ],
     )
     assert tts._settings.voice == "bob"
@@ -111,7 +121,9 @@ async def test_voice_switch_and_unknown_voice(engine, voices):
 
 
 async def test_engine_error_becomes_error_frame(engine, voices):
-    tts = Qwen3TTSService(engine=engine, voice=voices["alice"], language="Klingon", generation={**GREEDY, "max_frames": 4})
+    tts = Qwen3TTSService(
+        engine=engine, voice=voices["alice"], language="Klingon", generation={**GREEDY, "max_frames": 4}
+    )
     down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hello."), SleepFrame(0.3)])
     errors = [f.error for f in up if isinstance(f, ErrorFrame)]
     assert errors and "unsupported language" in errors[0] and "English" in errors[0]

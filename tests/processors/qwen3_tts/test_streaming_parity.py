@@ -69,8 +69,11 @@ def _aligned(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 @pytest.mark.parametrize("first,every", [(1, 1), (2, 2), (4, 4), (8, 8), (1, 4)])
 def test_stream_equals_upstream(engine, voice, upstream_wav, first, every):
-    chunks = list(engine.stream(TEXT, voice, "english", first_chunk_frames=first, chunk_frames=every,
-                                max_new_tokens=MAX_NEW, **GREEDY))
+    chunks = list(
+        engine.stream(
+            TEXT, voice, "english", first_chunk_frames=first, chunk_frames=every, max_new_tokens=MAX_NEW, **GREEDY
+        )
+    )
     ours, ref = _aligned(np.concatenate(chunks), upstream_wav)
     assert engine.last_stats.frames == MAX_NEW - 1 and len(ours) == (MAX_NEW - 1) * CODEC_FRAME_SAMPLES
     assert np.abs(ref).max() > 1e-3, "the tiny model must produce audible output for parity to mean anything"
@@ -81,7 +84,9 @@ def test_stream_equals_upstream(engine, voice, upstream_wav, first, every):
 
 
 def test_no_discontinuity_at_seams(engine, voice, upstream_wav):
-    chunks = list(engine.stream(TEXT, voice, "English", first_chunk_frames=1, chunk_frames=1, max_new_tokens=MAX_NEW, **GREEDY))
+    chunks = list(
+        engine.stream(TEXT, voice, "English", first_chunk_frames=1, chunk_frames=1, max_new_tokens=MAX_NEW, **GREEDY)
+    )
     ours, ref = _aligned(np.concatenate(chunks), upstream_wav)
     seams = np.cumsum([len(c) for c in chunks])[:-1]
     for s in seams:
