@@ -3,11 +3,13 @@ pipecat LLM service streaming prepared replies. Everything else in a replay (VAD
 interruptions) is the real pipeline. Both behave like the real parts where timing matters: the STT runs in the
 segmented STT service's worker thread, the LLM streams word by word and is cancelled by interruptions.
 
-How scripted replies are counted: one reply per answer the user hears. A reply is used up once the bot starts
-speaking after it was requested (``BotStartedSpeakingFrame``, which the output transport also sends upstream). A
-request interrupted before any of its audio played — the user went on talking after a pause and the turn was split,
-a barge-in while the bot was still thinking, a speculative request withdrawn — gives its reply to the next request
-again. A reply cut by a barge-in after the bot started speaking it is used up: the user heard part of it.
+How scripted replies are counted: one reply per answer the user hears. A request that was interrupted
+(``InterruptionFrame``, or ``EagerEndOfTurnCancelFrame`` for a speculative one) and of which nothing played — no
+``BotStartedSpeakingFrame`` (the output transport sends it upstream too) came after it before the next request —
+gives its reply to the next request again: the user went on talking after a pause and the turn was split, or barged
+in while the bot was still thinking. Every other request uses its reply up, including one cut by a barge-in after
+the bot started speaking it (the user heard part of it) and one answered while the bot was still speaking the
+previous reply (no interruption: ``turn.barge_in: false``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class ScriptedRequest:
     reply: str
     index: int | None  # the reply's position in the script (None: the script had run out)
     heard: bool = False  # the bot started speaking after this request
-    withdrawn: bool = False  # interrupted before any of its audio played: its reply went to the next request
+    interrupted: bool = False  # an interruption came before the bot started speaking it
+    withdrawn: bool = False  # interrupted and never heard: its reply went to the next request
     cancelled: bool = False  # its stream was cancelled before the last word
 
 
@@ -109,17 +112,21 @@ class ScriptedLLMService(LLMService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)  # an InterruptionFrame cancels a reply being streamed
-        pending = self.log[-1] if self.log and not (self.log[-1].heard or self.log[-1].withdrawn) else None
+        last = self.log[-1] if self.log else None
         if isinstance(frame, BotStartedSpeakingFrame):
-            if pending is not None:
-                pending.heard = True
+            if last is not None:
+                last.heard = True
         elif isinstance(frame, (InterruptionFrame, EagerEndOfTurnCancelFrame)):
-            if pending is not None and pending.index is not None:
-                pending.withdrawn = True  # nothing of it was heard: the next request gets the same reply
-                self._reply_index = pending.index
+            if last is not None and not last.heard:
+                last.interrupted = True
         if not isinstance(frame, LLMContextFrame):
             await self.push_frame(frame, direction)
             return
+        # decided only now: the bot's first audio and an interruption can come in the same instant, and the upstream
+        # BotStartedSpeakingFrame may reach us just after the InterruptionFrame
+        if last is not None and last.interrupted and not last.heard and last.index is not None:
+            last.withdrawn = True  # nothing of it was heard: this request gets the same reply
+            self._reply_index = last.index
         index = self._reply_index if self._reply_index < len(self.replies) else None
         reply = self.replies[index] if index is not None else self.FALLBACK
         request = ScriptedRequest([dict(m) for m in frame.context.get_messages()], reply, index)
