@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from loguru import logger
-
 from pipecat.clocks.base_clock import BaseClock
 
 # modules of pipecat 1.14 that read the wall clock directly (see the module docstring)
