@@ -247,13 +247,14 @@ def _draw_row(ax, result: ReplayResult, r0: float, r1: float, end: float, bot_sp
     for t in result.turns:
         for a, b in t.segments or [(t.speech_start, t.speech_end)]:
             bar(a, b, y["user speech"], 0.55, color=COLORS["user"], zorder=2)
-        if r0 <= t.speech_start < r1:
-            nxt = next((s for s in starts if s > t.speech_start), r1)
-            label = f"{t.name}: {t.transcript or '(no words)'}"
+        if r0 <= t.speech_start < r1 or (t.speech_start < r0 < t.speech_end):  # (continued from the row above)
+            x = max(t.speech_start, r0)
+            nxt = next((s for s in starts if s > x), r1)
+            label = f"{'… ' if x > t.speech_start else ''}{t.name}: {t.transcript or '(no words)'}"
             ax.text(
-                t.speech_start,
+                x,
                 y["user speech"] + 0.33,
-                _fit(label, min(nxt, r1) - t.speech_start, in_per_s),
+                _fit(label, min(nxt, r1) - x, in_per_s),
                 fontsize=FONT,
                 va="bottom",
                 color="#1f3b5c",
@@ -305,6 +306,7 @@ def _draw_row(ax, result: ReplayResult, r0: float, r1: float, end: float, bot_sp
                 y["latency"] + 0.2,
                 r0,
                 r1,
+                in_per_s,
                 COLORS["latency"],
                 f"voice-to-voice {lat['voice_to_voice'] * 1000:.0f} ms",
             )
@@ -318,6 +320,7 @@ def _draw_row(ax, result: ReplayResult, r0: float, r1: float, end: float, bot_sp
                 y["latency"] - 0.25,
                 r0,
                 r1,
+                in_per_s,
                 COLORS["interruption"],
                 f"barge-in stop {lat['barge_in_stop'] * 1000:.0f} ms",
             )
@@ -328,15 +331,18 @@ def _draw_row(ax, result: ReplayResult, r0: float, r1: float, end: float, bot_sp
     ax.grid(axis="x", alpha=0.3)
 
 
-def _arrow(ax, a: float, b: float, lane: float, r0: float, r1: float, color: str, label: str) -> None:
-    """A latency arrow from ``a`` to ``b``, cut to the row (heads only at ends inside it), labelled where it starts."""
+def _arrow(ax, a: float, b: float, lane: float, r0: float, r1: float, in_per_s: float, color: str, label: str) -> None:
+    """A latency arrow from ``a`` to ``b``, cut to the row (heads only at ends inside it), labelled where it starts
+    (kept inside the row)."""
     if b <= r0 or a >= r1:
         return
     x0, x1 = max(a, r0), min(b, r1)
     style = {(True, True): "<->", (True, False): "<-", (False, True): "->", (False, False): "-"}[(a >= r0, b <= r1)]
     ax.annotate("", xy=(x1, lane), xytext=(x0, lane), arrowprops={"arrowstyle": style, "color": color})
     if a >= r0:
-        ax.text(a, lane + 0.08, label, fontsize=FONT, color=color, va="bottom")
+        width = len(label) * CHAR_W_IN / in_per_s
+        x = min(a, r1 - width)
+        ax.text(x, lane + 0.08, label, fontsize=FONT, color=color, va="bottom")
 
 
 def plot_timeline(result: ReplayResult, path: Path) -> None:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from agent.settings import Settings
+from processors.audio import resample
 
 from .agent_settings import scenario_settings, settings_errors
 from .audio import NOISE_RATE, ScenarioAudioError, coloured_noise, decode, synthesise
@@ -80,25 +81,55 @@ class TransportSpec(_Strict):
 Span = tuple[float, float]
 
 
-class Turn(_Strict):
-    """One user utterance: ``audio`` (a file, any rate/format) or ``text`` (synthesised offline with espeak)."""
+class _Sound(_Strict):
+    """Where an utterance's audio comes from: ``audio`` (a file, any rate/format; optionally cut to ``from_ms`` ..
+    ``to_ms``) or ``text`` (synthesised offline with espeak-ng)."""
 
-    name: str = ""
     audio: str | None = None  # path relative to the scenario file, ``clip:NAME`` (testkit/audio), ``human:NAME``
+    from_ms: float = Field(0.0, ge=0.0)  # ``audio``: start here
+    to_ms: float | None = Field(None, gt=0.0)  # ``audio``: end here (None: the end of the file)
     text: str | None = None
     voice: str = "English"  # espeak language for ``text`` (e.g. "English", "en-gb")
     variant: str | None = None  # espeak variant for ``text`` (e.g. "f3")
     rate: int = Field(170, ge=80, le=450)  # espeak words per minute for ``text``
     gain: float = Field(1.0, gt=0.0, le=10.0)
-    at_ms: float | None = Field(None, ge=0.0)  # absolute time from the start of the replay
-    after: Literal["start", "previous_end", "bot_started_speaking", "bot_stopped_speaking"] = "previous_end"
-    offset_ms: float = 0.0  # after the ``after`` event, >= 0
-    speech_s: list[Span] | None = None  # labels: the voiced stretches, seconds from the audio's start
+
+    def _check_sound(self, sources: dict[str, bool]) -> None:
+        given = [name for name, on in sources.items() if on]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {' or '.join(repr(n) for n in sources)}")
+        if ("from_ms" in self.model_fields_set or self.to_ms is not None) and self.audio is None:
+            raise ValueError("'from_ms' / 'to_ms' cut an 'audio' file")
+        if self.to_ms is not None and self.to_ms <= self.from_ms:
+            raise ValueError("'to_ms' must be after 'from_ms'")
+
+
+class Part(_Sound):
+    """A piece of a composed utterance (``parts``): a stretch of a file, synthesised text, or ``silence_ms``."""
+
+    silence_ms: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.audio is None) == (self.text is None):
-            raise ValueError("give exactly one of 'audio' or 'text'")
+        sources = {"audio": self.audio is not None, "text": self.text is not None}
+        self._check_sound({**sources, "silence_ms": self.silence_ms is not None})
+        return self
+
+
+class Turn(_Sound):
+    """One user utterance: ``audio``, ``text`` or ``parts`` (pieces of files, text and silences played back to back:
+    a pause inserted, a backchannel spliced in), and when it starts."""
+
+    name: str = ""
+    parts: list[Part] | None = Field(None, min_length=1)
+    at_ms: float | None = Field(None, ge=0.0)  # absolute time from the start of the replay
+    after: Literal["start", "previous_end", "bot_started_speaking", "bot_stopped_speaking"] = "previous_end"
+    offset_ms: float = 0.0  # after the ``after`` event, >= 0
+    speech_s: list[Span] | None = None  # labels: the voiced stretches, seconds from the utterance's start
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        self._check_sound({"audio": self.audio is not None, "text": self.text is not None, "parts": bool(self.parts)})
         if self.at_ms is not None and "after" in self.model_fields_set:
             raise ValueError("give either 'at_ms' or 'after' (+ 'offset_ms'), not both")
         if self.offset_ms < 0:
@@ -110,6 +141,9 @@ class Turn(_Strict):
                     raise ValueError("'speech_s' spans must be [start, end] seconds, increasing, not overlapping")
                 last = end
         return self
+
+    def sounds(self) -> list[_Sound]:
+        return list(self.parts) if self.parts else [self]
 
 
 class NoiseSpec(_Strict):
@@ -350,11 +384,17 @@ class Scenario(_Strict):
         """Decode or synthesise every utterance and noise bed (kept for the run); the problems, one line each."""
         errors = []
         for i, turn in enumerate(self.turns):
-            try:
-                audio, rate = self.turn_audio(i)
-            except (FileNotFoundError, ScenarioAudioError) as e:
-                errors.append(f"turns.{i}.{'audio' if turn.audio is not None else 'text'}: {e}")
+            for k, sound in enumerate(turn.sounds()):
+                if isinstance(sound, Part) and sound.silence_ms is not None:
+                    continue
+                where = f"turns.{i}." + (f"parts.{k}." if turn.parts else "")
+                try:
+                    self._sound(sound)
+                except (FileNotFoundError, ScenarioAudioError) as e:
+                    errors.append(f"{where}{'audio' if sound.audio is not None else 'text'}: {e}")
+            if errors:
                 continue
+            audio, rate = self.turn_audio(i)
             seconds = len(audio) / rate
             if turn.speech_s and turn.speech_s[-1][1] > seconds + 0.01:
                 errors.append(
@@ -373,14 +413,34 @@ class Scenario(_Strict):
             self._audio[ref] = decode(self.audio_path(ref), repr(ref))
         return self._audio[ref]
 
-    def turn_audio(self, i: int) -> tuple[np.ndarray, int]:
-        """Turn ``i``'s audio (float32 mono, gain applied) and its rate."""
-        turn = self.turns[i]
-        if turn.audio is not None:
-            audio, rate = self._decoded(turn.audio)
+    def _sound(self, sound: _Sound) -> tuple[np.ndarray, int]:
+        """One file stretch or synthesised text, gain applied (float32 mono) and its rate."""
+        if sound.audio is not None:
+            audio, rate = self._decoded(sound.audio)
+            first = int(round(sound.from_ms / 1000 * rate))
+            last = None if sound.to_ms is None else int(round(sound.to_ms / 1000 * rate))
+            if first >= len(audio):
+                raise ScenarioAudioError(f"'from_ms' {sound.from_ms:g} is past the end ({len(audio) / rate:.2f} s)")
+            audio = audio[first:last]
         else:
-            audio, rate = synthesise(turn.text, voice=turn.voice, variant=turn.variant, rate=turn.rate)
-        return np.clip(np.asarray(audio, dtype=np.float32) * turn.gain, -1.0, 1.0), rate
+            audio, rate = synthesise(sound.text, voice=sound.voice, variant=sound.variant, rate=sound.rate)
+        return np.clip(np.asarray(audio, dtype=np.float32) * sound.gain, -1.0, 1.0), rate
+
+    def turn_audio(self, i: int) -> tuple[np.ndarray, int]:
+        """Turn ``i``'s audio (float32 mono: its parts back to back at the first one's rate, gains applied)."""
+        turn = self.turns[i]
+        pieces: list[np.ndarray | float] = []
+        rate = None
+        for sound in turn.sounds():
+            if isinstance(sound, Part) and sound.silence_ms is not None:
+                pieces.append(sound.silence_ms / 1000)
+                continue
+            audio, r = self._sound(sound)
+            rate = rate or r
+            pieces.append(audio if r == rate else resample(audio, r, rate))
+        rate = rate or NOISE_RATE
+        out = [np.zeros(int(round(p * rate)), np.float32) if isinstance(p, float) else p for p in pieces]
+        return np.concatenate(out).astype(np.float32), rate
 
     def noise_audio(self, i: int) -> tuple[np.ndarray, int]:
         """Noise bed ``i`` at its level (float32 mono) and its rate."""
