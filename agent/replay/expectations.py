@@ -124,6 +124,10 @@ def _show(messages: list[dict]) -> str:
     return "[" + ", ".join(f"{m.get('role')}: {message_text(m)!r}" for m in messages) + "]" if messages else "[]"
 
 
+def _in_role(role: str | None) -> str:
+    return "" if role is None else f" in {'an' if role == 'assistant' else 'a'} {role} message"
+
+
 def _phrases(v: Any) -> list[tuple[str | None, str]]:
     return [(None, p) if isinstance(p, str) else next(iter(p.items())) for p in _as_list(v)]
 
@@ -133,13 +137,10 @@ def _context(c: ContextCheck, messages: list[dict], who: str, reply: str | None)
     texts = [(m.get("role"), _norm(message_text(m))) for m in messages]
     for role, phrase in _phrases(c.contains):
         if not any(_norm(phrase) in text for r, text in texts if role is None or r == role):
-            out.append(
-                f"{who} should contain {phrase!r}{f' in a {role} message' if role else ''}, was {_show(messages)}"
-            )
+            out.append(f"{who} should contain {phrase!r}{_in_role(role)}, was {_show(messages)}")
     for role, phrase in _phrases(c.not_contains):
         if any(_norm(phrase) in text for r, text in texts if role is None or r == role):
-            where = f" in a {role} message" if role else ""
-            out.append(f"{who} should not contain {phrase!r}{where}, was {_show(messages)}")
+            out.append(f"{who} should not contain {phrase!r}{_in_role(role)}, was {_show(messages)}")
     if c.roles is not None and [r for r, _ in texts] != list(c.roles):
         out.append(f"{who} roles should be {list(c.roles)}, were {[r for r, _ in texts]}")
     if c.equals is not None:

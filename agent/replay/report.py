@@ -96,6 +96,7 @@ def timeline_dict(result: ReplayResult) -> dict:
         "events": [{"t": _r(e["t"]), "kind": e["kind"], "label": e["label"]} for e in result.events],
         "turns": turns,
         "other_turns": [_breakdown(result, m) for m in result.other_turns],
+        "llm_requests": [{k: _r(v) if k == "t" else v for k, v in r.items()} for r in result.llm_requests],
         "context": result.context,
         "failures": result.failures,
     }

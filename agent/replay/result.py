@@ -87,6 +87,7 @@ class ReplayResult:
     sample_rate: int
     background: np.ndarray | None = None  # the noise beds as mixed under the input, from 0 s, at sample_rate
     played_words: list[tuple[float, str]] = field(default_factory=list)  # (time, word) as the bot's audio played
+    llm_requests: list[dict[str, Any]] = field(default_factory=list)  # t, turn, speculative (+ the scripted reply)
     other_turns: list[TurnMetrics] = field(default_factory=list)  # pipeline turns of no utterance (noise, echo)
     context: list[dict[str, Any]] = field(default_factory=list)
     settings: Settings | None = None

@@ -30,6 +30,7 @@ from .recorder import PipelineRecorder
 from .report import write_reports
 from .result import ReplayResult, TurnResult
 from .scenario import Scenario, load_scenario
+from .scripted import ScriptedLLMService
 
 VAD_LAG_S = 1.0  # a pipeline turn starting this long after an utterance's speech still belongs to it
 
@@ -354,9 +355,9 @@ def collect(
         {"t": t - t0, "kind": "transcript" if final else "interim_transcript", "label": text}
         for t, text, final in recorder.transcripts
     ]
-    for r in recorder.requests:
-        label = f"turn {r.turn}" + (" (speculative)" if r.speculative else "") if r.turn is not None else ""
-        events.append({"t": r.t - t0, "kind": "llm_request", "label": label})
+    llm_requests = _llm_requests(recorder, agent.llm, t0)
+    for r in llm_requests:
+        events.append({"t": r["t"], "kind": "llm_request", "label": r["label"]})
     for m in agent.metrics.turns:
         for kind, v in (("user_turn_start", m.user_turn_start), ("user_turn_end", m.user_turn_end)):
             if v is not None:
@@ -388,10 +389,29 @@ def collect(
         sample_rate=rate,
         background=background,
         played_words=[(t - t0, w) for t, w in recorder.played_words],
+        llm_requests=llm_requests,
         other_turns=other,
         context=context,
         clock_origin=t0,
     )
+
+
+def _llm_requests(recorder: PipelineRecorder, llm: Any, t0: float) -> list[dict[str, Any]]:
+    """One entry per LLM request: when, in which pipeline turn, and for the scripted LLM which reply it got and what
+    became of it (``heard``, ``withdrawn``: interrupted before any of it played, so the next request got it)."""
+    log = llm.log if isinstance(llm, ScriptedLLMService) else []
+    out = []
+    for k, r in enumerate(recorder.requests):
+        entry: dict[str, Any] = {"t": r.t - t0, "turn": r.turn, "speculative": r.speculative}
+        parts = [f"turn {r.turn}" if r.turn is not None else "no turn"] + (["speculative"] if r.speculative else [])
+        if k < len(log):
+            s = log[k]
+            outcome = "withdrawn" if s.withdrawn else "heard" if s.heard else "not heard"
+            entry.update(reply=s.reply, reply_index=s.index, outcome=outcome)
+            parts.append(f"reply {s.index if s.index is not None else '(none left)'}, {outcome}")
+        entry["label"] = ", ".join(parts)
+        out.append(entry)
+    return out
 
 
 def _vad_events(recorder: PipelineRecorder, turns: list[TurnMetrics], rel) -> list[dict]:

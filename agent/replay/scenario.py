@@ -317,6 +317,13 @@ class Expectation(_Strict):
 Expectation.model_rebuild()
 
 
+class _AudioCache(dict):
+    """Decoded files by reference, kept from load to run. A cache: never part of a scenario's equality."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _AudioCache)
+
+
 class Scenario(_Strict):
     name: str = ""
     description: str = ""
@@ -333,7 +340,7 @@ class Scenario(_Strict):
     max_duration_s: float = Field(120.0, gt=0.0)  # give up (on the replay clock) after this
     expect: list[Expectation] = Field(default_factory=list)
     base_dir: Path = Field(default=Path("."), exclude=True)
-    _audio: dict[str, tuple[np.ndarray, int]] = PrivateAttr(default_factory=dict)
+    _audio: _AudioCache = PrivateAttr(default_factory=lambda: _AudioCache())
 
     @field_validator("settings")
     @classmethod
