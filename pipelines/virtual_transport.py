@@ -81,7 +81,7 @@ def voiced_segments(
     *,
     range_db: float = 30.0,
     floor_margin_db: float = 10.0,
-    max_gap_s: float = 0.1,
+    max_gap_s: float = 0.2,
     min_segment_s: float = 0.03,
     window_s: float = 0.01,
 ) -> list[tuple[float, float]]:
@@ -90,10 +90,11 @@ def voiced_segments(
     Energy in 10 ms windows: a window is voiced when it is within ``range_db`` of the loudest window and
     ``floor_margin_db`` above the noise floor (the 10th percentile of the windows, taken no higher than
     ``2 * floor_margin_db`` below the peak, so that audio voiced throughout, or very noisy, still gives spans).
-    Gaps shorter than ``max_gap_s`` (stops, short silences inside words) are closed; stretches shorter than
-    ``min_segment_s`` (clicks), and those shorter than 0.1 s that stay 20 dB below the peak (a breath, a lip smack,
-    a codec's start-up transient), are dropped. Room tone, hiss or hum under the speech therefore does not count as
-    speech; noise that is not steady (a TV, a street) does: give labels for such audio."""
+    Gaps shorter than ``max_gap_s`` (stops, the silences between words: shorter than the VAD's default stop_secs,
+    so they never end a VAD segment either) are closed; stretches shorter than ``min_segment_s`` (clicks) are
+    dropped, and so are those shorter than 0.1 s that stay 20 dB below the peak and lie apart from louder speech
+    (a breath, a lip smack, a codec's start-up transient). Room tone, hiss or hum under the speech therefore does
+    not count as speech; noise that is not steady (a TV, a street) does: give labels for such audio."""
     n = max(1, int(round(sample_rate * window_s)))
     frames = len(audio) // n
     if frames == 0:
@@ -106,23 +107,25 @@ def voiced_segments(
     floor = float(np.percentile(db, 10))
     threshold = max(peak - range_db, min(floor + floor_margin_db, peak - floor_margin_db))
     voiced = db >= threshold
-    # runs of voiced windows, gaps closed, short runs dropped
+    # runs of voiced windows; isolated faint blips dropped; gaps closed; clicks dropped
     edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
-    runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
-    merged: list[list[int]] = []
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
     max_gap = int(round(max_gap_s / window_s))
-    for a, b in runs:
+    faint = [b - a < round(0.1 / window_s) and db[a:b].max() < peak - 20.0 for a, b in runs]
+    strong = [r for r, f in zip(runs, faint) if not f]
+    kept = [
+        (a, b)
+        for (a, b), f in zip(runs, faint)
+        if not f or any(a - sb < max_gap and sa - b < max_gap for sa, sb in strong)
+    ]
+    merged: list[list[int]] = []
+    for a, b in kept:
         if merged and a - merged[-1][1] < max_gap:
             merged[-1][1] = b
         else:
             merged.append([a, b])
     min_len = int(round(min_segment_s / window_s))
-    faint = int(round(0.1 / window_s))
-    return [
-        (a * window_s, b * window_s)
-        for a, b in merged
-        if b - a >= min_len and (b - a >= faint or db[a:b].max() >= peak - 20.0)
-    ]
+    return [(a * window_s, b * window_s) for a, b in merged if b - a >= min_len]
 
 
 def voiced_span(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:

@@ -553,6 +553,13 @@ def _find_model(loc: tuple) -> type[BaseModel] | None:
     return _model_at(Scenario, tuple(parts))
 
 
+def _invalid(source: str, problems: list[str]) -> str:
+    """One problem: one line (``bad.yaml: turns.1.audio: ...``); several: one line each under a header."""
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return f"{source}: invalid scenario:\n  " + "\n  ".join(problems)
+
+
 def parse_scenario(data: Any, *, base_dir: Path = Path("."), source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: a scenario is a mapping (name, settings, turns, expect, ...)")
@@ -564,11 +571,11 @@ def parse_scenario(data: Any, *, base_dir: Path = Path("."), source: str = "<sce
         turns = data.get("turns") if isinstance(data.get("turns"), list) else []
         names = [t.get("name", "") if isinstance(t, dict) else "" for t in turns]
         lines += [x for x in _reference_errors(names, data.get("expect") or []) if x not in lines]
-        raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
+        raise ScenarioError(_invalid(source, list(dict.fromkeys(lines)))) from None
     scenario.base_dir = base_dir
     errors = scenario.load_audio()
     if errors:
-        raise ScenarioError(f"{source}: invalid scenario:\n  " + "\n  ".join(errors))
+        raise ScenarioError(_invalid(source, errors))
     return scenario
 
 

@@ -1,5 +1,5 @@
-"""Expectations evaluated against real replays: each check passes on what happened and fails, with a readable line,
-on what did not. One replay per example, shared by the tests of this module."""
+"""Expectations evaluated against real replays (the examples, replayed once per session): each check passes on what
+happened and fails, with a readable line, on what did not."""
 
 from __future__ import annotations
 
@@ -8,21 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from agent.replay import replay
 from agent.replay.expectations import check
 from agent.replay.scenario import Expectation
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "replay"
 
 
-@pytest.fixture(scope="module")
-def barge_in():
-    return replay(EXAMPLES / "barge_in.yaml")
+@pytest.fixture
+def barge_in(replayed):
+    return replayed("barge_in")
 
 
-@pytest.fixture(scope="module")
-def two_questions():
-    return replay(EXAMPLES / "pause_inside_utterance.yaml")
+@pytest.fixture
+def two_questions(replayed):
+    return replayed("pause_inside_utterance")
 
 
 def failures(result, **expectation) -> list[str]:

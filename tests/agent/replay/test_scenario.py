@@ -19,8 +19,12 @@ def errors_of(text: str, tmp_path: Path) -> list[str]:
     path.write_text(text)
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
-    first, *lines = str(info.value).split("\n")
-    assert first == f"{path}: invalid scenario:", first
+    message = str(info.value)
+    if "\n" not in message:  # one problem: one line
+        assert message.startswith(f"{path}: "), message
+        return [message[len(f"{path}: ") :]]
+    first, *lines = message.split("\n")
+    assert first == f"{path}: invalid scenario:" and len(lines) > 1, message
     return [line.strip() for line in lines]
 
 
