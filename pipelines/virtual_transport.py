@@ -92,9 +92,9 @@ def voiced_segments(
     ``2 * floor_margin_db`` below the peak, so that audio voiced throughout, or very noisy, still gives spans).
     Gaps shorter than ``max_gap_s`` (stops, the silences between words: shorter than the VAD's default stop_secs,
     so they never end a VAD segment either) are closed; stretches shorter than ``min_segment_s`` (clicks) are
-    dropped, and so are those shorter than 0.1 s that stay 20 dB below the peak and lie apart from louder speech
-    (a breath, a lip smack, a codec's start-up transient). Room tone, hiss or hum under the speech therefore does
-    not count as speech; noise that is not steady (a TV, a street) does: give labels for such audio."""
+    dropped, and so are those shorter than 0.1 s that stay 20 dB below the peak and lie 0.1 s or more apart from
+    louder speech (a breath, a lip smack, a codec's start-up transient). Room tone, hiss or hum under the speech
+    therefore does not count as speech; noise that is not steady (a TV, a street) does: give labels for such audio."""
     n = max(1, int(round(sample_rate * window_s)))
     frames = len(audio) // n
     if frames == 0:
@@ -111,12 +111,11 @@ def voiced_segments(
     edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
     runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
     max_gap = int(round(max_gap_s / window_s))
-    faint = [b - a < round(0.1 / window_s) and db[a:b].max() < peak - 20.0 for a, b in runs]
+    short = int(round(0.1 / window_s))  # a faint blip: shorter than this, 20 dB below the peak, this far from speech
+    faint = [b - a < short and db[a:b].max() < peak - 20.0 for a, b in runs]
     strong = [r for r, f in zip(runs, faint) if not f]
     kept = [
-        (a, b)
-        for (a, b), f in zip(runs, faint)
-        if not f or any(a - sb < max_gap and sa - b < max_gap for sa, sb in strong)
+        (a, b) for (a, b), f in zip(runs, faint) if not f or any(a - sb < short and sa - b < short for sa, sb in strong)
     ]
     merged: list[list[int]] = []
     for a, b in kept:

@@ -11,7 +11,9 @@ Compute takes no virtual time. While a worker thread is busy (a pending ``run_in
 job, e.g. the STT; or a live thread named like a per-job engine worker: ``tts-*``, ``duplex-llm-*``) virtual time is
 frozen and the loop waits for it in real time, so its result lands at the same virtual instant on every run.
 Silero VAD (pipecat runs it in an executor) is such a job too; whatever runs on the loop thread itself also
-takes no virtual time.
+takes no virtual time. Results from workers are handed over in a fixed order, once the loop has nothing else to do
+at that instant and every worker is idle (``VirtualTimeLoop``): queued as they arrived, a VAD decision and the TTS's
+first audio computed in the same instant met in real-time order, and the same scenario could barge in or not.
 
 pipecat also reads the wall clock directly (``time.time()`` / ``time.monotonic()``) in a few modules: the output
 transport's bot-speaking / bot-stopped-speaking detection, the VAD controller's idle-audio watchdog, the STT
