@@ -179,3 +179,13 @@ def test_examples_round_trip():
         scenario = load_scenario(path)
         again = parse_scenario(scenario.model_dump(exclude={"base_dir"}, exclude_unset=True), base_dir=EXAMPLES)
         assert again == scenario, path.name
+
+
+def test_the_documented_format_loads():
+    """The annotated scenario in docs/replay.md is a valid scenario (every field it shows exists and is valid)."""
+    import yaml
+
+    doc = (EXAMPLES.parents[1] / "docs" / "replay.md").read_text()
+    sample = yaml.safe_load(doc.split("```yaml\n")[1].split("```")[0])
+    scenario = parse_scenario(sample, base_dir=EXAMPLES, source="docs/replay.md")
+    assert [t.name for t in scenario.turns] == ["question", "barge_in", "long_one"] and len(scenario.noise) == 2
