@@ -116,12 +116,14 @@ def load_tts(name: str, settings: Settings) -> Any:
     if name == "qwen3":
         from processors.qwen3_tts import Qwen3TTSEngine
 
-        return Qwen3TTSEngine.from_pretrained(
+        engine = Qwen3TTSEngine.from_pretrained(
             settings.tts.model,
             device=settings.device,
             first_chunk_frames=settings.tts.first_chunk_frames,
             chunk_frames=settings.tts.chunk_frames,
         )
+        engine.warmup()  # CUDA graphs captured now, not during the first conversation
+        return engine
     if name == "espeak":
         from processors.espeak_tts import EspeakEngine
 
