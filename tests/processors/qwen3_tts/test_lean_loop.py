@@ -1,6 +1,7 @@
 """The lean frame loop (static caches, no HF generate) against the reference FrameLoop and upstream's own pieces, on the
 tiny random model: exact codes (greedy and seeded sampling), EOS, the engine switch, static buffers, and the GPU
-path's shared structure (masked attention, position-gathered RoPE) on CPU. CUDA-graph tests run only with a GPU."""
+path's shared structure (masked attention, position-gathered RoPE) on CPU. The graphs themselves: test_cuda_graphs.py
+(emulated, CPU) and test_gpu.py (a real GPU)."""
 
 from __future__ import annotations
 
@@ -189,29 +190,3 @@ def test_cuda_graph_runner_refuses_cpu_model(engine):
 
     with pytest.raises(RuntimeError, match="CUDA"):
         CudaGraphTalker(engine.tts_model.model.talker)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graphs_equal_eager(tiny_qwen_never_eos_dir, ref_audio):
-    """On a GPU: graph replays give the eager lean loop's greedy codes (same kernels, fp32), batch of one."""
-    from processors.qwen3_tts.cuda_graphs import CudaGraphTalker
-
-    eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir, device="cuda:0", dtype="float32")
-    vp = eng.create_voice(ref_audio, "A short reference sentence for cloning.")
-    talker = eng.tts_model.model.talker
-    eager = _lean(LeanTalker(talker, attention="masked"), eng, vp, **GREEDY)
-    graphs = CudaGraphTalker(talker)
-    assert torch.equal(_lean(graphs, eng, vp, **GREEDY), eager)
-    assert graphs._talker_graphs and graphs._pred_graphs
-    # and the engine picks it by itself on CUDA
-    assert isinstance(build_lean_talker(talker), CudaGraphTalker)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graphs_bf16_engine_streams(tiny_qwen_never_eos_dir, ref_audio):
-    eng = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir, device="cuda:0")  # bf16 by default on CUDA
-    vp = eng.create_voice(ref_audio)
-    wav = eng.synthesize(TEXT, vp, "English", max_new_tokens=N + 1, **GREEDY)
-    assert len(wav) == N * 1920 and abs(wav).max() > 1e-3
