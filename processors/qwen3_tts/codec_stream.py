@@ -1,6 +1,6 @@
 """Exact incremental decoding of the Qwen3-TTS 12 Hz codec.
 
-Every op in the codec decoder is causal (see /work/shared/notes/qwen-tts.md), so instead of re-decoding a window
+Every op in the codec decoder is causal (convolutions padded on the left only), so instead of re-decoding a window
 of frames with left context (approximate, and ~7x the work at 4-frame chunks) we carry the state each layer
 needs from one chunk to the next:
 

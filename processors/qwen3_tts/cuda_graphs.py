@@ -44,12 +44,13 @@ from typing import Any
 
 import torch
 
-from .lean_loop import CACHE_GRANULE, MAX_POSITIONS, LeanTalker
+from .lean_loop import CACHE_GRANULE, LeanTalker
 
 log = logging.getLogger("duplex.qwen3_tts")
 
 CAPTURE_LOCK = threading.Lock()  # one CUDA graph capture at a time in this process
-BASE_POSITIONS = 2048  # base talker cache on a GPU: prompt + about two minutes of audio
+BASE_POSITIONS = 1024  # base talker cache on a GPU: a prompt and over a minute of audio (~117 MB per slot, 0.6B bf16)
+GPU_MAX_POSITIONS = 4096  # the largest cache a long utterance may get (every slot has it while it lasts)
 
 
 class CudaGraphRunner:
@@ -116,7 +117,7 @@ class CudaGraphTalker(LeanTalker):
         *,
         runner: Any = None,
         base_positions: int = BASE_POSITIONS,
-        max_positions: int = MAX_POSITIONS,
+        max_positions: int = GPU_MAX_POSITIONS,
         granule: int = CACHE_GRANULE,
     ):
         device = next(talker.parameters()).device

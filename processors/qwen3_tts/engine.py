@@ -8,7 +8,11 @@ within one frame of ``cancel`` being set.
 Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
 patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
 its first frame until the generator finishes or is closed. A second stream, from any thread, waits. Close
-abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock.
+abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock. With a
+``batching.BatchScheduler`` streams run concurrently and the lock is held only while a prompt is built.
+
+On a GPU the frame loop replays CUDA graphs (``cuda_graphs.py``); call ``warmup()`` once after loading so they are
+captured before the first request rather than during it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ class StepTimer:
     """Adds the seconds of named spans into timing dicts (split evenly when a span is shared by several streams)."""
 
     def __init__(self, device: torch.device):
+        self.device = device
         self.events = device.type == "cuda"
         self._pending: list[tuple[str, Any, Any, tuple[dict[str, float], ...]]] = []
 
@@ -30,9 +31,10 @@ class StepTimer:
             _add(key, time.perf_counter() - t, targets)
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        stream = torch.cuda.current_stream(self.device)  # the engine's device, whichever device is current
+        start.record(stream)
         yield
-        end.record()
+        end.record(stream)
         self._pending.append((key, start, end, targets))
 
     def resolve(self, wait: bool = False) -> None:

@@ -378,7 +378,7 @@ def test_step_timer_uses_cuda_events_on_a_gpu(monkeypatch):
         def __init__(self, enable_timing=False):
             self.t, self.done = None, False
 
-        def record(self):
+        def record(self, stream=None):
             self.t = len(recorded)
             recorded.append(self)
 
@@ -393,6 +393,7 @@ def test_step_timer_uses_cuda_events_on_a_gpu(monkeypatch):
 
     recorded: list[Event] = []
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     timer = StepTimer(torch.device("cuda", 0))
     a, b = {}, {}
     with timer.span("talker_s", a, b):
