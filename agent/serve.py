@@ -32,6 +32,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     add("--auth-token", help="require this bearer token on every API and WebSocket")
     add("--max-sessions", type=int, help="concurrent sessions, all kinds together (default 10)")
+    add(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="allow a web client app served from ORIGIN (e.g. http://localhost:5173) to call the API; repeatable",
+    )
     add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
     add("--tts-model", help="Qwen3-TTS hub id or local directory")
     add("--stt-model", help="Parakeet hub id or local .nemo")
@@ -59,6 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     put("server", "port", given("port"))
     put("server", "auth_token", given("auth_token"))
     put("server", "max_sessions", given("max_sessions"))
+    put("server", "cors_origins", given("cors_origins"))
     put("tts", "engine", given("tts"))
     put("tts", "model", given("tts_model"))
     put("tts", "voice", given("voice"))

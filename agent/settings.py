@@ -77,6 +77,7 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = 1 << 20
     max_upload_bytes: int = 20 << 20
     idle_timeout_s: float = 300.0
+    cors_origins: list[str] = []  # web origins allowed to call the API from a page served elsewhere (a client app)
 
 
 class Settings(BaseSettings):
