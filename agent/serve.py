@@ -82,10 +82,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def build_app(settings: Any, engines: Any) -> Any:
-    """The full app: ``create_app`` with the browser chat, telephony and OpenAI Realtime routers."""
-    from agent.server import chat, create_app, realtime, telephony
+    """The full app: ``create_app`` with the browser chat, telephony, RTVI WebSocket and OpenAI Realtime routers."""
+    from agent.server import chat, create_app, realtime, rtvi, telephony
 
-    return create_app(settings, engines, routers=[chat.router, telephony.router, realtime.router])
+    return create_app(settings, engines, routers=[chat.router, telephony.router, rtvi.router, realtime.router])
 
 
 def _say(message: str) -> None:

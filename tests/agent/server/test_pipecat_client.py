@@ -1,7 +1,8 @@
-"""pipecat's own client SDK against ``duplex serve``: ``@pipecat-ai/client-js`` + ``@pipecat-ai/small-webrtc-transport``
-installed from npm into a temporary directory, bundled with esbuild (also from npm), and run in headless Debian
-chromium from a page on another origin (as a client app would be), with the bearer token and CORS. The client talks
-RTVI on the WebRTC data channel of ``/api/offer``: connect (client-ready -> bot-ready), one spoken turn with the user's
+"""pipecat's own client SDK against ``duplex serve``: ``@pipecat-ai/client-js`` with
+``@pipecat-ai/small-webrtc-transport`` (RTVI on the data channel of ``/api/offer``) and with
+``@pipecat-ai/websocket-transport`` (RTVI in protobuf frames on ``/rtvi/ws``), installed from npm into a temporary
+directory, bundled with esbuild (also from npm), and run in headless Debian chromium from a page on another origin (as
+a client app would be), with the token and CORS: connect (client-ready -> bot-ready), one spoken turn with the user's
 and the bot's transcripts, a barge-in while the bot speaks, a second reply, disconnect (the slot is freed).
 
 The page's microphone is a WebAudio stream that plays speech clips when the test says so (``getUserMedia`` returns it),
@@ -32,7 +33,12 @@ from .test_browser import CDP, CHROMIUM
 
 CLIENT_DIR = Path(__file__).resolve().parent / "clients"
 NPM = shutil.which("npm")
-NPM_PACKAGES = ["@pipecat-ai/client-js", "@pipecat-ai/small-webrtc-transport", "esbuild"]
+NPM_PACKAGES = [
+    "@pipecat-ai/client-js",
+    "@pipecat-ai/small-webrtc-transport",
+    "@pipecat-ai/websocket-transport",
+    "esbuild",
+]
 TOKEN = "client-sdk-token"
 QUESTION = "flite_weather_kal16.wav"
 INTERRUPTION = "flite_story_slt.wav"
@@ -140,8 +146,10 @@ def answered(events: list[dict]) -> bool:
     return bool(finals) and "bot-started-speaking" in types(events[finals[0] :])
 
 
-async def test_pipecat_client_js_small_webrtc(duplex_server, page_server, tmp_path):
-    url = f"{page_server}/index.html?server={duplex_server.http}&token={TOKEN}"
+@pytest.mark.parametrize("transport", ["webrtc", "websocket"])
+async def test_pipecat_client_js(duplex_server, page_server, tmp_path, transport):
+    url = f"{page_server}/index.html?server={duplex_server.http}&token={TOKEN}&transport={transport}"
+    heard = "bot-audio-on" if transport == "webrtc" else "bot-started-speaking"
     profile = tmp_path / "profile"
     proc = subprocess.Popen(
         [
@@ -187,15 +195,13 @@ async def test_pipecat_client_js_small_webrtc(duplex_server, page_server, tmp_pa
             # turn 1: the question; the bot answers
             await cdp.eval(f"window.say('{QUESTION}'); true")
             events = await wait_for(cdp, lambda ev: "bot-started-speaking" in types(ev), 40)
-            events = await wait_for(cdp, lambda ev: after(ev, "said", "bot-audio-on"), 10)
+            events = await wait_for(cdp, lambda ev: after(ev, "said", heard), 10)
             await asyncio.sleep(0.3)
 
             # barge-in while the bot speaks: its speech stops, the new turn is transcribed and answered
             n_before = len(events)
             await cdp.eval(f"window.say('{INTERRUPTION}'); true")
-            events = await wait_for(
-                cdp, lambda ev: answered(ev[n_before:]) and after(ev[n_before:], "said", "bot-audio-on"), 40
-            )
+            events = await wait_for(cdp, lambda ev: answered(ev[n_before:]) and after(ev[n_before:], "said", heard), 40)
             await cdp.eval("window.disconnectClient(); true")
             await wait_for(cdp, lambda ev: "disconnected" in types(ev), 10)
     finally:
@@ -220,13 +226,14 @@ async def test_pipecat_client_js_small_webrtc(duplex_server, page_server, tmp_pa
     assert t_stop < t_said, second
     user2 = " ".join(e["text"] for e in second if e["type"] == "user-transcript" and e["final"])
     assert user2.strip(), second
-    # voice-to-voice as the client hears it: the end of the question clip -> the first loud bot audio
+    # voice-to-voice at the client: the end of the question clip -> the first loud bot audio on the WebRTC track
+    # (websocket, whose audio plays through a worklet: -> bot-started-speaking, which comes with the first audio)
     said1 = next(e["t"] for e in first if e["type"] == "said")
-    heard1 = next(e["t"] for e in first if e["type"] == "bot-audio-on" and e["t"] > said1)
+    heard1 = next(e["t"] for e in first if e["type"] == heard and e["t"] > said1)
     said2 = t_said
-    heard2 = next((e["t"] for e in second if e["type"] == "bot-audio-on" and e["t"] > said2), None)
+    heard2 = next((e["t"] for e in second if e["type"] == heard and e["t"] > said2), None)
     print(
-        f"\npipecat client-js (small-webrtc): voice-to-voice {heard1 - said1:.0f} ms (turn 1)"
+        f"\npipecat client-js ({transport}): voice-to-voice {heard1 - said1:.0f} ms (turn 1)"
         + (f", {heard2 - said2:.0f} ms (after the barge-in)" if heard2 else "")
         + f"; barge-in: user-started-speaking -> bot-stopped-speaking {t_stop - t_user:.0f} ms; "
         f"user={user1!r} bot={bot1!r} user2={user2!r}"

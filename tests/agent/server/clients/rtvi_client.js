@@ -1,14 +1,17 @@
-// A pipecat client app as users write one: @pipecat-ai/client-js + @pipecat-ai/small-webrtc-transport, pointed at
+// A pipecat client app as users write one: @pipecat-ai/client-js with @pipecat-ai/small-webrtc-transport (?transport=
+// webrtc, to /api/offer) or @pipecat-ai/websocket-transport (?transport=websocket, to /rtvi/ws), pointed at
 // `duplex serve`. The test bundles it with esbuild and drives it over the DevTools protocol. The microphone is a
 // WebAudio stream that plays speech clips on cue (window.say), so a barge-in can land while the bot speaks. The
-// transport's media manager is its WavMediaManager: the default one drives the microphone through daily-js, which
+// transports' media manager is their WavMediaManager: the default one drives the microphone through daily-js, which
 // fetches its call-machine bundle from Daily's CDN at run time (not reachable offline).
 import { PipecatClient } from "@pipecat-ai/client-js";
 import { SmallWebRTCTransport, WavMediaManager } from "@pipecat-ai/small-webrtc-transport";
+import { WebSocketTransport, WavMediaManager as WsWavMediaManager } from "@pipecat-ai/websocket-transport";
 
 const params = new URLSearchParams(location.search);
 const server = params.get("server");
 const token = params.get("token");
+const kind = params.get("transport") || "webrtc";
 const t0 = performance.now();
 window.rtviEvents = [];
 const log = (type, data) => window.rtviEvents.push({ type, t: performance.now() - t0, ...data });
@@ -36,7 +39,10 @@ navigator.mediaDevices.getUserMedia = async (constraints) =>
     : realGetUserMedia(constraints);
 
 const client = new PipecatClient({
-  transport: new SmallWebRTCTransport({ mediaManager: new WavMediaManager() }),
+  transport:
+    kind === "websocket"
+      ? new WebSocketTransport({ mediaManager: new WsWavMediaManager(512, 16000) })
+      : new SmallWebRTCTransport({ mediaManager: new WavMediaManager() }),
   enableMic: true,
   enableCam: false,
   callbacks: {
@@ -77,12 +83,16 @@ const client = new PipecatClient({
 window.client = client;
 window.connectClient = async () => {
   try {
-    await client.connect({
-      webrtcRequestParams: {
-        endpoint: `${server}/api/offer`,
-        headers: new Headers({ Authorization: `Bearer ${token}` }),
-      },
-    });
+    if (kind === "websocket") {
+      await client.connect({ wsUrl: `${server.replace(/^http/, "ws")}/rtvi/ws`, token });
+    } else {
+      await client.connect({
+        webrtcRequestParams: {
+          endpoint: `${server}/api/offer`,
+          headers: new Headers({ Authorization: `Bearer ${token}` }),
+        },
+      });
+    }
     log("connect-resolved");
   } catch (e) {
     log("connect-failed", { message: String(e) });
