@@ -14,8 +14,8 @@ barge-in interrupts the reply. With ``turn_detection: null`` the audio is held a
 ``input_audio_buffer.commit``; it is then transcribed by the session's STT engine and added to the conversation, and
 ``response.create`` asks for the reply. Text items (``conversation.item.create`` with ``input_text``) work in both.
 
-Barge-in: the reply's audio is sent paced (about twice real time, pipecat's websocket output), so the server knows how
-much of it the client can have played; when the user interrupts it sends ``conversation.item.truncated`` with that
+Barge-in: the reply's audio is sent paced (pipecat's websocket output paces it near real time), so the server knows
+how much of it the client can have played; when the user interrupts it sends ``conversation.item.truncated`` with that
 ``audio_end_ms`` and keeps, as the item's transcript and in the LLM context, only the words spoken until then. A
 client's own ``conversation.item.truncate`` (what the SDK's apps send when they stop playback) is honoured the same
 way. The pipeline starts with the first event that needs it (audio, an item, a response), so a ``session.update``

@@ -1,6 +1,7 @@
 """``/rtvi/ws`` at the wire (pipecat's protobuf frames) with a plain ``websockets`` client: garbage, text and odd audio
-are dropped without ending the session, ``client-ready`` is answered with ``bot-ready``, a vanished client frees its
-slot, and auth refuses with 1008. The full conversation through pipecat's own JS client is in test_pipecat_client.py.
+are dropped without ending the session, ``client-ready`` is answered with ``bot-ready``, ``send-text`` with a reply,
+a vanished client frees its slot, and auth refuses with 1008. The full conversation through pipecat's own JS client
+is in test_pipecat_client.py.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ async def test_rtvi_ws_survives_junk_and_frees_its_slot(agent_server):
     await ws.send(message({"label": "rtvi-ai", "type": "no-such-message", "id": "2"}))
     error = await next_rtvi(ws, "error-response")
     assert error["id"] == "2"
+    await ws.send(message({"label": "rtvi-ai", "type": "send-text", "id": "3", "data": {"content": "Hello there!"}}))
+    typed = await next_rtvi(ws, "user-input")
+    assert typed["data"]["text"] == "Hello there!"
+    reply = await next_rtvi(ws, "bot-output", timeout=60)
+    assert reply["data"]["text"].strip()
     assert agent_server.ctx.sessions.active_by_kind().get("rtvi_ws") == 1
     ws.transport.abort()
     assert await await_until(lambda: not agent_server.ctx.sessions.active, 15)
