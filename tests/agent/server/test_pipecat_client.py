@@ -130,6 +130,18 @@ async def wait_for(cdp: CDP, predicate, timeout: float) -> list[dict]:
     raise AssertionError(f"timed out; events: {[e for e in events if e['type'] != 'metrics']}")
 
 
+def first_audio_seconds(live: LiveServer, kind: str, headers: dict | None = None) -> tuple[float, int]:
+    """(sum, count) of the server's voice-to-voice histogram for ``kind``, from ``/metrics`` (recorded when a session
+    ends)."""
+    text = httpx.get(live.http + "/metrics", headers=headers, timeout=10).text
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in values:
+            if line.startswith(f'duplex_first_audio_seconds_{part}{{kind="{kind}"}}'):
+                values[part] = float(line.split()[-1])
+    return values["sum"], int(values["count"])
+
+
 def types(events: list[dict]) -> list[str]:
     return [e["type"] for e in events]
 
@@ -149,6 +161,9 @@ def answered(events: list[dict]) -> bool:
 @pytest.mark.parametrize("transport", ["webrtc", "websocket"])
 async def test_pipecat_client_js(duplex_server, page_server, tmp_path, transport):
     url = f"{page_server}/index.html?server={duplex_server.http}&token={TOKEN}&transport={transport}"
+    kind = "browser_webrtc" if transport == "webrtc" else "rtvi_ws"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    sum0, n0 = first_audio_seconds(duplex_server, kind, auth)
     heard = "bot-audio-on" if transport == "webrtc" else "bot-started-speaking"
     profile = tmp_path / "profile"
     proc = subprocess.Popen(
@@ -242,3 +257,7 @@ async def test_pipecat_client_js(duplex_server, page_server, tmp_path, transport
     while duplex_server.ctx.sessions.active and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert not duplex_server.ctx.sessions.active, "the session slot was not freed"
+    sum1, n1 = first_audio_seconds(duplex_server, kind, auth)
+    if n1 > n0:
+        mean_ms = 1000 * (sum1 - sum0) / (n1 - n0)
+        print(f"server voice-to-voice ({kind}), mean of the session's {n1 - n0} turns: {mean_ms:.0f} ms")

@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import websockets
@@ -38,6 +39,18 @@ def pcm24(clip: str) -> bytes:
 
 def silence(ms: int, rate: int = REALTIME_PCM_SAMPLE_RATE) -> bytes:
     return bytes(2 * int(rate * ms / 1000))
+
+
+def first_audio_seconds(live: LiveServer, kind: str, headers: dict | None = None) -> tuple[float, int]:
+    """(sum, count) of the server's voice-to-voice histogram for ``kind``, from ``/metrics`` (recorded when a session
+    ends)."""
+    text = httpx.get(live.http + "/metrics", headers=headers, timeout=10).text
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in values:
+            if line.startswith(f'duplex_first_audio_seconds_{part}{{kind="{kind}"}}'):
+                values[part] = float(line.split()[-1])
+    return values["sum"], int(values["count"])
 
 
 def client_for(live: LiveServer, api_key: str = "unused") -> AsyncOpenAI:
@@ -95,6 +108,7 @@ async def setup_session(conn: Any, rec: Recorder, **session: Any) -> dict:
 
 
 async def test_spoken_turn_server_vad(agent_server):
+    sum0, n0 = first_audio_seconds(agent_server, "realtime")
     async with client_for(agent_server).realtime.connect(model="duplex") as conn:
         rec = Recorder(conn)
         updated = await setup_session(
@@ -143,13 +157,17 @@ async def test_spoken_turn_server_vad(agent_server):
     audio = b"".join(base64.b64decode(e["delta"]) for e in rec.of("response.output_audio.delta"))
     assert len(audio) > REALTIME_PCM_SAMPLE_RATE  # > 0.5 s of 24 kHz PCM16
     assert np.abs(np.frombuffer(audio, "<i2")).max() > 1000
+    assert await await_until(lambda: not agent_server.ctx.sessions.active, 10)
+    sum1, n1 = first_audio_seconds(agent_server, "realtime")
+    assert n1 == n0 + 1
     v2v_ms = 1000 * (rec.first_time("response.output_audio.delta") - t_speech_end)
     stopped_ms = 1000 * (
         rec.first_time("response.output_audio.delta") - rec.first_time("input_audio_buffer.speech_stopped")
     )
     print(
         f"\nrealtime (openai SDK, server VAD): voice-to-voice (end of the question sent -> first audio delta) "
-        f"{v2v_ms:.0f} ms; speech_stopped -> first audio {stopped_ms:.0f} ms; "
+        f"{v2v_ms:.0f} ms; server voice-to-voice {1000 * (sum1 - sum0):.0f} ms; speech_stopped -> first audio "
+        f"{stopped_ms:.0f} ms; "
         f"user={transcribed['transcript']!r} bot={transcript!r}"
     )
 
