@@ -172,7 +172,9 @@ class RealtimeSession:
         self.ctx = ctx
         self.websocket = websocket
         self.events = ServerEvents(dialect)
-        self.config = SessionConfig(voice=voice or ctx.registry.default().id)
+        self.config = SessionConfig(voice=ctx.registry.default().id)
+        if voice:
+            self.config.voice = self.registry_voice(voice)
         self.agent: Any = None
         self.observer: RealtimeEvents | None = None
         self.run_task: asyncio.Task | None = None
@@ -185,6 +187,7 @@ class RealtimeSession:
         self.response: Response | None = None
         self.audio_started = False  # a reply's audio has been sent: the voice is fixed from then on
         self.discarding = False  # after a cancelled reply, until the next one starts: its late audio is dropped
+        self.requested = False  # a response.create not yet started by the LLM (one at a time, as OpenAI's)
         self.speech_item_id: str | None = None  # the user item the current server-VAD turn will become
         self._work: asyncio.Queue = asyncio.Queue()  # ordered slow work (transcribe, then add, then respond)
         self._worker: asyncio.Task | None = None
@@ -268,6 +271,16 @@ class RealtimeSession:
         if self.config.instructions:
             await self.set_instructions(self.config.instructions)
         self._worker = asyncio.create_task(self._work_loop())
+
+    def registry_voice(self, voice_id: str) -> str:
+        """The registry voice the session will speak with: ``voice_id`` if the registry has it, else the default
+        (OpenAI's voice names, e.g. ``alloy``, are not registry voices)."""
+        from voices.registry import VoiceNotFoundError
+
+        try:
+            return self.ctx.registry.get(voice_id).id
+        except VoiceNotFoundError:
+            return self.ctx.registry.default().id
 
     async def set_instructions(self, text: str) -> None:
         await self.agent.worker.queue_frame(LLMUpdateSettingsFrame(delta=LLMSettings(system_instruction=text or None)))
@@ -353,6 +366,8 @@ class RealtimeSession:
     async def session_update(self, event: SessionUpdateEvent) -> None:
         before = self.config.model_copy(deep=True)
         errors = self.config.apply(event.session)
+        if self.config.voice != before.voice and self.agent is None:
+            self.config.voice = self.registry_voice(self.config.voice)
         if self.agent is not None:
             if self.config.voice != before.voice:
                 self.config.voice = before.voice
@@ -502,10 +517,11 @@ class RealtimeSession:
         self.later(add)
 
     async def response_create(self, event: ResponseCreateEvent) -> None:
-        if self.response is not None:
+        if self.response is not None or self.requested:
+            active = self.response.id if self.response is not None else "(starting)"
             raise ProtocolError(
                 "conversation_already_has_active_response",
-                f"Conversation already has an active response in progress: {self.response.id}. Wait until the "
+                f"Conversation already has an active response in progress: {active}. Wait until the "
                 "response is finished before creating a new one.",
             )
         params = event.response
@@ -530,6 +546,7 @@ class RealtimeSession:
         async def run() -> None:
             await self.agent.worker.queue_frame(LLMRunFrame())
 
+        self.requested = True
         self.later(run)
 
     async def response_cancel(self, event: ResponseCancelEvent) -> None:
@@ -617,7 +634,7 @@ class RealtimeSession:
     async def open_response(self) -> Response:
         if self.response is not None:
             await self.finish_response("completed")
-        self.discarding = False
+        self.discarding = self.requested = False
         response = Response(id=new_id("resp"), item_id=new_id("item"))
         self.response = response
         item = message_item(response.item_id, "assistant", [], status="in_progress")
@@ -820,6 +837,7 @@ class RealtimeEvents(BaseObserver):
         if isinstance(frame, LLMFullResponseStartFrame):
             await session.open_response()
         elif isinstance(frame, ErrorFrame):
+            session.requested = False
             await session.send_error(ProtocolError("server_error", frame.error, kind="server_error"))
         elif session.config.turn_detection is None:
             return

@@ -121,6 +121,7 @@ async def test_spoken_turn_server_vad(agent_server):
             },
         )
         assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        assert updated["session"]["audio"]["output"]["voice"] == "default"  # OpenAI's voices are not registry voices
         assert updated["session"]["instructions"].startswith("You are a helpful")
         question = pcm24("flite_weather_kal16.wav")
         t_start = time.monotonic()
@@ -184,11 +185,14 @@ async def test_text_turn(agent_server):
         rec = Recorder(conn)
         await setup_session(conn, rec, audio={"input": {"turn_detection": None}})
         await text_turn(conn, rec, "What is the capital of France?")
-        added = await rec.until(is_type("conversation.item.added"), 10)
+        await conn.response.create()  # one response at a time
+        busy = await rec.until(is_type("error"), 10)
+        assert busy["error"]["code"] == "conversation_already_has_active_response", busy
+        added = next(e for e in rec.events if e["type"] == "conversation.item.added")
         assert added["item"]["role"] == "user"
         assert added["item"]["content"][0]["text"] == "What is the capital of France?"
         done = await rec.until(is_type("response.done"), 60)
-        # a second response while none is active is fine; a retrieve returns the assistant item
+        # a retrieve returns the assistant item, with the transcript of what was spoken
         item_id = done["response"]["output"][0]["id"]
         await conn.conversation.item.retrieve(item_id=item_id)
         retrieved = await rec.until(is_type("conversation.item.retrieved"), 10)
