@@ -176,6 +176,7 @@ class RealtimeSession:
         if voice:
             self.config.voice = self.registry_voice(voice)
         self.agent: Any = None
+        self.transport: Any = None
         self.observer: RealtimeEvents | None = None
         self.run_task: asyncio.Task | None = None
         self.in_rate = STT_SAMPLE_RATE  # the pipeline's rates, fixed when it starts
@@ -191,6 +192,7 @@ class RealtimeSession:
         self.speech_item_id: str | None = None  # the user item the current server-VAD turn will become
         self._work: asyncio.Queue = asyncio.Queue()  # ordered slow work (transcribe, then add, then respond)
         self._worker: asyncio.Task | None = None
+        self._in_order = asyncio.Lock()  # client events are handled one at a time, in the order they came
         self.closed = False
 
     # --- sending -------------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ class RealtimeSession:
             self.closed = True
             await agent.worker.cancel()
 
-        self.agent = agent
+        self.agent, self.transport = agent, transport
         self.run_task = asyncio.create_task(run_voice_session(self.ctx, agent, kind=KIND))
         waiter = asyncio.create_task(started.wait())
         await asyncio.wait({waiter, self.run_task}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
@@ -310,7 +312,12 @@ class RealtimeSession:
 
     async def receive(self, data: str | bytes) -> Frame | None:
         """One client message -> the frame for the pipeline (input audio), if any. Never raises: a bad event is
-        answered with an ``error`` event and the session goes on."""
+        answered with an ``error`` event and the session goes on. The event that starts the pipeline is still being
+        handled when the transport begins reading: the lock keeps the next events behind it."""
+        async with self._in_order:
+            return await self._receive(data)
+
+    async def _receive(self, data: str | bytes) -> Frame | None:
         event_id = None
         try:
             if isinstance(data, bytes):
@@ -322,6 +329,10 @@ class RealtimeSession:
             event_id = event.event_id
             if self.agent is None and isinstance(event, self.NEEDS_PIPELINE):
                 await self.start()
+                frame = await self.handle(event)
+                if frame is not None:  # the transport's own reading starts with the next message
+                    await self.transport.input().push_audio_frame(frame)
+                return None
             return await self.handle(event)
         except ProtocolError as e:
             await self.send_error(e, event_id or getattr(e, "event_id", None))
@@ -923,9 +934,7 @@ async def realtime(websocket: WebSocket) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
-            frame = await session.receive(data)
-            if frame is not None:
-                await session.agent.worker.queue_frame(frame)
+            await session.receive(data)
         if session.run_task is not None:
             await session.run_task
     except (WebSocketDisconnect, TimeoutError):
