@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 
 from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
-from testkit.clips import clip_path
+from testkit.clips import clip_path, speech
 
 from .conftest import LiveServer
 from .test_browser import CDP, CHROMIUM
@@ -142,6 +143,12 @@ def first_audio_seconds(live: LiveServer, kind: str, headers: dict | None = None
     return values["sum"], int(values["count"])
 
 
+def trailing_silence_ms(clip: str) -> float:
+    """The silence after the clip's last sample above -34 dBFS, ms."""
+    audio = speech(clip, 16000)
+    return 1000 * (len(audio) - 1 - np.flatnonzero(np.abs(audio) > 0.02)[-1]) / 16000
+
+
 def types(events: list[dict]) -> list[str]:
     return [e["type"] for e in events]
 
@@ -241,11 +248,11 @@ async def test_pipecat_client_js(duplex_server, page_server, tmp_path, transport
     assert t_stop < t_said, second
     user2 = " ".join(e["text"] for e in second if e["type"] == "user-transcript" and e["final"])
     assert user2.strip(), second
-    # voice-to-voice at the client: the end of the question clip -> the first loud bot audio on the WebRTC track
+    # voice-to-voice at the client: the end of the question's speech -> the first loud bot audio on the WebRTC track
     # (websocket, whose audio plays through a worklet: -> bot-started-speaking, which comes with the first audio)
-    said1 = next(e["t"] for e in first if e["type"] == "said")
+    said1 = next(e["t"] for e in first if e["type"] == "said") - trailing_silence_ms(QUESTION)
     heard1 = next(e["t"] for e in first if e["type"] == heard and e["t"] > said1)
-    said2 = t_said
+    said2 = t_said - trailing_silence_ms(INTERRUPTION)
     heard2 = next((e["t"] for e in second if e["type"] == heard and e["t"] > said2), None)
     print(
         f"\npipecat client-js ({transport}): voice-to-voice {heard1 - said1:.0f} ms (turn 1)"

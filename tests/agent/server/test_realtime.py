@@ -37,6 +37,12 @@ def pcm24(clip: str) -> bytes:
     return float_to_pcm16(speech(clip, REALTIME_PCM_SAMPLE_RATE))
 
 
+def speech_bounds(pcm: bytes, rate: int = REALTIME_PCM_SAMPLE_RATE) -> tuple[float, float]:
+    """(onset, end) of the speech in a clip, seconds: its first and last sample above -34 dBFS."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, "<i2")) > 0.02 * 32768)
+    return loud[0] / rate, (loud[-1] + 1) / rate
+
+
 def silence(ms: int, rate: int = REALTIME_PCM_SAMPLE_RATE) -> bytes:
     return bytes(2 * int(rate * ms / 1000))
 
@@ -126,7 +132,7 @@ async def test_spoken_turn_server_vad(agent_server):
         question = pcm24("flite_weather_kal16.wav")
         t_start = time.monotonic()
         sender = asyncio.create_task(stream(conn, silence(400) + question + silence(4000), pace=1.0))
-        t_speech_end = t_start + 0.4 + len(question) / 2 / REALTIME_PCM_SAMPLE_RATE
+        t_speech_end = t_start + 0.4 + speech_bounds(question)[1]
         try:
             transcribed = await rec.until(is_type("conversation.item.input_audio_transcription.completed"), 30)
             await rec.until(is_type("response.output_audio.delta"), 30)
@@ -166,7 +172,7 @@ async def test_spoken_turn_server_vad(agent_server):
         rec.first_time("response.output_audio.delta") - rec.first_time("input_audio_buffer.speech_stopped")
     )
     print(
-        f"\nrealtime (openai SDK, server VAD): voice-to-voice (end of the question sent -> first audio delta) "
+        f"\nrealtime (openai SDK, server VAD): voice-to-voice (end of the question's speech sent -> first audio delta) "
         f"{v2v_ms:.0f} ms; server voice-to-voice {1000 * (sum1 - sum0):.0f} ms; speech_stopped -> first audio "
         f"{stopped_ms:.0f} ms; "
         f"user={transcribed['transcript']!r} bot={transcript!r}"
@@ -210,8 +216,9 @@ async def test_barge_in_truncates_and_next_reply_follows(agent_server):
         await text_turn(conn, rec, "Tell me a long story about a brave little dog.")
         first = await rec.until(is_type("response.output_audio.delta"), 60)
         await sender
-        t_barge = time.monotonic()
-        sender = asyncio.create_task(stream(conn, pcm24("flite_story_slt.wav") + silence(5000)))
+        interruption = pcm24("flite_story_slt.wav")
+        t_barge = time.monotonic() + speech_bounds(interruption)[0]  # when its speech starts
+        sender = asyncio.create_task(stream(conn, interruption + silence(5000)))
         try:
             await rec.until(is_type("input_audio_buffer.speech_started"), 20)
             truncated = await rec.until(is_type("conversation.item.truncated"), 10)
