@@ -172,7 +172,7 @@ class WorkerWatch(BaseObserver):
 
     async def on_push_frame(self, data: FramePushed):
         if self._armed and self.worker is None and isinstance(data.frame, VADUserStartedSpeakingFrame):
-            self.worker = self.tts.last_worker
+            self.worker = getattr(self.tts.last_stream, "thread", None)
             self.alive_at_vad_start = bool(self.worker and self.worker.is_alive())
 
     async def poll(self):
