@@ -549,9 +549,7 @@ class SpeakSession:
                                         duration_ms=round(duration * 1000, 3),
                                         characters_processed=len(job.text),
                                         audio_length_ms=round(audio_s * 1000, 3),
-                                        first_audio_ms=round(first_audio * 1000, 3)
-                                        if first_audio is not None
-                                        else None,
+                                        first_audio_ms=first_ms,
                                         request_id=job.request_id,
                                     ).dump()
                                 )
