@@ -149,7 +149,7 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
     import numpy as np
     import torch
 
-    from benchmarks.tts import GREEDY, TEXT
+    from benchmarks.tts_work import GREEDY, TEXT
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.lean_loop import LeanTalker, StreamSampler
     from processors.qwen3_tts.voice import to_model_device
@@ -194,7 +194,7 @@ def activation_outliers(engine, voice) -> float:
 
     import torch
 
-    from benchmarks.tts import GREEDY, TEXT
+    from benchmarks.tts_work import GREEDY, TEXT
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.voice import to_model_device
 
@@ -228,7 +228,7 @@ def measure_lean(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from benchmarks.tts import GREEDY, REF_TEXT, TEXT
+    from benchmarks.tts_work import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.precision import weight_bytes_per_frame
     from testkit.qwen3_tts_model import make_reference_audio
 
@@ -326,7 +326,7 @@ def measure_batch(args: argparse.Namespace) -> dict:
     codec decoder runs per stream and does not batch)."""
     import threading
 
-    from benchmarks.tts import GREEDY, REF_TEXT, TEXT
+    from benchmarks.tts_work import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.batching import BatchScheduler
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.voice import to_model_device

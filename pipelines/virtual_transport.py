@@ -333,6 +333,9 @@ class VirtualTransport(BaseTransport):
         deadline = loop.time() + timeout
         while not condition():
             if loop.time() > deadline:
-                timeline = ", ".join(f"{e.kind}{'(' + e.label + ')' if e.label else ''}@{e.t:.2f}" for e in self.events)
-                raise TimeoutError(f"condition not met within {timeout:g} s; timeline: {timeline}")
+                raise TimeoutError(f"condition not met within {timeout:g} s; timeline: {self.timeline_text()}")
             await asyncio.sleep(poll_s)
+
+    def timeline_text(self) -> str:
+        """The events so far on one line, for failure messages."""
+        return ", ".join(f"{e.kind}{'(' + e.label + ')' if e.label else ''}@{e.t:.2f}" for e in self.events)

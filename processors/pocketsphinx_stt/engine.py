@@ -62,6 +62,7 @@ class PocketsphinxEngine:
 
     name = "pocketsphinx"
     language = "en"
+    holds_gil = True  # decoding blocks other Python threads: callers avoid extra (interim) passes
     # Speech end -> final transcript P99 in a pipeline: VAD stop_secs 0.2 + one pass over utterance and padding at
     # RTF 0.13-0.5 (measured; the higher end with the shared CPU busy) + a queued interim pass.
     ttfs_p99_s = 1.0
