@@ -607,7 +607,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
                     "yes" if r["rtf"] <= 1.0 else "NO",
                 ]
             )
-    goal_table = markdown_table(["goal (issue 7)", "measured (median)", "target", "met"], goals)
+    goal_table = markdown_table(["goal", "measured (median)", "target", "met"], goals)
     loads = [b["load"] for b in bw_log]
     by_threads = {}
     for b in bw_log:
@@ -623,7 +623,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
         f"shared with other people's jobs) {min(loads):.1f}-{max(loads):.1f}."
     )
     return (
-        f"### Lean frame loop by precision (issue 7), {args.lean_size} model\n\n"
+        f"### Lean frame loop by precision, {args.lean_size} model\n\n"
         f"Same text, voice and {args.frames} greedy frames as above, {args.threads} torch thread(s), "
         f"{args.repeats} timed utterances per lean side in one process (median, with min-max). "
         "talker / predictor / decoder: per generated frame (upstream's decoder also decodes the 5 s reference it "

@@ -16,8 +16,8 @@ is a barge-in one second into the bot's reply (anchors: ``start``, ``previous_en
 
 Clock: the transport reads and waits on a ``MediaClock`` (``now()`` seconds, ``await sleep_until(t)``). By default it
 is real time on the pipeline's own clock, so recorded times and ``FramePushed.timestamp`` share one axis. A
-virtual clock (conversation replay, issue 5) plugs in by implementing ``MediaClock`` and handing the same clock to
-``PipelineWorker(clock=...)``.
+virtual clock (conversation replay, ``agent.replay.clock``) plugs in by implementing ``MediaClock`` and handing the
+same clock to ``PipelineWorker(clock=...)``.
 """
 
 from __future__ import annotations
