@@ -13,17 +13,25 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from agent.settings import Settings
+    from pipelines.engines import Engines
 
 EXIT_MODEL_UNAVAILABLE = 1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from processors.catalogue import AUTO, names
+
     add = parser.add_argument
     add("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     add("--port", type=int, help="port (default 8000)")
-    add("--tts", choices=["qwen3", "espeak", "auto"], help="TTS engine (default auto)")
-    add("--stt", choices=["parakeet", "pocketsphinx", "auto"], help="STT engine (default auto)")
+    add("--tts", choices=[*names("tts"), AUTO], help="TTS engine (default auto)")
+    add("--stt", choices=[*names("stt"), AUTO], help="STT engine (default auto)")
     add("--llm", metavar="local|URL", help="'local' (bundled SmolLM2) or an OpenAI-compatible base URL")
     add("--llm-model", help="model name at the LLM endpoint (or a local/hub model for --llm local)")
     add("--llm-api-key", help="API key for the LLM endpoint")
@@ -45,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """``Settings`` from env vars and defaults, with the flags given on top (nested groups merge)."""
     from agent.settings import Settings
 
@@ -81,7 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return Settings(**overrides)  # pydantic-settings deep-merges init values over the env
 
 
-def build_app(settings: Any, engines: Any) -> Any:
+def build_app(settings: Settings, engines: Engines) -> FastAPI:
     """The full app: ``create_app`` with the browser chat, telephony, RTVI WebSocket and OpenAI Realtime routers."""
     from agent.server import chat, create_app, realtime, rtvi, telephony
 
@@ -99,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # pydantic ValidationError: a bad flag or env value
         _say(f"bad settings: {e}")
         return 2
+    from agent.settings import unknown_env_vars
+
+    for name in unknown_env_vars():
+        _say(f"warning: {name} names no setting; it is ignored (see agent/settings.py for the names)")
 
     import uvicorn
 
-    from agent.engines import ModelUnavailable, load_engines
-    from agent.server import Engines
+    from pipelines.engines import Engines, ModelUnavailable, load_engines
 
     engines = Engines()
     app = build_app(settings, engines)

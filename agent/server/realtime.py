@@ -70,6 +70,7 @@ from processors.audio import (
     pcm16_to_float,
 )
 from processors.stt_engine import transcribe_long
+from processors.threads import run_in_thread
 
 from .context import ServerContext, get_context
 from .guards import presented_token, token_matches
@@ -97,7 +98,6 @@ from .realtime_protocol import (
     unsupported,
 )
 from .sessions import build_session_agent, resolve_voice, run_voice_session
-from .threads import run_in_thread
 
 log = logging.getLogger("duplex.server")
 
@@ -451,7 +451,9 @@ class RealtimeSession:
     async def transcribe_item(self, item: dict[str, Any], previous: str | None, pcm: bytes, rate: int) -> None:
         """Transcribe a committed buffer (or an audio item) with the session's STT engine, then add the words to the
         conversation as the user's message."""
-        engine = getattr(self.agent.stt, "engine", None) or self.ctx.engines.new_stt_engine()
+        engine = getattr(self.agent.stt, "engine", None)
+        if engine is None:
+            engine = await run_in_thread(self.ctx.engines.session_stt, name="duplex-stt-load")
         audio = pcm16_to_float(pcm)
         transcript = await run_in_thread(
             lambda: transcribe_long(engine, audio if rate == STT_SAMPLE_RATE else _to_stt_rate(audio, rate)),

@@ -105,8 +105,8 @@ def page_server(client_page):
 @pytest.fixture(scope="module")
 def duplex_server(tmp_path_factory, page_server):
     """``duplex serve`` as ``build_app`` makes it, with the fallback engines, a token, and the page's origin allowed."""
-    from agent.engines import load_engines
     from agent.serve import build_app
+    from pipelines.engines import load_engines
 
     settings = Settings(
         voices_dir=tmp_path_factory.mktemp("voices"),
