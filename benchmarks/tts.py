@@ -19,13 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks import tts_lean
-
-TEXT = (
-    "Streaming speech should start while the model is still thinking, and it should stop the moment the "
-    "listener interrupts, which is the whole point of a full duplex voice agent."
-)
-GREEDY = dict(do_sample=False, subtalker_dosample=False)
-REF_TEXT = "This is the reference recording that the voice is cloned from."
+from benchmarks.tts_work import GREEDY, REF_TEXT, TEXT
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -147,7 +147,7 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
     import numpy as np
     import torch
 
-    from benchmarks.tts import GREEDY, TEXT
+    from benchmarks.tts_work import GREEDY, TEXT
     from processors.qwen3_tts.frame_loop import _processors, capture_prompt
     from processors.qwen3_tts.lean_loop import LeanTalker, StreamSampler
     from processors.qwen3_tts.voice import to_model_device
@@ -199,7 +199,7 @@ def activation_outliers(engine, voice) -> float:
 
     import torch
 
-    from benchmarks.tts import GREEDY, TEXT
+    from benchmarks.tts_work import GREEDY, TEXT
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.voice import to_model_device
 
@@ -233,7 +233,7 @@ def measure_lean(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from benchmarks.tts import GREEDY, REF_TEXT, TEXT
+    from benchmarks.tts_work import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.precision import weight_bytes_per_frame
     from testkit.qwen3_tts_model import make_reference_audio
 
@@ -331,7 +331,7 @@ def measure_batch(args: argparse.Namespace) -> dict:
     codec decoder runs per stream and does not batch)."""
     import threading
 
-    from benchmarks.tts import GREEDY, REF_TEXT, TEXT
+    from benchmarks.tts_work import GREEDY, REF_TEXT, TEXT
     from processors.qwen3_tts.batching import BatchScheduler
     from processors.qwen3_tts.frame_loop import capture_prompt
     from processors.qwen3_tts.voice import to_model_device
@@ -612,7 +612,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
                     "yes" if r["rtf"] <= 1.0 else "NO",
                 ]
             )
-    goal_table = markdown_table(["goal (issue 7)", "measured (median)", "target", "met"], goals)
+    goal_table = markdown_table(["goal", "measured (median)", "target", "met"], goals)
     loads = [b["load"] for b in bw_log]
     by_threads = {}
     for b in bw_log:
@@ -628,7 +628,7 @@ def run_sections(args: argparse.Namespace, model_dir: Path, up: dict) -> str:
         f"shared with other people's jobs) {min(loads):.1f}-{max(loads):.1f}."
     )
     return (
-        f"### Lean frame loop by precision (issue 7), {args.lean_size} model\n\n"
+        f"### Lean frame loop by precision, {args.lean_size} model\n\n"
         f"Same text, voice and {args.frames} greedy frames as above, {args.threads} torch thread(s), "
         f"{args.repeats} timed utterances per lean side in one process (median, with min-max). "
         "talker / predictor / decoder: per generated frame (upstream's decoder also decodes the 5 s reference it "

@@ -1,4 +1,4 @@
-"""Conversation replay (issue 5): scenario files run through the real voice pipeline on a virtual clock.
+"""Conversation replay: scenario files run through the real voice pipeline on a virtual clock.
 
     from agent.replay import replay
     result = replay("examples/replay/barge_in.yaml")        # raises AssertionError listing failed expectations

@@ -55,12 +55,12 @@ from .codec_stream import StreamingCodecDecoder
 from .cuda_graphs import build_lean_talker
 from .frame_loop import FrameLoop, capture_prompt
 from .lean_loop import LeanFrameLoop
+from .options import DEFAULT_MODEL
 from .precision import QUANTIZE_MODES, prepare_talker
 from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
 
 log = logging.getLogger("duplex.qwen3_tts")
 
-DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 SUPPORTED_LANGUAGES = (
     "Chinese",
     "English",
