@@ -13,17 +13,25 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from agent.settings import Settings
+    from pipelines.engines import Engines
 
 EXIT_MODEL_UNAVAILABLE = 1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from processors.catalogue import AUTO, names
+
     add = parser.add_argument
     add("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     add("--port", type=int, help="port (default 8000)")
-    add("--tts", choices=["qwen3", "espeak", "auto"], help="TTS engine (default auto)")
-    add("--stt", choices=["parakeet", "pocketsphinx", "auto"], help="STT engine (default auto)")
+    add("--tts", choices=[*names("tts"), AUTO], help="TTS engine (default auto)")
+    add("--stt", choices=[*names("stt"), AUTO], help="STT engine (default auto)")
     add("--llm", metavar="local|URL", help="'local' (bundled SmolLM2) or an OpenAI-compatible base URL")
     add("--llm-model", help="model name at the LLM endpoint (or a local/hub model for --llm local)")
     add("--llm-api-key", help="API key for the LLM endpoint")
@@ -32,13 +40,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     add("--auth-token", help="require this bearer token on every API and WebSocket")
     add("--max-sessions", type=int, help="concurrent sessions, all kinds together (default 10)")
+    add(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="allow a web client app served from ORIGIN (e.g. http://localhost:5173) to call the API; repeatable",
+    )
     add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
     add("--tts-model", help="Qwen3-TTS hub id or local directory")
     add("--stt-model", help="Parakeet hub id or local .nemo")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """``Settings`` from env vars and defaults, with the flags given on top (nested groups merge)."""
     from agent.settings import Settings
 
@@ -59,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     put("server", "port", given("port"))
     put("server", "auth_token", given("auth_token"))
     put("server", "max_sessions", given("max_sessions"))
+    put("server", "cors_origins", given("cors_origins"))
     put("tts", "engine", given("tts"))
     put("tts", "model", given("tts_model"))
     put("tts", "voice", given("voice"))
@@ -73,11 +89,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return Settings(**overrides)  # pydantic-settings deep-merges init values over the env
 
 
-def build_app(settings: Any, engines: Any) -> Any:
-    """The full app: ``create_app`` with the browser chat and telephony routers."""
-    from agent.server import chat, create_app, telephony
+def build_app(settings: Settings, engines: Engines) -> FastAPI:
+    """The full app: ``create_app`` with the browser chat, telephony, RTVI WebSocket and OpenAI Realtime routers."""
+    from agent.server import chat, create_app, realtime, rtvi, telephony
 
-    return create_app(settings, engines, routers=[chat.router, telephony.router])
+    return create_app(settings, engines, routers=[chat.router, telephony.router, rtvi.router, realtime.router])
 
 
 def _say(message: str) -> None:
@@ -91,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # pydantic ValidationError: a bad flag or env value
         _say(f"bad settings: {e}")
         return 2
+    from agent.settings import unknown_env_vars
+
+    for name in unknown_env_vars():
+        _say(f"warning: {name} names no setting; it is ignored (see agent/settings.py for the names)")
 
     import uvicorn
 
-    from agent.engines import ModelUnavailable, load_engines
-    from agent.server import Engines
+    from pipelines.engines import Engines, ModelUnavailable, load_engines
 
     engines = Engines()
     app = build_app(settings, engines)

@@ -1,95 +1,125 @@
 """All agent settings in one typed place, read from ``DUPLEX_*`` environment variables and CLI flags.
 
-Nested groups use ``__`` in env names: ``DUPLEX_TTS__ENGINE=espeak``, ``DUPLEX_TURN__STOP_SECS=0.6``.
-CLI flags map onto the same fields (see ``agent/cli.py``); flags win over env vars, which win over defaults.
+The groups are defined beside the code that reads them and composed here: ``tts`` / ``stt`` / ``llm`` come from the
+engine catalogue (``processors.catalogue``: each engine's options model, e.g. ``processors.qwen3_tts.options``),
+``vad`` / ``turn`` from ``pipelines.policy``, ``server`` below. Nested groups use ``__`` in env names:
+``DUPLEX_TTS__ENGINE=espeak``, ``DUPLEX_TURN__STOP_SECS=0.6``. CLI flags map onto the same fields (``agent/serve.py``);
+flags win over env vars, which win over defaults. A ``DUPLEX_*`` variable that names no setting is reported by
+``unknown_env_vars`` (``duplex serve`` warns about each) and otherwise ignored.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_QWEN3_TTS_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
-DEFAULT_PARAKEET_MODEL = "nvidia/parakeet-tdt-0.6b-v2"
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful voice assistant. Your answers are spoken aloud, so reply in one to three short, "
-    "plain sentences. Never use markdown, lists, emojis or code. If you did not understand, ask briefly."
-)
+from pipelines.options import AgentOptions
+from pipelines.policy import TurnOptions, VADOptions
+from processors.catalogue import LLMOptions, STTOptions, TTSOptions
+from processors.tts_engine import MAX_TEXT_CHARS
+from voices.registry import VoiceRegistry
 
+ENV_PREFIX = "DUPLEX_"
+ENV_NESTED = "__"
+OTHER_ENV_VARS = ("DUPLEX_CACHE_DIR",)  # read by the code that uses them (the local LLM's cache), not settings
 
-class TTSSettings(BaseModel):
-    engine: Literal["qwen3", "espeak", "auto"] = "auto"
-    model: str = DEFAULT_QWEN3_TTS_MODEL  # hub id or local directory
-    voice: str | None = None  # voice id from the registry; None = the registry's default
-    language: str = "English"
-    first_chunk_frames: int = Field(1, ge=1, le=16)  # codec frames before the first audio chunk
-    chunk_frames: int = Field(4, ge=1, le=64)  # codec frames per later chunk
-    temperature: float = 0.9
-    top_k: int = 50
-
-
-class STTSettings(BaseModel):
-    engine: Literal["parakeet", "pocketsphinx", "auto"] = "auto"
-    model: str = DEFAULT_PARAKEET_MODEL  # hub id or local .nemo
-    interim_interval_s: float | None = 1.0  # re-transcribe the growing utterance this often; None = off
-
-
-class LLMSettings(BaseModel):
-    backend: str = "local"  # "local" (bundled SmolLM2) or an OpenAI-compatible base URL
-    model: str = ""  # model name at the endpoint; ignored for local
-    api_key: str = ""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tokens: int = Field(120, ge=1, le=4096)
-    temperature: float = 0.7
-
-
-class VADSettings(BaseModel):
-    confidence: float = 0.7
-    start_secs: float = 0.2
-    stop_secs: float = 0.2
-    min_volume: float = 0.6
-
-
-class TurnSettings(BaseModel):
-    """Turn-taking and interruption policy (documented in pipelines/policy.py)."""
-
-    stop_strategy: Literal["speech_timeout", "smart_turn"] = "speech_timeout"
-    stop_secs: float = Field(0.6, ge=0.0)  # speech_timeout: silence after VAD stop that ends the user's turn
-    smart_turn_stop_secs: float = Field(3.0, gt=0.0)  # smart_turn: silence that ends the turn on an INCOMPLETE verdict
-    user_turn_stop_timeout_s: float = Field(5.0, gt=0.0)  # a turn with no stop signal at all ends after this
-    barge_in: bool = True  # False: the user cannot interrupt the bot (speech while it talks still forms a turn)
-    false_interruption_timeout_s: float | None = Field(1.5, gt=0.0)  # resume after a barge-in with no words; None = off
-    echo_guard: Literal["auto", "on", "off"] = "auto"  # auto: on for telephony, off for headset clients
-    echo_guard_window_s: float = Field(1.5, ge=0.0)  # the bot's first moments of speech that the guard protects
-    echo_guard_min_speech_s: float = Field(0.5, ge=0.0)  # sustained speech needed to interrupt inside the window
-    echo_guard_min_words: int = Field(2, ge=1)  # ... or this many words in an interim transcript
+# The groups under the names the settings file has always used.
+TTSSettings = TTSOptions
+STTSettings = STTOptions
+LLMSettings = LLMOptions
+VADSettings = VADOptions
+TurnSettings = TurnOptions
 
 
 class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     auth_token: str | None = None
     max_sessions: int = Field(10, ge=1)
-    max_text_chars: int = 2_000
-    max_message_bytes: int = 1 << 20
-    max_upload_bytes: int = 20 << 20
-    idle_timeout_s: float = 300.0
+    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=1)
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    max_upload_bytes: int = Field(20 << 20, ge=1024)
+    idle_timeout_s: float = Field(300.0, gt=0.0)
+    cors_origins: list[str] = []  # web origins allowed to call the API from a page served elsewhere (a client app)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DUPLEX_", env_nested_delimiter="__", extra="ignore")
+class Settings(BaseSettings, AgentOptions):
+    """``AgentOptions`` (device, engines, turn policy) plus where user voices live and the server's settings."""
 
-    device: str | None = None  # "cpu", "cuda", "cuda:1"; None = pick (CUDA when present)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, extra="ignore")
+
     voices_dir: Path | None = None  # user voices; None = ~/.local/share/duplex/voices
-    tts: TTSSettings = TTSSettings()
-    stt: STTSettings = STTSettings()
-    llm: LLMSettings = LLMSettings()
-    vad: VADSettings = VADSettings()
-    turn: TurnSettings = TurnSettings()
     server: ServerSettings = ServerSettings()
 
     def user_voices_dir(self) -> Path:
         return self.voices_dir or Path.home() / ".local" / "share" / "duplex" / "voices"
+
+    def voice_registry(self) -> VoiceRegistry:
+        """The shipped voices and the user's, with ``tts.voice`` as the default and the upload size limit."""
+        return VoiceRegistry(
+            self.user_voices_dir(), default_voice=self.tts.voice, max_bytes=self.server.max_upload_bytes
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _KnownFieldsOnly(settings_cls, env_settings), dotenv_settings, file_secret_settings)
+
+
+class _KnownFieldsOnly(PydanticBaseSettingsSource):
+    """The env source without keys that name no field: the groups refuse unknown keys (a typo in code or in a
+    scenario is an error), but a stray ``DUPLEX_TTS__ENGIN`` in the environment is reported, not fatal."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return _known(self._source(), self.settings_cls)
+
+
+def _known(values: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            value = _known(value, sub)
+        out[key] = value
+    return out
+
+
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
+    """``DUPLEX_*`` variables that name no setting (misspellings), e.g. ``DUPLEX_TTS__ENGIN``."""
+    environ = os.environ if environ is None else environ
+    unknown = []
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in OTHER_ENV_VARS:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        model: type[BaseModel] | None = Settings
+        for part in path:
+            field = model.model_fields.get(part) if model is not None else None
+            if field is None:
+                unknown.append(name)
+                break
+            sub = field.annotation
+            model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return sorted(unknown)

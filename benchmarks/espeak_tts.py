@@ -213,8 +213,8 @@ def measure_adapter_interrupt(runs: int) -> dict:
             frames_to_send=[TTSSpeakFrame(PARAGRAPH * 3), SleepFrame(0.2), InterruptionFrame(), SleepFrame(0.2)],
             pipeline_params=PipelineParams(audio_out_sample_rate=16000),
         )
-        tts.last_worker.join(1.0)
-        if tts.last_worker.is_alive() or not engine.set_at or not engine.ended_at:
+        tts.last_stream.thread.join(1.0)
+        if tts.last_stream.thread.is_alive() or not engine.set_at or not engine.ended_at:
             return None
         return (engine.ended_at[0] - engine.set_at[0]) * 1000
 

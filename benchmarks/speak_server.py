@@ -43,23 +43,20 @@ def _serve(engine_name: str, port_queue: mp.Queue) -> None:
     import uvicorn
 
     from agent.server import Engines, create_app
-    from agent.settings import ServerSettings, Settings
+    from agent.settings import ServerSettings, Settings, TTSSettings
+    from pipelines.engines import load_engines
 
-    if engine_name == "espeak":
-        from processors.espeak_tts import EspeakEngine
-
-        engine = EspeakEngine()
-    else:
+    tts = TTSSettings(engine=engine_name)
+    if engine_name == "qwen3-tiny":
         import torch
 
-        from processors.qwen3_tts import Qwen3TTSEngine
         from testkit.qwen3_tts_model import build_random_model_dir
 
         torch.set_num_threads(1)
         model = build_random_model_dir(os.path.join(tempfile.mkdtemp(), "m"), "tiny", seed=0)
-        engine = Qwen3TTSEngine.from_pretrained(model, device="cpu", dtype="float32")
-    settings = Settings(voices_dir=tempfile.mkdtemp(), server=ServerSettings(max_sessions=20))
-    app = create_app(settings, Engines(tts=engine))
+        tts = TTSSettings(engine="qwen3", model=str(model))
+    settings = Settings(device="cpu", voices_dir=tempfile.mkdtemp(), tts=tts, server=ServerSettings(max_sessions=20))
+    app = create_app(settings, load_engines(settings, kinds=("tts",), engines=Engines()))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port_queue.put(sock.getsockname()[1])

@@ -40,13 +40,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 async def one_run(question: str, args, llm_engine) -> tuple[list, object, object]:
-    from pipecat.workers.runner import WorkerRunner
 
     from agent.settings import Settings
-    from pipelines.engines import create_stt_service
     from pipelines.metrics import apply_ground_truth
     from pipelines.virtual_transport import UserUtterance, VirtualTransport
     from pipelines.voice_agent import build_voice_agent
+    from processors.catalogue import stt_service
     from processors.espeak_tts import EspeakTTSService
     from processors.llm import LocalLLMService
     from processors.pocketsphinx_stt import PocketsphinxEngine
@@ -70,24 +69,16 @@ async def one_run(question: str, args, llm_engine) -> tuple[list, object, object
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(),
     )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(agent.worker)
-    task = asyncio.create_task(runner.run())
 
     def done():
         kinds = [e.kind for e in transport.events]
         return kinds.count("bot_started_speaking") >= 2 and kinds[-1] == "bot_stopped_speaking"
 
-    try:
-        await transport.wait_for(done, 120)
-    finally:
-        await agent.worker.cancel()
-        await asyncio.wait_for(task, 10)
-        agent.metrics.finish()
+    await agent.run(done, timeout=120)
     apply_ground_truth(agent.metrics.turns, transport.user_speech)
     return agent.metrics.turns, transport, agent
 

@@ -1,7 +1,7 @@
-"""Turn-taking and interruption policy: what each setting in ``agent.settings.TurnSettings`` / ``VADSettings`` means,
-and how it becomes pipecat 1.14 objects.
+"""Turn-taking and interruption policy: its options (``VADOptions``, ``TurnOptions``: ``DUPLEX_VAD__*``,
+``DUPLEX_TURN__*``), what each means, and how they become pipecat 1.14 objects.
 
-VAD (``settings.vad``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on the user aggregator:
+VAD (``VADOptions``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on the user aggregator:
   ``confidence`` / ``min_volume``: how sure / how loud a 32 ms window must be to count as speech;
   ``start_secs``: speech needed before "user started speaking" (the floor of barge-in latency);
   ``stop_secs``: silence needed before "user stopped speaking" (the first part of voice-to-voice latency).
@@ -38,7 +38,7 @@ False-interruption recovery (``turn.false_interruption_timeout_s``; None = off):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -46,8 +46,8 @@ from pipecat.processors.aggregators.llm_response_universal import LLMUserAggrega
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.settings import Settings, TurnSettings, VADSettings
 from processors.audio import TELEPHONY_SAMPLE_RATE
 
 from .interruptions import EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy
@@ -55,7 +55,35 @@ from .interruptions import EchoGuardUserTurnStartStrategy, FalseInterruptionUser
 TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage", "genesys")
 
 
-def build_vad_analyzer(vad: VADSettings, sample_rate: int | None = None) -> SileroVADAnalyzer:
+class VADOptions(BaseModel):
+    """Silero VAD thresholds (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confidence: float = Field(0.7, ge=0.0, le=1.0)
+    start_secs: float = Field(0.2, ge=0.0)
+    stop_secs: float = Field(0.2, ge=0.0)
+    min_volume: float = Field(0.6, ge=0.0, le=1.0)
+
+
+class TurnOptions(BaseModel):
+    """End of turn, barge-in, echo guard and false-interruption recovery (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stop_strategy: Literal["speech_timeout", "smart_turn"] = "speech_timeout"
+    stop_secs: float = Field(0.6, ge=0.0)  # speech_timeout: silence after VAD stop that ends the user's turn
+    smart_turn_stop_secs: float = Field(3.0, gt=0.0)  # smart_turn: silence that ends the turn on an INCOMPLETE verdict
+    user_turn_stop_timeout_s: float = Field(5.0, gt=0.0)  # a turn with no stop signal at all ends after this
+    barge_in: bool = True  # False: the user cannot interrupt the bot (speech while it talks still forms a turn)
+    false_interruption_timeout_s: float | None = Field(1.5, gt=0.0)  # resume after a barge-in with no words
+    echo_guard: Literal["auto", "on", "off"] = "auto"  # auto: on for telephony, off for headset clients
+    echo_guard_window_s: float = Field(1.5, ge=0.0)  # the bot's first moments of speech that the guard protects
+    echo_guard_min_speech_s: float = Field(0.5, ge=0.0)  # sustained speech needed to interrupt inside the window
+    echo_guard_min_words: int = Field(2, ge=1)  # ... or this many words in an interim transcript
+
+
+def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SileroVADAnalyzer:
     """Silero VAD with the configured thresholds (a fresh analyzer per session: it keeps model state). The rate is
     the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
     params = VADParams(
@@ -75,7 +103,7 @@ def is_telephony_transport(transport: Any) -> bool:
     return getattr(params, "audio_in_sample_rate", None) == TELEPHONY_SAMPLE_RATE
 
 
-def echo_guard_enabled(turn: TurnSettings, *, telephony: bool) -> bool:
+def echo_guard_enabled(turn: TurnOptions, *, telephony: bool) -> bool:
     """``on``/``off`` as set; ``auto`` = on for telephony clients, off for browser/headset clients."""
     if turn.echo_guard == "auto":
         return telephony
@@ -83,7 +111,7 @@ def echo_guard_enabled(turn: TurnSettings, *, telephony: bool) -> bool:
 
 
 def build_user_turn_strategies(
-    turn: TurnSettings, *, echo_guard: bool, stt_name: str | None = None
+    turn: TurnOptions, *, echo_guard: bool, stt_name: str | None = None
 ) -> UserTurnStrategies:
     """Start strategies (echo guard, VAD, transcription) and stop strategies (speech timeout or Smart Turn, then
     false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``: the STT
@@ -132,8 +160,7 @@ class TurnPolicy:
         return self.barge_in and self.false_interruption_timeout_s is not None
 
 
-def resolve_policy(settings: Settings, *, telephony: bool) -> TurnPolicy:
-    turn = settings.turn
+def resolve_policy(turn: TurnOptions, *, telephony: bool) -> TurnPolicy:
     return TurnPolicy(
         stop_strategy=turn.stop_strategy,
         barge_in=turn.barge_in,
@@ -144,15 +171,15 @@ def resolve_policy(settings: Settings, *, telephony: bool) -> TurnPolicy:
 
 
 def build_user_aggregator_params(
-    settings: Settings, policy: TurnPolicy, *, stt_name: str | None = None
+    vad: VADOptions, turn: TurnOptions, policy: TurnPolicy, *, stt_name: str | None = None
 ) -> LLMUserAggregatorParams:
     """VAD + turn strategies + timeouts for the user aggregator."""
     kwargs: dict[str, Any] = {}
     if policy.false_interruption_recovery:
         kwargs["empty_user_turn"] = None  # our resume replaces pipecat's "ask to repeat" LLM call
     return LLMUserAggregatorParams(
-        vad_analyzer=build_vad_analyzer(settings.vad),
-        user_turn_strategies=build_user_turn_strategies(settings.turn, echo_guard=policy.echo_guard, stt_name=stt_name),
-        user_turn_stop_timeout=settings.turn.user_turn_stop_timeout_s,
+        vad_analyzer=build_vad_analyzer(vad),
+        user_turn_strategies=build_user_turn_strategies(turn, echo_guard=policy.echo_guard, stt_name=stt_name),
+        user_turn_stop_timeout=turn.user_turn_stop_timeout_s,
         **kwargs,
     )

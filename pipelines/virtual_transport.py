@@ -19,8 +19,8 @@ is a barge-in one second into the bot's reply (anchors: ``start``, ``previous_en
 
 Clock: the transport reads and waits on a ``MediaClock`` (``now()`` seconds, ``await sleep_until(t)``). By default it
 is real time on the pipeline's own clock, so recorded times and ``FramePushed.timestamp`` share one axis. A
-virtual clock (conversation replay, issue 5) plugs in by implementing ``MediaClock`` and handing the same clock to
-``PipelineWorker(clock=...)``.
+virtual clock (conversation replay, ``agent.replay.clock``) plugs in by implementing ``MediaClock`` and handing the
+same clock to ``PipelineWorker(clock=...)``.
 """
 
 from __future__ import annotations
@@ -443,6 +443,9 @@ class VirtualTransport(BaseTransport):
         deadline = loop.time() + timeout
         while not condition():
             if loop.time() > deadline:
-                timeline = ", ".join(f"{e.kind}{'(' + e.label + ')' if e.label else ''}@{e.t:.2f}" for e in self.events)
-                raise TimeoutError(f"condition not met within {timeout:g} s; timeline: {timeline}")
+                raise TimeoutError(f"condition not met within {timeout:g} s; timeline: {self.timeline_text()}")
             await asyncio.sleep(poll_s)
+
+    def timeline_text(self) -> str:
+        """The events so far on one line, for failure messages."""
+        return ", ".join(f"{e.kind}{'(' + e.label + ')' if e.label else ''}@{e.t:.2f}" for e in self.events)

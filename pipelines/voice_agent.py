@@ -16,6 +16,7 @@ mean the assistant aggregator commits exactly the words that were played. The tu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +34,13 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
+from pipecat.workers.runner import WorkerRunner
 
-from agent.settings import Settings
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
+from .options import AgentOptions
 from .policy import TurnPolicy, build_user_aggregator_params, is_telephony_transport, resolve_policy
 
 
@@ -59,6 +61,40 @@ class VoiceAgent:
     metrics: VoiceMetricsObserver
     policy: TurnPolicy
 
+    async def run(
+        self,
+        until: Callable[[], bool] | None = None,
+        *,
+        timeout: float | None = None,
+        settle_s: float = 0.0,
+        poll_s: float = 0.02,
+    ) -> None:
+        """Run the worker, then stop it and close the metrics.
+
+        Without ``until`` it runs until the worker ends (a transport's disconnect handler cancels it). With ``until``
+        it stops ``settle_s`` after ``until()`` first holds; ``TimeoutError`` after ``timeout`` seconds (on the
+        loop's clock) without it, ``RuntimeError`` if the pipeline ends on its own first."""
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self.worker)
+        task = asyncio.create_task(runner.run(), name="voice-agent-runner")
+        try:
+            if until is None:
+                await task
+                return
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            while not until():
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the pipeline stopped on its own")
+                if deadline is not None and loop.time() > deadline:
+                    raise TimeoutError(f"the condition did not hold within {timeout:g} s")
+                await asyncio.sleep(poll_s)
+            if settle_s:
+                await asyncio.sleep(settle_s)
+        finally:
+            await self.stop(task)
+
     async def stop(self, task: asyncio.Task | None = None, timeout: float = 10.0) -> None:
         """Cancel the worker unless ``task`` (its runner) already ended, wait up to ``timeout`` for the runner, then
         close the metrics so the last turn is recorded."""
@@ -74,7 +110,7 @@ class VoiceAgent:
 
 def build_voice_agent(
     transport: BaseTransport,
-    settings: Settings | None = None,
+    options: AgentOptions | None = None,
     *,
     stt: FrameProcessor | None = None,
     llm: FrameProcessor | None = None,
@@ -89,38 +125,30 @@ def build_voice_agent(
 ) -> VoiceAgent:
     """Build the pipeline and its worker for one session.
 
-    ``stt`` / ``llm`` / ``tts``: services to use; missing ones are created from ``settings`` (``create_stt_service``,
-    ``create_llm_service``, ``create_tts_service``). ``telephony``: whether the client is a phone call (decides
+    ``stt`` / ``llm`` / ``tts``: services to use; missing ones are created from ``options`` with the engine catalogue
+    (``pipelines.engines.create_services``). ``telephony``: whether the client is a phone call (decides
     ``echo_guard=auto``); None = detect from the transport's serializer / input rate. ``clock``: the pipeline clock
     (a virtual clock for replays). Other keyword arguments go to ``PipelineWorker``.
     """
-    settings = settings or Settings()
+    options = options or AgentOptions()
     if telephony is None:
         telephony = is_telephony_transport(transport)
-    policy = resolve_policy(settings, telephony=telephony)
+    policy = resolve_policy(options.turn, telephony=telephony)
     logger.info(
         f"voice agent: stop={policy.stop_strategy} barge_in={policy.barge_in} echo_guard={policy.echo_guard} "
         f"false_interruption_timeout={policy.false_interruption_timeout_s} telephony={policy.telephony}"
     )
 
-    if stt is None:
-        from .engines import create_stt_service
+    if stt is None or llm is None or tts is None:
+        from .engines import create_services
 
-        stt = create_stt_service(settings)
-    if llm is None:
-        from processors.llm import create_llm_service
-
-        llm = create_llm_service(settings.llm)
-    if tts is None:
-        from .engines import create_tts_service
-
-        tts = create_tts_service(settings)
+        stt, llm, tts = create_services(options, stt=stt, llm=llm, tts=tts)
 
     context = context or LLMContext()
     # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
     stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
     user, assistant = LLMContextAggregatorPair(
-        context, user_params=build_user_aggregator_params(settings, policy, stt_name=stt_name)
+        context, user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name)
     )
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()

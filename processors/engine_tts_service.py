@@ -2,7 +2,7 @@
 
 It translates frames and threads, nothing else:
 
-* ``engine.stream`` runs in a worker thread; chunks cross to the event loop through a queue and leave as
+* ``engine.stream`` runs in a worker thread (``processors.threads.ThreadedStream``); chunks leave as
   ``TTSAudioRawFrame``s as soon as they arrive, resampled to the pipeline's output rate by ONE stream resampler
   per utterance (per-chunk resampling restarts the filter and clicks at every seam);
 * on interruption, cancellation or shutdown the worker's ``threading.Event`` is set in ``finally``; engines stop
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
@@ -28,6 +29,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 
 from processors.audio import StreamResampler, float_to_pcm16
+from processors.threads import ThreadedStream
 from processors.tts_engine import TTSEngine, TTSError, VoiceError
 
 # pipecat Language codes -> the language names our engines use
@@ -44,7 +46,6 @@ LANGUAGE_NAMES = {
     "es": "Spanish",
     "it": "Italian",
 }
-_END = object()
 
 
 class WordTimer:
@@ -106,11 +107,11 @@ class EngineTTSService(TTSService):
         self._default_voice = voice
         self._voices = voices
         self._generation = dict(generation or {})
-        self._active: set[threading.Event] = set()
+        self._active: set[ThreadedStream] = set()
         # Seconds of audio already produced per audio context: pipecat reuses one context for all sentences of a
         # reply and times words from the context's first audio, so each sentence's word times start from here.
         self._context_seconds: dict[str, float] = {}
-        self.last_worker: threading.Thread | None = None  # for tests and diagnostics
+        self.last_stream: ThreadedStream | None = None  # for tests and diagnostics
 
     @property
     def engine(self) -> TTSEngine:
@@ -156,8 +157,8 @@ class EngineTTSService(TTSService):
         await super().cancel(frame)
 
     def _cancel_all(self) -> None:
-        for event in list(self._active):
-            event.set()
+        for stream in list(self._active):
+            stream.cancel()
 
     async def on_audio_context_interrupted(self, context_id: str):
         self._context_seconds.pop(context_id, None)
@@ -168,33 +169,15 @@ class EngineTTSService(TTSService):
         await super().on_audio_context_completed(context_id)
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        language = self._settings.language or "English"
+        language = str(self._settings.language or "English")
         voice_id = self._settings.voice
 
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # loop closed during shutdown
-                cancel.set()
+        def produce(cancel: threading.Event) -> Iterator[np.ndarray]:
+            voice = self._resolve_voice(voice_id)
+            return self._engine.stream(text, voice, language, cancel, **self._generation)
 
-        def work() -> None:
-            try:
-                voice = self._resolve_voice(voice_id)
-                for chunk in self._engine.stream(text, voice, str(language), cancel, **self._generation):
-                    if cancel.is_set():
-                        break
-                    put(chunk)
-            except Exception as e:  # reported as an ErrorFrame on the loop side
-                put(e)
-            finally:
-                put(_END)
-
-        worker = threading.Thread(target=work, name=f"tts-{self._engine.name}-{context_id[:8]}", daemon=True)
-        self._active.add(cancel)
-        self.last_worker = worker
+        stream = ThreadedStream(produce, name=f"tts-{self._engine.name}-{context_id[:8]}")
+        self.last_stream = stream
         resampler = StreamResampler(self._engine.sample_rate, self.sample_rate)
         timer = WordTimer(text)
         produced = 0  # engine samples so far
@@ -203,27 +186,24 @@ class EngineTTSService(TTSService):
         def shifted(words: list[tuple[str, float]]) -> list[tuple[str, float]]:
             return [(w, offset + t) for w, t in words]
 
+        self._active.add(stream)
         try:
             await self.start_tts_usage_metrics(text)
-            worker.start()
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, Exception):
-                    message = (
-                        str(item) if isinstance(item, (TTSError, ValueError)) else f"{type(item).__name__}: {item}"
-                    )
+            async with stream:
+                try:
+                    async for chunk in stream:
+                        produced += len(chunk)
+                        audio = resampler.process(chunk)
+                        if len(audio):
+                            yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
+                        words = timer.advance(produced / self._engine.sample_rate)
+                        if words:
+                            await self.add_word_timestamps(shifted(words), context_id)
+                except Exception as e:  # the engine's error, raised in its thread
+                    message = str(e) if isinstance(e, (TTSError, ValueError)) else f"{type(e).__name__}: {e}"
                     logger.error(f"{self} {self._engine.name} TTS failed: {message}")
                     yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
                     return
-                produced += len(item)
-                audio = resampler.process(item)
-                if len(audio):
-                    yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
-                words = timer.advance(produced / self._engine.sample_rate)
-                if words:
-                    await self.add_word_timestamps(shifted(words), context_id)
             tail = resampler.flush()
             if len(tail):
                 yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
@@ -233,5 +213,5 @@ class EngineTTSService(TTSService):
         finally:
             if produced:
                 self._context_seconds[context_id] = offset + produced / self._engine.sample_rate
-            cancel.set()  # interruption, cancellation, error or done: the worker stops within one engine step
-            self._active.discard(cancel)
+            stream.cancel()  # interruption, cancellation, error or done: the worker stops within one engine step
+            self._active.discard(stream)

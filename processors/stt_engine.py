@@ -70,6 +70,8 @@ class STTEngine(Protocol):
     language: str | None  # what it recognises ("en"), None if it detects the language itself
     # Optional: ``ttfs_p99_s`` (float), P99 seconds from the end of speech to the final transcript in a pipeline
     # (VAD stop_secs + one pass + a queued interim pass); EngineSTTService hands it to pipecat's turn-stop strategies.
+    # Optional: ``holds_gil`` (bool), True when ``transcribe`` blocks other Python threads while it runs, so the
+    # adapter skips interim passes that would stall the event loop.
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
         """Transcribe one utterance; raises STTInputError for unusable audio, STTError when the model fails."""

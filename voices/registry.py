@@ -2,7 +2,7 @@
 
 A voice folder ``<id>/`` holds ``manifest.json`` (``VoiceManifest``), the reference clip and ``cache/`` (engines keep
 computed prompts there: it is passed as ``VoiceSpec.cache_dir``). Shipped voices live next to this module and are
-read-only; user voices live in ``Settings.user_voices_dir()``.
+read-only; user voices live in a folder the caller names (``duplex serve``: ``--voices-dir``).
 
 Storage choice: ``add`` decodes any format and rate ``processors.audio.load_audio`` reads (WAV, FLAC, OGG, MP3, WebM
 from browsers, M4A) and stores the clip as a 24 kHz mono 16-bit WAV (``reference.wav``). One format on disk means every
@@ -229,13 +229,6 @@ class VoiceRegistry:
         self._lock = threading.RLock()
         self._warned: set[tuple[str, float]] = set()
         self._sweep()
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> VoiceRegistry:
-        """From ``agent.settings.Settings``: user dir, ``tts.voice`` as the default, upload size limit."""
-        return cls(
-            settings.user_voices_dir(), default_voice=settings.tts.voice, max_bytes=settings.server.max_upload_bytes
-        )
 
     # --- reading -----------------------------------------------------------------------------------
     def list(self) -> list[Voice]:

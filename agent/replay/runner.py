@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from loguru import logger
 from pipecat.transports.base_transport import TransportParams
-from pipecat.workers.runner import WorkerRunner
 
 from agent.settings import Settings
 from pipelines.metrics import TurnMetrics, apply_ground_truth
@@ -71,22 +70,24 @@ def build_agent(
 ) -> VoiceAgent:
     """The pipeline ``duplex serve`` builds for these settings (default: ``scenario.agent_settings()``), with scripted
     STT/LLM where the scenario says so."""
-    from pipelines.engines import create_stt_service, create_tts_service
+    from pipelines.engines import create_services
+    from processors.catalogue import stt_service
 
     settings = settings or scenario.agent_settings()
     stt = None
     if scenario.stt.scripted is not None:
         from .scripted import ScriptedSTTEngine
 
-        stt = create_stt_service(settings, engine=ScriptedSTTEngine(scenario.stt.scripted))
+        stt = stt_service(ScriptedSTTEngine(scenario.stt.scripted), settings.stt)
     llm = None
     if scenario.llm.scripted is not None:
         from .scripted import ScriptedLLMService
 
         llm = ScriptedLLMService(scenario.llm.scripted, token_s=scenario.llm.token_ms / 1000)
-    tts = None
-    if scenario.tts.rate is not None:
-        tts = create_tts_service(settings, rate=scenario.tts.rate)
+    tts_kwargs = {"rate": scenario.tts.rate} if scenario.tts.rate is not None else None
+    stt, llm, tts = create_services(
+        settings, registry=settings.voice_registry(), stt=stt, llm=llm, tts_kwargs=tts_kwargs
+    )
     rate = scenario.transport.sample_rate
     telephony = scenario.transport.telephony if scenario.transport.telephony is not None else rate == 8000
     return build_voice_agent(
@@ -123,47 +124,38 @@ async def _run(scenario: Scenario, realtime: bool, settings: Settings):
         context=agent.context,
         metrics=agent.metrics,
     )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(agent.worker)
-    task = asyncio.create_task(runner.run())
     settle = scenario.settle_ms / 1000
-    try:
-        while True:
-            await asyncio.sleep(0.05)
-            if task.done():
-                task.result()
-                raise RuntimeError("the pipeline stopped on its own")
-            if transport.feed_started_at is None:
-                continue
-            now = transport.now()
-            if now - transport.feed_started_at > scenario.max_duration_s:
-                logger.warning(f"replay: stopped at max_duration_s={scenario.max_duration_s:g}")
-                break
-            if not transport.schedule_done.is_set() or len(transport.user_speech) < len(utterances):
-                continue
-            speaking = transport.event_times("bot_started_speaking")
-            stopped = transport.event_times("bot_stopped_speaking")
-            if len(speaking) > len(stopped):
-                continue
-            last = max(
-                [e.t for e in transport.events]
-                + [c.end for c in transport.audio[-1:]]
-                + [t for t, _ in recorder.vad[-1:]]
-                + [t for t, _, _ in recorder.transcripts[-1:]]
-                + [r.t for r in recorder.requests[-1:]]
-            )
-            turn = agent.metrics.current
-            # a user turn still open, or a request whose answer has not started playing (a slow STT, LLM or TTS in
-            # real time): wait for it (up to max_duration_s)
-            waiting = (
-                turn is not None
-                and turn.bot_started_at is None
-                and (turn.user_turn_end is None or turn.llm_request_at is not None)
-            )
-            if now - last >= settle and not waiting:
-                break
-    finally:
-        await agent.stop(task)
+
+    def finished() -> bool:
+        """Every utterance fed, the bot quiet and nothing pending for ``settle_ms`` (or ``max_duration_s`` passed)."""
+        if transport.feed_started_at is None:
+            return False
+        now = transport.now()
+        if now - transport.feed_started_at > scenario.max_duration_s:
+            logger.warning(f"replay: stopped at max_duration_s={scenario.max_duration_s:g}")
+            return True
+        if not transport.schedule_done.is_set() or len(transport.user_speech) < len(utterances):
+            return False
+        if len(transport.event_times("bot_started_speaking")) > len(transport.event_times("bot_stopped_speaking")):
+            return False
+        last = max(
+            [e.t for e in transport.events]
+            + [c.end for c in transport.audio[-1:]]
+            + [t for t, _ in recorder.vad[-1:]]
+            + [t for t, _, _ in recorder.transcripts[-1:]]
+            + [r.t for r in recorder.requests[-1:]]
+        )
+        turn = agent.metrics.current
+        # a user turn still open, or a request whose answer has not started playing (a slow STT, LLM or TTS in
+        # real time): wait for it (up to max_duration_s)
+        waiting = (
+            turn is not None
+            and turn.bot_started_at is None
+            and (turn.user_turn_end is None or turn.llm_request_at is not None)
+        )
+        return now - last >= settle and not waiting
+
+    await agent.run(finished, poll_s=0.05)
     return agent, transport, utterances, recorder
 
 

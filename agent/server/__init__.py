@@ -1,6 +1,8 @@
 """The Duplex agent server (FastAPI): ``create_app(settings, engines)``; see ``app.py`` and docs/server.md."""
 
-from .app import create_app
-from .context import Engines, ServerContext, get_context
+from pipelines.engines import Engines
 
-__all__ = ["create_app", "Engines", "ServerContext", "get_context"]
+from .app import create_app
+from .context import ServerContext, get_context
+
+__all__ = ["Engines", "ServerContext", "create_app", "get_context"]

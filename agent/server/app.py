@@ -13,14 +13,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from agent.settings import Settings
+from pipelines.engines import Engines
 from voices.registry import VoiceRegistry
 
 from . import health, speak, voices_api
-from .context import Engines, ServerContext
+from .context import ServerContext
 from .guards import ApiError, api_error_response
 
 log = logging.getLogger("duplex.server")
@@ -42,7 +43,7 @@ async def _preload_default_voice(ctx: ServerContext) -> None:
 
 
 def create_app(
-    settings: Any,
+    settings: Settings,
     engines: Engines,
     *,
     registry: VoiceRegistry | None = None,
@@ -53,12 +54,12 @@ def create_app(
     ``settings``: ``agent.settings.Settings`` (``server`` limits and token, ``tts.voice``/``tts.language``, voice dir).
     ``engines``: models loaded by the caller; ``Engines(tts=engine)``, or ``Engines()`` now and ``set_tts``/``fail_tts``
     later while the server already answers (MODEL_LOADING until then).
-    ``registry``: defaults to ``VoiceRegistry.from_settings(settings)``.
+    ``registry``: defaults to ``settings.voice_registry()``.
     """
     ctx = ServerContext(
         settings=settings,
         engines=engines,
-        registry=registry if registry is not None else VoiceRegistry.from_settings(settings),
+        registry=registry if registry is not None else settings.voice_registry(),
     )
 
     @contextlib.asynccontextmanager
@@ -89,6 +90,15 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.duplex = ctx
+    if settings.server.cors_origins:  # a client app on its own origin (e.g. a pipecat client-js or voice-ui-kit page)
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.server.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
     app.include_router(health.router)
     app.include_router(voices_api.router)

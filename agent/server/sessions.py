@@ -1,9 +1,10 @@
 """One voice-chat session: a ``build_voice_agent`` pipeline on the process's shared engines, run in the app's loop.
 
 Every entry point (WebRTC ``/api/offer``, ``/ws``, ``/telephony/twilio``) builds its pipecat transport, takes a session
-slot, and calls ``run_voice_session``: STT/LLM/TTS services are made from the loaded engines (a fresh pocketsphinx
-decoder per session, the shared TTS/LLM), the worker runs until the client goes away, and the turns are recorded in the
-server metrics under the entry point's ``kind``. ``SessionEvents`` turns pipeline frames into small JSON events
+slot, and calls ``run_voice_session``: STT/LLM/TTS services are made from the loaded engines
+(``pipelines.engines.session_services``: the STT engine shared or fresh per session as the engine catalogue says,
+the shared TTS/LLM), the worker runs until the client goes away, and the turns are recorded in the server metrics
+under the entry point's ``kind``. ``SessionEvents`` turns pipeline frames into small JSON events
 (transcripts of both sides, listening/thinking/speaking, per-turn voice-to-voice latency) for clients that show them.
 """
 
@@ -28,13 +29,13 @@ from pipecat.frames.frames import (
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport
-from pipecat.workers.runner import WorkerRunner
 
+from pipelines.engines import session_services
 from pipelines.voice_agent import VoiceAgent, build_voice_agent
+from processors.threads import run_in_thread
 from voices.registry import VoiceNotFoundError
 
 from .context import ServerContext
-from .threads import run_in_thread
 
 log = logging.getLogger("duplex.server")
 
@@ -175,23 +176,26 @@ async def build_session_agent(
     audio_in_sample_rate: int,
     audio_out_sample_rate: int,
     voice: Any,
-    events: SessionEvents | None = None,
+    events: BaseObserver | None = None,
+    rtvi: bool = False,
 ) -> VoiceAgent:
-    """A voice agent on the shared engines (``voice``: the TTS engine's voice object)."""
-    from pipelines.engines import create_stt_service, create_tts_service
-    from processors.llm import create_llm_service
-
-    settings = ctx.settings
+    """A voice agent on the shared engines (``voice``: the TTS engine's voice object). Runtime voice switches go
+    through the server's registry and voice cache. ``events``: an observer of the session's frames
+    (``SessionEvents`` or a protocol's own; its ``agent`` attribute is set). ``rtvi``: speak pipecat's client protocol
+    (RTVI) on the transport's message channel: pipecat's ``RTVIProcessor`` heads the pipeline and its
+    ``RTVIObserver`` reports transcripts, speaking state, metrics and errors; the turn policy is unchanged."""
     engines = ctx.engines
-    stt_engine = await run_in_thread(engines.new_stt_engine, name="duplex-stt-load")
-    stt = create_stt_service(settings, engine=stt_engine)
-    llm = create_llm_service(settings.llm, engine=engines.llm)
-    # the engine already chosen and loaded decides the service kind (settings may still say "auto")
-    tts_settings = settings.model_copy(update={"tts": settings.tts.model_copy(update={"engine": engines.tts.name})})
-    tts = create_tts_service(tts_settings, engine=engines.tts, voice=voice)
+    stt_engine = await run_in_thread(engines.session_stt, name="duplex-stt-load")
+    stt, llm, tts = session_services(
+        engines,
+        ctx.settings,
+        stt_engine=stt_engine,
+        voice=voice,
+        voices=ctx.voices.resolver(ctx.registry, engines.tts),
+    )
     agent = build_voice_agent(
         transport,
-        settings,
+        ctx.settings,
         stt=stt,
         llm=llm,
         tts=tts,
@@ -199,6 +203,7 @@ async def build_session_agent(
         audio_in_sample_rate=audio_in_sample_rate,
         audio_out_sample_rate=audio_out_sample_rate,
         observers=[events] if events is not None else None,
+        enable_rtvi=rtvi,
     )
     if events is not None:
         events.agent = agent
@@ -209,9 +214,7 @@ async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str)
     """Run the worker to its end (the transport's disconnect handler cancels it) and record the turns."""
     ctx.voice_sessions[id(agent)] = agent
     try:
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(agent.worker)
-        await runner.run()
+        await agent.run()
     finally:
         ctx.voice_sessions.pop(id(agent), None)
         for turn in agent.metrics.turns:

@@ -8,19 +8,21 @@ frames of at most one codec frame (80 ms), which the player sends as they come.
 Cancellation (``cancel``, a high-priority speak pre-empting a normal one, ``stop``, a vanished client, shutdown):
 the reader sets the speak's event and, holding the send lock, sends ``CANCELLED``; the player checks the flag under
 the same lock before every frame, so no frame of a cancelled speak follows its ``CANCELLED`` error, and the engine
-stops within one step. The worker is always joined (its event set in ``finally``) before the session releases its
-slot, so a client that disconnects mid-stream leaves no thread behind.
+stops within one step. The worker (``processors.threads.ThreadedStream``) is always joined before the session
+releases its slot, so a client that disconnects mid-stream leaves no thread behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from processors.audio import CODEC_FRAME_MS, StreamResampler, float_to_pcm16
+from processors.threads import ThreadedStream
 from processors.tts_engine import InvalidTextError, TTSEngine, UnsupportedLanguageError, resolve_language, validate_text
 from voices.registry import VoiceNotFoundError
 
@@ -99,14 +102,6 @@ class _Chunk:
 
 
 @dataclass
-class _Failure:
-    error: BaseException
-
-
-_CANCELLED = object()
-
-
-@dataclass
 class SpeakJob:
     text: str
     priority: str
@@ -115,8 +110,7 @@ class SpeakJob:
     received: float
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancelled_async: asyncio.Event = field(default_factory=asyncio.Event)
-    queue: asyncio.Queue | None = None
-    room: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(MAX_BUFFERED_CHUNKS))
+    stream: ThreadedStream | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -128,9 +122,8 @@ class SpeakJob:
             return
         self.cancel_event.set()
         self.cancelled_async.set()
-        self.room.release()
-        if self.queue is not None:
-            self.queue.put_nowait(_CANCELLED)
+        if self.stream is not None:
+            self.stream.cancel()
 
 
 class SpeakSession:
@@ -146,7 +139,7 @@ class SpeakSession:
         self.send_lock = asyncio.Lock()
         self.wakeup = asyncio.Event()
         self.last_activity = time.monotonic()
-        self.workers: set[threading.Thread] = set()
+        self.streams: set[ThreadedStream] = set()  # speaks' engine streams whose threads may still run
 
     # --- sending -----------------------------------------------------------------------------------
     async def _send_text_locked(self, text: str) -> None:
@@ -482,81 +475,92 @@ class SpeakSession:
     async def _run(self, job: SpeakJob) -> None:
         ctx, cfg = self.ctx, job.config
         engine = ctx.engines.tts
-        loop = asyncio.get_running_loop()
-        job.queue = asyncio.Queue()
-        finished = loop.create_future()
-        thread = threading.Thread(
-            target=self._worker, args=(job, engine, loop, finished), name=f"duplex-speak-{self.id}", daemon=True
+
+        def produce(cancel: threading.Event) -> Iterator[_Chunk]:
+            """In the speak's thread: engine.stream -> resample -> encode -> frames for the player."""
+            resampler = StreamResampler(engine.sample_rate, cfg.sample_rate)
+            with contextlib.closing(engine.stream(job.text, cfg.voice, cfg.language, cancel)) as chunks:
+                for chunk in chunks:
+                    frames = cfg.encode(resampler.process(chunk))
+                    if frames:
+                        yield _Chunk(frames, False)
+            yield _Chunk(cfg.encode(resampler.flush()), True)
+
+        stream = ThreadedStream(
+            produce, cancel=job.cancel_event, max_ahead=MAX_BUFFERED_CHUNKS, name=f"duplex-speak-{self.id}"
         )
+        job.stream = stream
         t0 = time.perf_counter()
         first_audio: float | None = None
         sent_samples = 0
         seq = 0
         paced_from: float | None = None
         outcome = "cancelled"
-        self.workers.add(thread)
-        thread.start()
+        self.streams.add(stream)
         try:
-            while True:
-                item = await job.queue.get()
-                if item is _CANCELLED or job.cancelled:
-                    break
-                if isinstance(item, _Failure):
-                    outcome = "error"
-                    await self._engine_error(job, item.error)
-                    break
-                job.room.release()
-                frames = item.frames
-                if not frames and item.final and cfg.audio_format == "json":
-                    frames = [b""]  # the final chunk carries the isFinal flag even with no samples
-                for i, frame in enumerate(frames):
-                    n = len(frame) // cfg.bytes_per_sample
-                    if cfg.pacing == "realtime" and paced_from is not None:
-                        ahead = sent_samples / cfg.sample_rate - (time.perf_counter() - paced_from)
-                        if ahead > cfg.pacing_lead_s:
-                            await _sleep_unless(job.cancelled_async, ahead - cfg.pacing_lead_s)
-                    if cfg.audio_format == "json":
-                        payload: bytes | str = AudioChunkMessage(
-                            data=base64.b64encode(frame).decode("ascii"),
-                            sequence_number=seq,
-                            is_final=item.final and i == len(frames) - 1,
-                            timestamp_ms=round(sent_samples * 1000.0 / cfg.sample_rate, 3),
-                            request_id=job.request_id,
-                        ).dump()
-                    else:
-                        payload = frame
-                    if not await self._send_audio(job, payload):
+            async with stream:
+                while True:
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
                         break
-                    if first_audio is None:
-                        first_audio = time.perf_counter() - t0
-                        paced_from = time.perf_counter()
-                        ctx.metrics.first_audio.observe(first_audio, kind=KIND)
-                    sent_samples += n
-                    seq += 1
-                if job.cancelled or self.closing:
-                    break
-                if item.final:
-                    duration = time.perf_counter() - t0
-                    audio_s = sent_samples / cfg.sample_rate
-                    async with self.send_lock:
-                        if not job.cancelled:
-                            outcome = "complete"
-                            await self._send_text_locked(
-                                CompleteMessage(
-                                    duration_ms=round(duration * 1000, 3),
-                                    characters_processed=len(job.text),
-                                    audio_length_ms=round(audio_s * 1000, 3),
-                                    first_audio_ms=round(first_audio * 1000, 3) if first_audio is not None else None,
-                                    request_id=job.request_id,
-                                ).dump()
-                            )
-                    ctx.metrics.turn_seconds.observe(duration, kind=KIND)
-                    break
+                    except Exception as e:  # the engine failed in its thread
+                        outcome = "error"
+                        await self._engine_error(job, e)
+                        break
+                    frames = item.frames
+                    if not frames and item.final and cfg.audio_format == "json":
+                        frames = [b""]  # the final chunk carries the isFinal flag even with no samples
+                    for i, frame in enumerate(frames):
+                        n = len(frame) // cfg.bytes_per_sample
+                        if cfg.pacing == "realtime" and paced_from is not None:
+                            ahead = sent_samples / cfg.sample_rate - (time.perf_counter() - paced_from)
+                            if ahead > cfg.pacing_lead_s:
+                                await _sleep_unless(job.cancelled_async, ahead - cfg.pacing_lead_s)
+                        if cfg.audio_format == "json":
+                            payload: bytes | str = AudioChunkMessage(
+                                data=base64.b64encode(frame).decode("ascii"),
+                                sequence_number=seq,
+                                is_final=item.final and i == len(frames) - 1,
+                                timestamp_ms=round(sent_samples * 1000.0 / cfg.sample_rate, 3),
+                                request_id=job.request_id,
+                            ).dump()
+                        else:
+                            payload = frame
+                        if not await self._send_audio(job, payload):
+                            break
+                        if first_audio is None:
+                            first_audio = time.perf_counter() - t0
+                            paced_from = time.perf_counter()
+                            ctx.metrics.first_audio.observe(first_audio, kind=KIND)
+                        sent_samples += n
+                        seq += 1
+                    if job.cancelled or self.closing:
+                        break
+                    if item.final:
+                        duration = time.perf_counter() - t0
+                        audio_s = sent_samples / cfg.sample_rate
+                        first_ms = round(first_audio * 1000, 3) if first_audio is not None else None
+                        async with self.send_lock:
+                            if not job.cancelled:
+                                outcome = "complete"
+                                await self._send_text_locked(
+                                    CompleteMessage(
+                                        duration_ms=round(duration * 1000, 3),
+                                        characters_processed=len(job.text),
+                                        audio_length_ms=round(audio_s * 1000, 3),
+                                        first_audio_ms=first_ms,
+                                        request_id=job.request_id,
+                                    ).dump()
+                                )
+                        ctx.metrics.turn_seconds.observe(duration, kind=KIND)
+                        break
         finally:
             job.cancel()  # stops the engine if we left early (disconnect, error, task cancelled)
             ctx.metrics.audio_seconds.inc(sent_samples / cfg.sample_rate, kind=KIND)
             ctx.metrics.turns.inc(kind=KIND, outcome=outcome)
-            await self._join(thread, finished)
+            if stream.thread is None or not stream.thread.is_alive():
+                self.streams.discard(stream)  # else the session's backstop waits for it
 
     async def _send_audio(self, job: SpeakJob, payload: bytes | str) -> bool:
         async with self.send_lock:
@@ -582,86 +586,18 @@ class SpeakSession:
             detail = str(error) or type(error).__name__
             await self.error("SYNTHESIS_ERROR", f"synthesis failed: {detail}", request_id=job.request_id)
 
-    def _worker(
-        self, job: SpeakJob, engine: TTSEngine, loop: asyncio.AbstractEventLoop, finished: asyncio.Future
-    ) -> None:
-        """Runs in the speak's thread: engine.stream -> resample -> encode -> frames for the player."""
-        cfg, cancel = job.config, job.cancel_event
-
-        def put(item: Any) -> bool:
-            try:
-                loop.call_soon_threadsafe(job.queue.put_nowait, item)
-                return True
-            except RuntimeError:  # the loop is closed
-                cancel.set()
-                return False
-
-        def wait_for_room() -> bool:
-            while not job.room.acquire(timeout=0.5):
-                if cancel.is_set() or loop.is_closed():
-                    return False
-            return not cancel.is_set()
-
-        gen = None
-        try:
-            resampler = StreamResampler(engine.sample_rate, cfg.sample_rate)
-            gen = engine.stream(job.text, cfg.voice, cfg.language, cancel)
-            for chunk in gen:
-                if cancel.is_set():
-                    return
-                frames = cfg.encode(resampler.process(chunk))
-                if not frames:
-                    continue
-                if not wait_for_room() or not put(_Chunk(frames, False)):
-                    return
-            if cancel.is_set():
-                return
-            if wait_for_room():
-                put(_Chunk(cfg.encode(resampler.flush()), True))
-        except Exception as e:
-            if not cancel.is_set():
-                put(_Failure(e))
-        finally:
-            if gen is not None and hasattr(gen, "close"):
-                try:
-                    gen.close()  # releases engine locks held by an unfinished generator
-                except Exception:
-                    pass
-            try:
-                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
-            except RuntimeError:
-                pass
-
-    async def _join(self, thread: threading.Thread, finished: asyncio.Future) -> None:
-        try:
-            done, _ = await asyncio.wait({finished}, timeout=WORKER_JOIN_WARN_S)
-            if not done:
-                log.warning(
-                    "speak session %s: worker still running %g s after cancel (engine busy?)",
-                    self.id,
-                    WORKER_JOIN_WARN_S,
-                )
-                await finished
-        except asyncio.CancelledError:
-            thread.join(timeout=5.0)  # the loop is going away: wait for one engine step, not longer
-            raise
-        finally:
-            if not thread.is_alive() or finished.done():
-                thread.join(timeout=1.0)
-            if not thread.is_alive():
-                self.workers.discard(thread)
-
     async def _join_workers(self) -> None:
         """Backstop: every worker is joined by ``_run``; wait for any that is not (bounded), then give up loudly."""
         deadline = time.monotonic() + 6 * WORKER_JOIN_WARN_S
-        for thread in list(self.workers):
-            while thread.is_alive() and time.monotonic() < deadline:
+        for stream in list(self.streams):
+            thread = stream.thread
+            while thread is not None and thread.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            if thread.is_alive():
+            if thread is not None and thread.is_alive():
                 log.error(
                     "speak session %s: worker %s did not stop; releasing the session anyway", self.id, thread.name
                 )
-            self.workers.discard(thread)
+            self.streams.discard(stream)
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

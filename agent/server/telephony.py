@@ -3,8 +3,8 @@ agent per call through pipecat's ``TwilioFrameSerializer``; ``/telephony/telnyx`
 with pipecat's Telnyx and Plivo serializers (their start events differ; the pipeline is the same).
 
 The pipeline runs at 8 kHz in and out, the rate of the call: the serializer then converts mu-law <-> PCM without a
-resampler (pipecat's soxr stream resampler holds back ~95-140 ms at 8k<->16k, a latency trap on every frame, see
-/work/shared/notes/pipecat.md); Silero VAD takes 8 kHz as is; only the STT (16 kHz) and the TTS output (22.05/24 kHz ->
+resampler (pipecat's soxr stream resampler holds back ~95-140 ms at 8k<->16k, a latency trap on every frame);
+Silero VAD takes 8 kHz as is; only the STT (16 kHz) and the TTS output (22.05/24 kHz ->
 8 kHz, once per reply chunk) resample inside their services. On barge-in pipecat's ``InterruptionFrame`` makes the
 serializer send Twilio ``{"event": "clear", "streamSid"}`` (Telnyx ``clear``, Plivo ``clearAudio``), so audio
 buffered at the carrier stops at once. The call is

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from processors.threads import run_in_thread
 from processors.tts_engine import UnsupportedLanguageError, resolve_language
 from voices.registry import (
     InvalidVoiceAudioError,
@@ -28,7 +29,6 @@ from voices.registry import (
 
 from .context import get_context
 from .guards import ApiError, check_upload_length, require_auth
-from .threads import run_in_thread
 
 log = logging.getLogger("duplex.server.voices")
 router = APIRouter(prefix="/api/v1/voices", dependencies=[Depends(require_auth)])

@@ -1,5 +1,5 @@
 """The LLM step: ``LocalLLMEngine`` (in-process, no pipecat), ``LocalLLMService`` (its pipecat adapter) and
-``create_llm_service`` (local or any OpenAI-compatible endpoint, from ``agent.settings.LLMSettings``).
+``create_llm_service`` (local or any OpenAI-compatible endpoint, from ``LLMOptions``).
 
 The engine names import eagerly (plain Python); the pipecat-dependent ones load on first use.
 """
@@ -18,6 +18,7 @@ from .local_engine import (
     default_cache_root,
     get_shared_engine,
 )
+from .options import DEFAULT_SYSTEM_PROMPT, LLMOptions
 
 _LAZY = {
     "LocalLLMService": ".local_service",
@@ -27,6 +28,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "LLMOptions",
     "GenerationStats",
     "LLMError",
     "LLMInputError",

@@ -1,4 +1,4 @@
-"""``create_llm_service``: the pipecat LLM service that ``agent.settings.LLMSettings`` describes.
+"""``create_llm_service``: the pipecat LLM service that ``LLMOptions`` describes.
 
 ``backend == "local"``: ``LocalLLMService`` on the bundled SmolLM2, or on ``settings.model`` when that names a
 local model directory or a Hugging Face hub id. Any other backend is the base URL of an OpenAI-compatible chat
@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from agent.settings import LLMSettings
+from .options import LLMOptions
 
 if TYPE_CHECKING:
     from pipecat.services.llm_service import LLMService
@@ -51,7 +51,7 @@ def _openai_compatible_service_class() -> type:
 
 
 def create_llm_service(
-    settings: LLMSettings,
+    settings: LLMOptions,
     *,
     engine: LocalLLMEngine | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -64,7 +64,7 @@ def create_llm_service(
     or a URL backend without a model name.
     """
     backend = settings.backend.strip()
-    if backend.lower() == "local":
+    if settings.is_local:
         from .local_service import LocalLLMService
 
         return LocalLLMService(
@@ -86,7 +86,7 @@ def create_llm_service(
             f"got {backend!r}"
         )
     if not settings.model:
-        raise ValueError(f"The LLM endpoint {backend} needs a model name (set DUPLEX_LLM__MODEL)")
+        raise ValueError(f"The LLM endpoint {backend} needs a model name (--llm-model, or DUPLEX_LLM__MODEL)")
     is_openai = url.hostname == OPENAI_HOST
     # Without a key the OpenAI client falls back to OPENAI_API_KEY; only OpenAI itself may receive that.
     api_key = settings.api_key or (None if is_openai else PLACEHOLDER_API_KEY)

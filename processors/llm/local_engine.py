@@ -9,7 +9,7 @@ a temporary folder beside it and renamed into place, so a crash never leaves hal
 id or local directory works too (``from_pretrained("HuggingFaceTB/SmolLM2-1.7B-Instruct")``).
 
 Threads: each generation runs in its own thread, which calls ``torch.set_num_threads(num_threads)`` (default 1)
-first. On this project's 2-core machines one thread was as fast as two for this model and far steadier when the
+first. On small (2-core) machines one thread was as fast as two for this model and far steadier when the
 other core is busy (two threads fell to 3-7 tok/s under contention). torch keeps that number process-wide for
 threads started afterwards; pass ``num_threads=None`` to leave torch's setting alone.
 

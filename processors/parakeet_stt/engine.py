@@ -4,7 +4,7 @@ Thread-safety: safe to call from several threads; calls are serialised by a lock
 re-entrant (``transcribe`` flips train/eval mode, swaps decoding config and builds a dataloader per call).
 One engine can therefore serve several sessions, one utterance at a time.
 
-NeMo quirks handled here (see /work/shared/notes/parakeet.md):
+NeMo quirks handled here:
 * ``restore_from``/``from_pretrained`` return the model in train mode, and ``transcribe`` restores whatever mode
   it found: we ``eval()`` after loading and again after every call, so dropout never leaks into results.
 * NeMo pads clips under 1 s on both sides, shifting word times; we pad on the right ourselves first.
@@ -24,9 +24,9 @@ from loguru import logger
 from processors.audio import STT_MIN_CLIP_SECONDS, STT_SAMPLE_RATE
 from processors.stt_engine import Stopwatch, STTError, Transcript, Word, validate_audio
 
-DEFAULT_PARAKEET_MODEL = "nvidia/parakeet-tdt-0.6b-v2"
+from .options import DEFAULT_PARAKEET_MODEL
 
-# Speech end -> final transcript P99 in a pipeline: VAD stop_secs 0.2 + one real-size pass (measured on the 2-core CPU:
+# Speech end -> final transcript P99 in a pipeline: VAD stop_secs 0.2 + one real-size pass (measured on a 2-core CPU:
 # 0.44-0.65 s for 2 s, 0.64-1.03 s for 5 s of audio) + at most one interim pass queued ahead of it. GPU: ~tens of ms.
 TTFS_P99_CPU_S = 1.5
 TTFS_P99_CUDA_S = 0.5

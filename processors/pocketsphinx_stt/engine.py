@@ -13,8 +13,8 @@ Exact digital silence (zeros: padding, muted mics, the adapter's trailing silenc
 "dog", and zeros cost search time. So an all-zero input is answered with an empty transcript at once, exact zeros
 at the edges are trimmed to 0.2 s, and remaining runs of zeros get -60 dBFS noise. Measured on 45 flite utterances
 (-29 dBFS speech, 1 s of zeros before, 0.5 s after, one decoder): no treatment 8.4 % WER at RTF 0.23; dither alone
-8.4 % at RTF 0.32; trim + dither (default) 8.4 % at RTF 0.23; trim alone 9.8 %; dither at -50 dBFS (the level the
-shared notes mention) 13-18 %, too loud next to quiet speech. On the six committed fixtures band-limited to 8 kHz
+8.4 % at RTF 0.32; trim + dither (default) 8.4 % at RTF 0.23; trim alone 9.8 %; dither at -50 dBFS (a level suggested
+elsewhere) 13-18 %, too loud next to quiet speech. On the six committed fixtures band-limited to 8 kHz
 (telephone) the edge trimming matters most: 18 % WER with it, 51-54 % without.
 """
 
@@ -62,6 +62,7 @@ class PocketsphinxEngine:
 
     name = "pocketsphinx"
     language = "en"
+    holds_gil = True  # decoding blocks other Python threads: callers avoid extra (interim) passes
     # Speech end -> final transcript P99 in a pipeline: VAD stop_secs 0.2 + one pass over utterance and padding at
     # RTF 0.13-0.5 (measured; the higher end with the shared CPU busy) + a queued interim pass.
     ttfs_p99_s = 1.0

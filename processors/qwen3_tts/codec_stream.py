@@ -1,8 +1,8 @@
 """Exact incremental decoding of the Qwen3-TTS 12 Hz codec.
 
-Every op in the codec decoder is causal (see /work/shared/notes/qwen-tts.md), so instead of re-decoding a window
-of frames with left context (approximate, and ~7x the work at 4-frame chunks) we carry the state each layer
-needs from one chunk to the next:
+Every op in the codec decoder is causal (causal convolutions, a causal sliding-window transformer), so instead of
+re-decoding a window of frames with left context (approximate, and ~7x the work at 4-frame chunks) we carry the
+state each layer needs from one chunk to the next:
 
 * causal convolutions keep their last ``kernel - stride`` input samples (zeros at the start, like ``F.pad``);
 * causal transposed convolutions (kernel = 2 x stride) keep their last input frame and emit only the

@@ -10,11 +10,9 @@ Scripted parts (used only where a test needs to know the words; each test says w
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import pytest
-from pipecat.workers.runner import WorkerRunner
 
 from agent.replay.scripted import ScriptedLLMService, ScriptedSTTEngine  # noqa: F401  (tests import them from here)
 from processors.audio import load_audio
@@ -23,19 +21,11 @@ from testkit.clips import cough_like, speech  # noqa: F401
 
 
 async def run_agent(agent, transport, until: Callable[[], bool], *, timeout: float, settle_s: float = 0.0) -> None:
-    """Run ``agent.worker`` until ``until()`` holds (then ``settle_s`` more), then cancel it."""
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(agent.worker)
-    task = asyncio.create_task(runner.run())
+    """``agent.run`` until ``until()`` holds (then ``settle_s`` more); a timeout names the transport's timeline."""
     try:
-        await transport.wait_for(lambda: until() or task.done(), timeout)
-        if task.done():
-            task.result()
-            raise AssertionError("the pipeline stopped on its own")
-        if settle_s:
-            await asyncio.sleep(settle_s)
-    finally:
-        await agent.stop(task)
+        await agent.run(until, timeout=timeout, settle_s=settle_s, poll_s=0.01)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; timeline: {transport.timeline_text()}") from None
 
 
 @pytest.fixture(scope="session")

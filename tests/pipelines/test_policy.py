@@ -40,7 +40,6 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnaly
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.time import time_now_iso8601
 
-from agent.settings import Settings
 from pipelines.interruptions import (
     EchoGuardUserTurnStartStrategy,
     FalseInterruptionFrame,
@@ -50,6 +49,7 @@ from pipelines.interruptions import (
     ResumedResponseStartFrame,
     unspoken_remainder,
 )
+from pipelines.options import AgentOptions
 from pipelines.policy import (
     build_user_aggregator_params,
     build_user_turn_strategies,
@@ -60,7 +60,7 @@ from pipelines.policy import (
 
 
 def turn_settings(**kw):
-    return Settings().turn.model_copy(update=kw)
+    return AgentOptions().turn.model_copy(update=kw)
 
 
 # --- settings -> strategies ---------------------------------------------------------------------------------------
@@ -112,13 +112,15 @@ def test_telephony_detection():
 
 
 def test_aggregator_params():
-    settings = Settings()
+    settings = AgentOptions()
     settings.vad = settings.vad.model_copy(update={"start_secs": 0.15, "stop_secs": 0.3})
-    params = build_user_aggregator_params(settings, resolve_policy(settings, telephony=False), stt_name="x")
+    params = build_user_aggregator_params(
+        settings.vad, settings.turn, resolve_policy(settings.turn, telephony=False), stt_name="x"
+    )
     assert params.vad_analyzer.params.start_secs == 0.15 and params.vad_analyzer.params.stop_secs == 0.3
     assert params.empty_user_turn is None  # our resume replaces pipecat's "ask to repeat"
     settings.turn = settings.turn.model_copy(update={"false_interruption_timeout_s": None})
-    params = build_user_aggregator_params(settings, resolve_policy(settings, telephony=False))
+    params = build_user_aggregator_params(settings.vad, settings.turn, resolve_policy(settings.turn, telephony=False))
     assert params.empty_user_turn is not None
 
 

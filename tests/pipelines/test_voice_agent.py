@@ -21,12 +21,12 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
-from agent.settings import Settings
-from pipelines.engines import create_stt_service
 from pipelines.metrics import apply_ground_truth
+from pipelines.options import AgentOptions
 from pipelines.virtual_transport import UserUtterance, VirtualTransport
 from pipelines.voice_agent import build_voice_agent
 from processors.audio import STT_SAMPLE_RATE, resample
+from processors.catalogue import stt_service
 from processors.espeak_tts import EspeakTTSService
 from processors.llm import LocalLLMService
 from processors.pocketsphinx_stt import PocketsphinxEngine
@@ -68,10 +68,10 @@ class TextRecorder(BaseObserver):
             self.text += data.frame.text
 
 
-def settings_for(**turn) -> Settings:
+def settings_for(**turn) -> AgentOptions:
     """Default settings with ``turn`` overrides, and no interim STT passes: pocketsphinx holds the GIL while it
     decodes, so re-transcribing the growing utterance every second stalls the event loop (see the report)."""
-    s = Settings()
+    s = AgentOptions()
     s.turn = s.turn.model_copy(update=turn)
     s.stt = s.stt.model_copy(update={"interim_interval_s": None})
     return s
@@ -122,7 +122,7 @@ async def test_full_turn_real_engines(local_llm_engine):
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=260),
         observers=[recorder],
@@ -172,7 +172,7 @@ class WorkerWatch(BaseObserver):
 
     async def on_push_frame(self, data: FramePushed):
         if self._armed and self.worker is None and isinstance(data.frame, VADUserStartedSpeakingFrame):
-            self.worker = self.tts.last_worker
+            self.worker = getattr(self.tts.last_stream, "thread", None)
             self.alive_at_vad_start = bool(self.worker and self.worker.is_alive())
 
     async def poll(self):
@@ -203,7 +203,7 @@ async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=parakeet_engine),
+        stt=stt_service(parakeet_engine, settings.stt),
         llm=llm,
         tts=tts,
         observers=[watch],
@@ -283,7 +283,7 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(),
         observers=[recorder],
@@ -333,7 +333,7 @@ async def test_cough_during_reply_resumes():
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=stt_engine),
+        stt=stt_service(stt_engine, settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=240),
     )
@@ -378,7 +378,7 @@ async def test_speech_while_bot_silent_sends_no_interruption():
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=240),
     )
@@ -414,7 +414,7 @@ async def test_two_quick_turns_real_engines(local_llm_engine):
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=280),
     )
@@ -457,7 +457,7 @@ async def test_echo_guard_ignores_short_burst():
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=220),
         telephony=True,
@@ -493,7 +493,7 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
     agent = build_voice_agent(
         transport,
         settings,
-        stt=create_stt_service(settings, engine=PocketsphinxEngine()),
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=220),
     )

@@ -68,15 +68,6 @@ def test_default_resolution_order(tmp_path):
         VoiceRegistry(tmp_path / "none", shipped_dir=tmp_path / "none2").default()
 
 
-def test_from_settings_uses_tts_voice(tmp_path):
-    from agent.settings import ServerSettings, Settings, TTSSettings
-
-    settings = Settings(voices_dir=tmp_path, tts=TTSSettings(voice="mine"), server=ServerSettings(max_upload_bytes=123))
-    make_voice_folder(tmp_path, "mine")
-    reg = VoiceRegistry.from_settings(settings)
-    assert reg.user_dir == tmp_path and reg.max_bytes == 123 and reg.default().id == "mine"
-
-
 def test_bad_folders_are_skipped_with_a_warning(tmp_path, caplog):
     user = tmp_path / "user"
     make_voice_folder(user, "good")

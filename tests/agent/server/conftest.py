@@ -234,8 +234,8 @@ async def await_until(predicate, timeout: float = 5.0, interval: float = 0.01) -
 def agent_server(tmp_path_factory):
     """A live agent server (real uvicorn on loopback) with the fallback engines, loaded by ``load_engines`` exactly as
     ``duplex serve`` loads them: espeak TTS, pocketsphinx STT, the bundled SmolLM2 (replies capped for speed)."""
-    from agent.engines import load_engines
     from agent.serve import build_app
+    from pipelines.engines import load_engines
 
     settings = Settings(
         voices_dir=tmp_path_factory.mktemp("voices"),

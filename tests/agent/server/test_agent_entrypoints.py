@@ -1,5 +1,5 @@
 """The voice-chat entry points on a real uvicorn server (loopback) with the real fallback engines (espeak TTS,
-pocketsphinx STT, the bundled SmolLM2) loaded by ``agent.engines.load_engines``, exactly as ``duplex serve`` does.
+pocketsphinx STT, the bundled SmolLM2) loaded by ``pipelines.engines.load_engines``, exactly as ``duplex serve`` does.
 
 * ``/ws``: a client streams a recorded utterance as 20 ms PCM16 frames (real time), gets transcripts, state events,
   a latency event and the bot's audio.

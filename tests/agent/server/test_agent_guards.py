@@ -85,7 +85,9 @@ async def test_session_cap_and_bad_requests(tmp_path):
     server = live(tmp_path, engines, max_sessions=1)
     try:
         base = f"127.0.0.1:{server.port}"
-        engines.set_pipeline_ready()  # no TTS yet: still loading
+        from processors.pocketsphinx_stt import PocketsphinxEngine
+
+        engines.set_pipeline_ready(stt=PocketsphinxEngine())  # no TTS yet: still loading
         assert engines.pipeline_state == "loading"
         slot = server.ctx.sessions.try_acquire("other")
         from processors.espeak_tts import EspeakEngine
@@ -120,7 +122,9 @@ async def test_ws_session_on_qwen3_tts(tmp_path, engine_root):
     from .conftest import make_engine
 
     engines = Engines(make_engine("qwen3", engine_root))
-    engines.set_pipeline_ready(stt=None, llm=get_shared_engine(None))
+    from processors.pocketsphinx_stt import PocketsphinxEngine
+
+    engines.set_pipeline_ready(stt=PocketsphinxEngine(), llm=get_shared_engine(None))
     server = live(tmp_path, engines)
     try:
         async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws?voice=default") as ws:

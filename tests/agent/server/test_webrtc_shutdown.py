@@ -10,9 +10,9 @@ import time
 
 import httpx
 
-from agent.engines import load_engines
 from agent.serve import build_app
 from agent.settings import LLMSettings, Settings, STTSettings, TTSSettings
+from pipelines.engines import load_engines
 
 from .conftest import LiveServer
 

@@ -62,8 +62,10 @@ def median_f0(a: np.ndarray, sr: int = ESPEAK_SAMPLE_RATE) -> float:
 
 
 def assert_same_speech(a: np.ndarray, b: np.ndarray) -> None:
-    """Same text, voice and rate: length within 0.5 %, envelopes correlated > 0.9, pitch within 5 %."""
-    assert abs(len(a) - len(b)) <= 0.005 * len(b) + 50, (len(a), len(b))
+    """Same text, voice and rate: length within 1.5 %, envelopes correlated > 0.9, pitch within 5 %. (libespeak-ng's
+    output for the same text varies between calls in one process: up to 1.3 % in length on a short sentence,
+    e.g. "Guten Tag." 14957-15148 samples of speech; which call varies depends on what was synthesised before.)"""
+    assert abs(len(a) - len(b)) <= 0.015 * len(b) + 50, (len(a), len(b))
     ea, eb = envelope(a), envelope(b)
     n = min(len(ea), len(eb))
     corr = float(np.corrcoef(ea[:n], eb[:n])[0, 1])

@@ -19,7 +19,7 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
-from agent.settings import LLMSettings
+from processors.llm import LLMOptions as LLMSettings
 from processors.llm import LocalLLMService, chat_messages, create_llm_service
 
 QUESTION = "What is the capital of France?"

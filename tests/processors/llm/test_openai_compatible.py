@@ -22,8 +22,8 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import run_test
 
-from agent.settings import DEFAULT_SYSTEM_PROMPT, LLMSettings
-from processors.llm import LocalLLMService, create_llm_service
+from processors.llm import DEFAULT_SYSTEM_PROMPT, LocalLLMService, create_llm_service
+from processors.llm import LLMOptions as LLMSettings
 
 CHUNKS = ["Hello", " there", "! How", " can I", " help", "?"]
 

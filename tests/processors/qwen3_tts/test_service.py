@@ -95,7 +95,7 @@ async def test_interruption_stops_worker_and_audio(engine, voices):
     idx = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     assert _audio(down[:idx]), "some audio played before the interruption"
     assert not _audio(down[idx:]), "no audio may follow the interruption"
-    worker = tts.last_worker
+    worker = tts.last_stream.thread
     worker.join(timeout=0.5)  # one frame of the tiny model is a few ms; allow scheduling slack
     assert not worker.is_alive()
     assert engine.last_stats.cancelled

@@ -1,0 +1,24 @@
+"""What a user can set for Qwen3-TTS (``DUPLEX_TTS__*`` / ``duplex serve --tts-model``), next to the engine that
+reads it. Kept free of torch so that settings load without the model stack."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+
+
+class Qwen3TTSOptions(BaseModel):
+    """The model to load, how audio is chunked, and how codec tokens are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_MODEL  # hub id or local directory
+    first_chunk_frames: int = Field(1, ge=1, le=16)  # codec frames (80 ms each) before the first audio chunk
+    chunk_frames: int = Field(4, ge=1, le=64)  # codec frames per later chunk
+    temperature: float = Field(0.9, ge=0.0)
+    top_k: int = Field(50, ge=0)
+
+    def generation(self) -> dict[str, float | int]:
+        """Sampling settings as ``Qwen3TTSEngine.stream`` takes them."""
+        return {"temperature": self.temperature, "top_k": self.top_k}
