@@ -1,7 +1,11 @@
 """``build_voice_agent``: the full-duplex voice pipeline, ready to run.
 
     [transport.input(), stt, user aggregator (Silero VAD + turn strategies), llm, ReplyResumer, tts,
-     IdleInterruptionFilter, transport.output(), assistant aggregator]
+     IdleInterruptionFilter, PlaybackClock, transport.output(), assistant aggregator]
+
+Speech over the bot first *holds* it (``turn.barge_in_hold``): ``pipelines.playback.PlaybackHold`` pauses the
+output transport's audio between two chunks and ``PlaybackClock`` keeps the word timestamps in step with the
+held audio, until the turn strategy has judged the sound: an interruption (below) or a resume where it stopped.
 
 Barge-in is pipecat's interruption, wired so nothing is lost: a user-turn start broadcasts ``InterruptionFrame``;
 the LLM's task is cancelled (its stream closed, the local engine's cancel event set); the TTS cancels ``run_tts``
@@ -41,6 +45,7 @@ from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
 from .options import AgentOptions
+from .playback import PlaybackClock, PlaybackHold
 from .policy import TurnPolicy, build_user_aggregator_params, is_telephony_transport, resolve_policy
 
 
@@ -60,6 +65,7 @@ class VoiceAgent:
     interruption_filter: IdleInterruptionFilter
     metrics: VoiceMetricsObserver
     policy: TurnPolicy
+    playback: PlaybackHold | None = None  # the output's hold (``turn.barge_in_hold``)
 
     async def run(
         self,
@@ -135,7 +141,8 @@ def build_voice_agent(
         telephony = is_telephony_transport(transport)
     policy = resolve_policy(options.turn, telephony=telephony)
     logger.info(
-        f"voice agent: stop={policy.stop_strategy} barge_in={policy.barge_in} echo_guard={policy.echo_guard} "
+        f"voice agent: stop={policy.stop_strategy} barge_in={policy.barge_in} hold={policy.barge_in_hold} "
+        f"echo_guard={policy.echo_guard} "
         f"false_interruption_timeout={policy.false_interruption_timeout_s} telephony={policy.telephony}"
     )
 
@@ -147,8 +154,14 @@ def build_voice_agent(
     context = context or LLMContext()
     # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
     stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
+    output = transport.output()
+    playback = None
+    if policy.barge_in_hold:
+        playback = PlaybackHold()
+        playback.install(output)
     user, assistant = LLMContextAggregatorPair(
-        context, user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name)
+        context,
+        user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name, hold=playback),
     )
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()
@@ -156,11 +169,14 @@ def build_voice_agent(
     processors: list[FrameProcessor] = [transport.input(), stt, user, llm]
     if resumer is not None:
         processors.append(resumer)
-    processors += [tts, interruption_filter, transport.output(), assistant]
+    processors += [tts, interruption_filter]
+    if playback is not None:
+        processors.append(PlaybackClock(playback))
+    processors += [output, assistant]
     pipeline = Pipeline(processors)
 
     metrics = VoiceMetricsObserver()
-    metrics.bind(user=user, stt=stt, llm=llm, resumer=resumer, tts=tts, output=transport.output())
+    metrics.bind(user=user, stt=stt, llm=llm, resumer=resumer, tts=tts, output=output, playback=playback)
     worker_kwargs.setdefault("enable_rtvi", False)
     worker = PipelineWorker(
         pipeline,
@@ -186,4 +202,5 @@ def build_voice_agent(
         interruption_filter=interruption_filter,
         metrics=metrics,
         policy=policy,
+        playback=playback,
     )

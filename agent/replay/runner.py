@@ -313,9 +313,14 @@ def collect(
             if rel(m.user_turn_start) <= tr.speech_start and (end is None or end >= tr.speech_start):
                 tr.merged_into = prev.name
 
-    def reacted(tr: TurnResult) -> float:  # when the pipeline took the utterance (its first turn's VAD start)
+    def reacted(tr: TurnResult) -> float:
+        """When the pipeline took the utterance: its first turn's VAD start, or for a barge-in the end of the bot's
+        last audio before it (words that played until the bot fell silent belong to the reply it cut)."""
         m = tr.pipeline[0]
-        return rel(m.vad_start if m.vad_start is not None else m.user_turn_start)
+        t = m.vad_start if m.vad_start is not None else m.user_turn_start
+        if m.barge_in is not None and m.barge_in.last_bot_audio is not None:
+            t = max(t, m.barge_in.last_bot_audio + 1e-6)
+        return rel(t)
 
     # the final context, split into the messages each pipeline turn's requests added
     context = [dict(m) for m in agent.context.get_messages()]
@@ -341,7 +346,13 @@ def collect(
         words = [w for t, w in recorder.played_words if tr.window[0] <= t - t0 < tr.window[1]]
         tr.reply = re.sub(r"\s+", " ", " ".join(w.strip() for w in words)).strip()
 
+    held = _hold_events(agent, t0)
+    for tr in turns:
+        released = [e["t"] for e in held if e["kind"] == "bot_released" and tr.speech_start <= e["t"] < tr.span[1]]
+        tr.released_at = released[0] if released else None
+
     events = [{"t": e.t - t0, "kind": e.kind, "label": e.label} for e in transport.events]
+    events += held
     events += _vad_events(recorder, agent.metrics.turns, rel)
     events += [
         {"t": t - t0, "kind": "transcript" if final else "interim_transcript", "label": text}
@@ -403,6 +414,23 @@ def _llm_requests(recorder: PipelineRecorder, llm: Any, t0: float) -> list[dict[
             parts.append(f"reply {s.index if s.index is not None else '(none left)'}, {outcome}")
         entry["label"] = ", ".join(parts)
         out.append(entry)
+    return out
+
+
+def _hold_events(agent: VoiceAgent, t0: float) -> list[dict]:
+    """``bot_held`` when the bot's audio stopped for a sound over it (labelled with how it ended: ``released`` or
+    ``interrupted``), ``bot_released`` when it played on from where it stopped."""
+    out: list[dict] = []
+    held_at = None
+    for e in agent.playback.events if agent.playback is not None else []:
+        if e.kind == "hold":
+            held_at = e.t
+        elif e.kind in ("release", "drop") and held_at is not None:
+            outcome = "released" if e.kind == "release" else "interrupted"
+            out.append({"t": held_at - t0, "kind": "bot_held", "label": outcome})
+            if e.kind == "release":
+                out.append({"t": e.t - t0, "kind": "bot_released", "label": ""})
+            held_at = None
     return out
 
 
