@@ -247,6 +247,9 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
     ``echo_window_s`` > 0 (the echo guard on): during the bot's first ``echo_window_s`` of speech an interruption
     takes ``echo_min_words`` such words instead (its own voice echoed back from a speakerphone is words too).
 
+    The bot's speech is from ``BotStartedSpeakingFrame`` to ``BotStoppedSpeakingFrame`` and, for a client that
+    plays audio the output sent ahead (a phone carrier), as long as that audio is due to play there.
+
     Time is counted in audio (``InputAudioRawFrame``s), like the echo guard. Outside the bot's speech, or with no
     hold, frames pass to pipecat's strategies behind it. It sits first in ``UserTurnStrategies.start``.
     """
@@ -305,7 +308,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         await super().cleanup()
         await self._cancel_timer()
         if self._deciding:
-            self.hold.release()
+            await self.hold.release()
 
     # -- frames ---------------------------------------------------------------------------------------------------
 
@@ -329,8 +332,8 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
                 self._interim = ""
                 self._speech_s += frame.start_secs or 0.0
                 return ProcessFrameResult.STOP
-            if not self._turn_active and self._bot_speech_s is not None:
-                self._start_deciding(frame.start_secs or 0.0)
+            if not self._turn_active and (self._bot_speech_s is not None or self.hold.far_end_playing()):
+                await self._start_deciding(frame.start_secs or 0.0)
                 return ProcessFrameResult.STOP
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._user_speaking = False
@@ -378,7 +381,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
 
     # -- decision -------------------------------------------------------------------------------------------------
 
-    def _start_deciding(self, start_secs: float) -> None:
+    async def _start_deciding(self, start_secs: float) -> None:
         self._deciding = True
         self._late_segments = 0
         self._speech_s = start_secs
@@ -386,7 +389,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self._stt_pending = 0
         echo = self.echo_window_s > 0 and (self._bot_speech_s or 0.0) < self.echo_window_s
         self._needed_words = max(self.min_words, self.echo_min_words) if echo else self.min_words
-        self.hold.hold()
+        await self.hold.hold()
         logger.debug(f"{self}: sound over the bot; holding it while deciding")
 
     def _heard(self) -> str:
@@ -412,7 +415,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self._late_segments = self._stt_pending
         self.decisions.append(BargeInDecision("resume", reason, self._heard(), self._speech_s))
         logger.info(f"{self}: not an interruption ({reason}; {self._speech_s:.2f} s, heard {self._heard()!r})")
-        self.hold.release()
+        await self.hold.release()
         await self.trigger_reset_aggregation()
 
     def _arm(self, delay_s: float, reason: str) -> None:

@@ -174,6 +174,7 @@ class VoiceMetricsObserver(BaseObserver):
         self._last_audio_out: float | None = None
         self._open_barge_in: BargeInMetrics | None = None
         self._loose_transcripts: list[tuple[float, str]] = []  # (time, text) while no turn was open
+        self._loose_vad_stop: tuple[float, float] | None = None  # the last VAD stop while no turn was open
         self._playback: Any = None  # the output's PlaybackHold, if the bot holds on speech over it
 
     def bind(self, *, playback: Any = None, **processors: Any) -> None:
@@ -223,6 +224,8 @@ class VoiceMetricsObserver(BaseObserver):
                 turn.vad_stop = t
                 turn.vad_stop_secs = frame.stop_secs or 0.0
                 turn.speech_end = t - turn.vad_stop_secs
+            else:
+                self._loose_vad_stop = (t, frame.stop_secs or 0.0)
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._start_turn(t)
         elif isinstance(frame, InterruptionFrame):
@@ -305,6 +308,10 @@ class VoiceMetricsObserver(BaseObserver):
             if heard:
                 turn.transcript_at = heard[-1][0]
                 turn.transcript = " ".join(text for _, text in heard)
+            stop = self._loose_vad_stop
+            if stop is not None and stop[0] >= self._vad_start[0]:  # decided after the sound ended
+                turn.vad_stop, turn.vad_stop_secs = stop
+                turn.speech_end = stop[0] - stop[1]
         self._vad_start = None  # one VAD start opens at most one turn (a turn started by a late transcript has none)
         self._loose_transcripts = []
         turn.interrupted_bot = self._bot_speaking

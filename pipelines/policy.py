@@ -107,6 +107,7 @@ class TurnOptions(BaseModel):
     barge_in_min_speech_s: float = Field(2.0, gt=0.0)  # ... or this much sound (from its onset) without such words
     barge_in_verdict_timeout_s: float = Field(1.0, gt=0.0)  # after the sound ends, longest wait for the STT's words
     backchannels: list[str] = Field(default_factory=lambda: list(BACKCHANNEL_PHRASES))  # phrases that never interrupt
+    carrier_marks: bool = True  # phone calls: the carrier confirms what it played (marks); the context holds that
 
 
 def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SileroVADAnalyzer:

@@ -45,7 +45,7 @@ from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
 from .options import AgentOptions
-from .playback import PlaybackClock, PlaybackHold
+from .playback import PlaybackClock, PlaybackHold, RemotePlayout
 from .policy import TurnPolicy, build_user_aggregator_params, is_telephony_transport, resolve_policy
 
 
@@ -65,7 +65,7 @@ class VoiceAgent:
     interruption_filter: IdleInterruptionFilter
     metrics: VoiceMetricsObserver
     policy: TurnPolicy
-    playback: PlaybackHold | None = None  # the output's hold (``turn.barge_in_hold``)
+    playback: PlaybackHold | None = None  # the output's hold (``turn.barge_in_hold``) and far-end playout
 
     async def run(
         self,
@@ -127,6 +127,7 @@ def build_voice_agent(
     audio_in_sample_rate: int = STT_SAMPLE_RATE,
     audio_out_sample_rate: int = TTS_SAMPLE_RATE,
     clock: BaseClock | None = None,
+    playout: RemotePlayout | None = None,
     **worker_kwargs: Any,
 ) -> VoiceAgent:
     """Build the pipeline and its worker for one session.
@@ -134,7 +135,9 @@ def build_voice_agent(
     ``stt`` / ``llm`` / ``tts``: services to use; missing ones are created from ``options`` with the engine catalogue
     (``pipelines.engines.create_services``). ``telephony``: whether the client is a phone call (decides
     ``echo_guard=auto``); None = detect from the transport's serializer / input rate. ``clock``: the pipeline clock
-    (a virtual clock for replays). Other keyword arguments go to ``PipelineWorker``.
+    (a virtual clock for replays). ``playout``: the far end's playback acknowledgements, for a transport whose
+    client reports them (a phone carrier's marks, ``agent.server.telephony_marks``): the context then holds the words
+    the far end confirmed playing. Other keyword arguments go to ``PipelineWorker``.
     """
     options = options or AgentOptions()
     if telephony is None:
@@ -156,12 +159,13 @@ def build_voice_agent(
     stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
     output = transport.output()
     playback = None
-    if policy.barge_in_hold:
-        playback = PlaybackHold()
+    if policy.barge_in_hold or playout is not None:
+        playback = PlaybackHold(playout=playout)
         playback.install(output)
+    hold = playback if policy.barge_in_hold else None
     user, assistant = LLMContextAggregatorPair(
         context,
-        user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name, hold=playback),
+        user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name, hold=hold),
     )
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()

@@ -107,7 +107,7 @@ def build_agent(
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-async def _run(scenario: Scenario, realtime: bool, settings: Settings):
+async def _run(scenario: Scenario, realtime: bool, settings: Settings, observers=()):
     utterances = build_utterances(scenario)
     rate = scenario.transport.sample_rate
     params = TransportParams(
@@ -116,7 +116,7 @@ async def _run(scenario: Scenario, realtime: bool, settings: Settings):
     transport = VirtualTransport(utterances, background=build_background(scenario), params=params)
     recorder = PipelineRecorder()
     clock = None if realtime else LoopClock()
-    agent = build_agent(scenario, transport, clock=clock, observers=[recorder], settings=settings)
+    agent = build_agent(scenario, transport, clock=clock, observers=[recorder, *observers], settings=settings)
     recorder.bind(
         user=agent.user_aggregator,
         stt=agent.stt,
@@ -174,10 +174,13 @@ def _run_in_loop(coro_factory, realtime: bool):
         loop.close()
 
 
-def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: bool | None = None) -> ReplayResult:
+def run_scenario(
+    scenario: Scenario, *, realtime: bool = False, inherit_env: bool | None = None, observers=()
+) -> ReplayResult:
     """Run ``scenario`` (in its own event loop; in a helper thread when called from inside a running loop).
     ``inherit_env``: read ``DUPLEX_*`` environment variables under the scenario's settings (default: the scenario's
-    ``inherit_env``, normally off: defaults plus the scenario)."""
+    ``inherit_env``, normally off: defaults plus the scenario). ``observers``: more pipecat observers of the
+    pipeline (for tests and tools that look at frames the result does not keep)."""
     inherit = scenario.inherit_env if inherit_env is None else inherit_env
     settings = scenario.agent_settings(inherit_env=inherit)
     source = "defaults + scenario"
@@ -195,7 +198,7 @@ def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: boo
 
         def target():
             try:
-                box["out"] = _run_in_loop(lambda: _run(scenario, realtime, settings), realtime)
+                box["out"] = _run_in_loop(lambda: _run(scenario, realtime, settings, observers), realtime)
             except BaseException as e:  # re-raised in the caller's thread
                 box["err"] = e
 
@@ -206,7 +209,9 @@ def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: boo
             raise box["err"]
         agent, transport, utterances, recorder = box["out"]
     else:
-        agent, transport, utterances, recorder = _run_in_loop(lambda: _run(scenario, realtime, settings), realtime)
+        agent, transport, utterances, recorder = _run_in_loop(
+            lambda: _run(scenario, realtime, settings, observers), realtime
+        )
     result = collect(
         scenario, agent, transport, utterances, recorder, realtime=realtime, wall_s=time.perf_counter() - wall0
     )
@@ -222,12 +227,13 @@ def replay(
     out: str | Path | None = None,
     check: bool = True,
     inherit_env: bool | None = None,
+    observers=(),
 ) -> ReplayResult:
     """Replay a scenario (a YAML path or a loaded ``Scenario``); write the reports to ``out`` if given; raise a
     readable ``AssertionError`` when an expectation fails (``check=False``: just return the result)."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
-    result = run_scenario(scenario, realtime=realtime, inherit_env=inherit_env)
+    result = run_scenario(scenario, realtime=realtime, inherit_env=inherit_env, observers=observers)
     if out is not None:
         write_reports(result, out)
     if check:
@@ -350,6 +356,11 @@ def collect(
     for tr in turns:
         released = [e["t"] for e in held if e["kind"] == "bot_released" and tr.speech_start <= e["t"] < tr.span[1]]
         tr.released_at = released[0] if released else None
+        if tr.released_at is not None and not tr.pipeline:  # what the STT heard of a sound the bot played on over
+            heard = [
+                text for t, text, final in recorder.transcripts if final and tr.speech_start <= t - t0 <= tr.released_at
+            ]
+            tr.transcript = " ".join(heard)
 
     events = [{"t": e.t - t0, "kind": e.kind, "label": e.label} for e in transport.events]
     events += held

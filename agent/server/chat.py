@@ -9,7 +9,9 @@ slot until the client goes away.
 * server -> client: text ``{"type": "ready", "sessionId", "inputSampleRate": 16000, "outputSampleRate": 24000,
   "encoding": "pcm16", "voice", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the bot's voice,
   40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
-  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's ``clear``).
+  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's ``clear``)
+  and ``flush`` (the bot holds while it judges a sound over it: drop audio not yet played; if it plays on, the audio
+  from where the page had got to comes again).
   Errors: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
   ``UNAUTHORIZED``: 1008).
 
@@ -43,6 +45,7 @@ from pipecat.frames.frames import (
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_transport import TransportParams
 
+from pipelines.playback import RemotePlayout
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
@@ -56,6 +59,20 @@ WS_KIND = "browser_ws"
 WEBRTC_KIND = "browser_webrtc"
 
 router = APIRouter()
+
+
+class BrowserFlush:
+    """``/ws`` playback messages for ``pipelines.playback.RemotePlayout``: the page confirms nothing (the clock is
+    trusted); ``{"type": "flush"}`` makes it drop the audio it buffered when the bot holds for a sound over it (the
+    held audio is sent again from where the page had got to if the bot plays on)."""
+
+    @staticmethod
+    def mark_message(name: str) -> None:
+        return None
+
+    @staticmethod
+    def clear_message() -> dict[str, Any]:
+        return {"type": "flush"}
 
 
 class RawPCMSerializer(FrameSerializer):
@@ -153,6 +170,7 @@ async def ws_chat(websocket: WebSocket) -> None:
             audio_out_sample_rate=TTS_SAMPLE_RATE,
             voice=voice,
             events=events,
+            playout=RemotePlayout(BrowserFlush()),
         )
 
         @transport.event_handler("on_client_disconnected")

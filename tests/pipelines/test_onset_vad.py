@@ -51,7 +51,7 @@ def test_pipecats_rule_is_the_special_case(clip):
 
 
 def test_a_short_stop_is_heard_at_every_alignment():
-    """"Stop." (0.37 s of voice) starts speech at every alignment, ~0.3 s after its first sample; pipecat's rule
+    """ "Stop." (0.37 s of voice) starts speech at every alignment, ~0.3 s after its first sample; pipecat's rule
     misses it at some (its stop consonant's closure resets the count, and the smoothed volume lags)."""
     audio = speech("espeak_stop_en-us_200.wav")
     ours = [started(states(OnsetSileroVADAnalyzer(sample_rate=16000), audio, o), o) for o in OFFSETS_MS]
