@@ -194,10 +194,14 @@ def _tokens(text: str) -> list[str]:
     return [t.strip("'") for t in _SPLIT.split(text.lower().replace("_", " ")) if t.strip("'")]
 
 
-def interrupting_words(text: str, backchannels: Iterable[str] = BACKCHANNEL_PHRASES) -> list[str]:
+def interrupting_words(
+    text: str, backchannels: Iterable[str] = BACKCHANNEL_PHRASES, *, open_end: bool = False
+) -> list[str]:
     """The words of ``text`` that are not part of a backchannel phrase ("mhm", "uh-huh", "I see", "okay"):
     ``"yeah, I see"`` -> ``[]``; ``"okay wait"`` -> ``["wait"]``; ``"no, I meant Lyon"`` -> ``["no", "i", "meant",
-    "lyon"]``. Case, punctuation and hyphens are ignored; the longest phrase wins."""
+    "lyon"]``. Case, punctuation and hyphens are ignored; the longest phrase wins. ``open_end``: more words may
+    follow (the user is still speaking, or the text is an interim transcript), so trailing words that begin a
+    phrase ("I" of "I see", "all" of "all right") do not count yet."""
     phrases = sorted({tuple(_tokens(p)) for p in backchannels if _tokens(p)}, key=len, reverse=True)
     words = _tokens(text)
     out, i = [], 0
@@ -209,6 +213,11 @@ def interrupting_words(text: str, backchannels: Iterable[str] = BACKCHANNEL_PHRA
         else:
             out.append(words[i])
             i += 1
+    if open_end and out:
+        for k in range(min(len(out), max((len(p) for p in phrases), default=1) - 1), 0, -1):
+            tail = tuple(words[-k:])
+            if tuple(out[-k:]) == tail and any(len(p) > k and p[:k] == tail for p in phrases):
+                return out[:-k]
     return out
 
 
@@ -240,6 +249,9 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
       ``verdict_timeout_s`` after the VAD stop, the duration decides (shorter than ``min_speech_s``: resume); words
       that arrive after that still interrupt ("late words").
 
+    Words that may begin a backchannel phrase ("I" of "I see", "all" of "all right") do not interrupt while more may
+    follow; a final transcript that ends on one waits ``prefix_wait_s`` for the rest before it counts as words.
+
     ``stt_name``: the segmented STT's processor name; its processing-time ``MetricsFrame`` tells that a segment was
     transcribed even when it held no words (then no ``TranscriptionFrame`` comes). Without it, the decision after a
     VAD stop waits for a transcript or the timeout.
@@ -266,6 +278,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         echo_window_s: float = 0.0,
         echo_min_words: int = 2,
         settle_s: float = 0.05,
+        prefix_wait_s: float = 0.4,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -278,6 +291,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self.echo_window_s = echo_window_s
         self.echo_min_words = echo_min_words
         self.settle_s = settle_s  # the STT's MetricsFrame overtakes its TranscriptionFrame: wait this long after it
+        self.prefix_wait_s = prefix_wait_s  # a sound ending on "I", "all", "thank": wait this long for "see", "right"
         self._bot_speech_s: float | None = None  # input audio since BotStartedSpeakingFrame; None: bot not speaking
         self._turn_active = False
         self._deciding = False
@@ -351,12 +365,15 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
             if self._deciding:
                 self._final.append(frame.text)
                 self._interim = ""
-                if self._interrupts():
+                if self._interrupts(open_end=True):
                     await self._interrupt("words")
                     return ProcessFrameResult.CONTINUE  # the turn's first words
-                await self.trigger_reset_aggregation()
                 if not self._user_speaking and self._stt_pending == 0:
+                    if self._interrupts(open_end=False):  # it ends on a word that may begin "I see", "all right"
+                        self._arm(self.prefix_wait_s, "words")
+                        return ProcessFrameResult.STOP  # kept in the aggregation: the turn's first words if so
                     self._arm(self.settle_s, "backchannel")
+                await self.trigger_reset_aggregation()
                 return ProcessFrameResult.STOP
             if self._late_segments and not self._turn_active:
                 self._late_segments -= 1
@@ -395,8 +412,10 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
     def _heard(self) -> str:
         return " ".join([*self._final, self._interim]).strip()
 
-    def _interrupts(self) -> bool:
-        return len(interrupting_words(self._heard(), self.backchannels)) >= self._needed_words
+    def _interrupts(self, open_end: bool | None = None) -> bool:
+        if open_end is None:
+            open_end = self._user_speaking or bool(self._interim)
+        return len(interrupting_words(self._heard(), self.backchannels, open_end=open_end)) >= self._needed_words
 
     async def _interrupt(self, reason: str) -> None:
         if not self._deciding:

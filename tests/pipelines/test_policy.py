@@ -284,6 +284,20 @@ def test_interrupting_words(text, words):
     assert interrupting_words(text) == words
 
 
+@pytest.mark.parametrize(
+    "text, closed, open_",
+    [
+        ("I", ["i"], []),  # "I" may become "I see"
+        ("yeah all", ["all"], []),  # "all right"
+        ("okay thank", ["thank"], []),  # "thank you"
+        ("I meant", ["i", "meant"], ["i", "meant"]),  # no phrase goes on like that
+        ("stop", ["stop"], ["stop"]),
+    ],
+)
+def test_words_that_may_begin_a_backchannel_wait_while_more_may_follow(text, closed, open_):
+    assert interrupting_words(text) == closed and interrupting_words(text, open_end=True) == open_
+
+
 STT = "stt#0"
 
 
@@ -356,6 +370,31 @@ async def test_interim_words_interrupt_while_the_user_still_speaks():
     down, _ = await run_test(
         agg, frames_to_send=[*frames, InterimTranscriptionFrame("yeah but wait", "", time_now_iso8601())]
     )
+    assert names(down).count("UserStartedSpeakingFrame") == 1
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
+
+
+async def test_a_word_that_may_begin_a_backchannel_waits_for_the_next():
+    """The word "I" then (0.3 s later, a VAD segment of its own) "see": the first segment's "I" does not interrupt while
+    "see" may follow; "I" alone, with nothing after it, does."""
+    decide, agg = decider(prefix_wait_s=0.4)
+    frames = over_the_bot(
+        0.3,
+        stt_done(),
+        final("I"),
+        *audio(0.1),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        *audio(0.3),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        stt_done(),
+        final("see"),
+        SleepFrame(0.2),
+    )
+    down, _ = await run_test(agg, frames_to_send=frames)
+    assert "UserStartedSpeakingFrame" not in names(down)
+    assert [(d.outcome, d.words) for d in decide.decisions] == [("resume", "I see")]
+    decide, agg = decider(prefix_wait_s=0.2)
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.3, stt_done(), final("I"), SleepFrame(0.4)))
     assert names(down).count("UserStartedSpeakingFrame") == 1
     assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
 
