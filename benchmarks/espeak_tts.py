@@ -188,8 +188,8 @@ def measure_adapter_interrupt(runs: int) -> dict:
             self.set_at: list[float] = []
             self.ended_at: list[float] = []
 
-        def stream(self, text, voice=None, language="English", cancel=None, **generation):
-            inner = super().stream(text, voice, language, cancel, **generation)
+        def stream_timed(self, text, voice=None, language="English", cancel=None, **generation):
+            inner = super().stream_timed(text, voice, language, cancel, **generation)  # stream() is built on it
             if cancel is not None:
                 threading.Thread(
                     target=lambda: (cancel.wait(), self.set_at.append(time.perf_counter())), daemon=True

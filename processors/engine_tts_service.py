@@ -8,8 +8,10 @@ It translates frames and threads, nothing else:
 * on interruption, cancellation or shutdown the worker's ``threading.Event`` is set in ``finally``; engines stop
   within one step (one codec frame for Qwen3-TTS), so the thread is gone within one frame. A pipecat task
   cancellation alone would leave a ``to_thread`` worker running;
-* word timestamps are estimated from each word's share of the audio and released as the audio covering them is
-  produced (``WordTimer``), so an interrupted reply leaves exactly the played words in the assistant context;
+* word timestamps come from the engine when it knows where each word starts in its audio (``stream_timed``, e.g.
+  espeak's word events); otherwise they are estimated from each word's share of the audio (``WordTimer``). Either
+  way they are released as the audio covering them is produced, and the output transport releases each word when
+  its audio plays, so an interrupted reply leaves the played words in the assistant context;
 * voice and language are pipecat settings, switchable at runtime with ``TTSUpdateSettingsFrame``;
   engine errors become ``ErrorFrame``s with the engine's message.
 """
@@ -21,7 +23,6 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
@@ -30,7 +31,7 @@ from pipecat.transcriptions.language import Language
 
 from processors.audio import StreamResampler, float_to_pcm16
 from processors.threads import ThreadedStream
-from processors.tts_engine import TTSEngine, TTSError, VoiceError
+from processors.tts_engine import TimedTTSEngine, TTSEngine, TTSError, VoiceError
 
 # pipecat Language codes -> the language names our engines use
 LANGUAGE_NAMES = {
@@ -172,8 +173,13 @@ class EngineTTSService(TTSService):
         language = str(self._settings.language or "English")
         voice_id = self._settings.voice
 
-        def produce(cancel: threading.Event) -> Iterator[np.ndarray]:
+        # an engine that reports where its words start (TimedTTSEngine) is believed; others are estimated
+        timed = isinstance(self._engine, TimedTTSEngine)
+
+        def produce(cancel: threading.Event) -> Iterator[Any]:
             voice = self._resolve_voice(voice_id)
+            if timed:
+                return self._engine.stream_timed(text, voice, language, cancel, **self._generation)
             return self._engine.stream(text, voice, language, cancel, **self._generation)
 
         stream = ThreadedStream(produce, name=f"tts-{self._engine.name}-{context_id[:8]}")
@@ -191,12 +197,14 @@ class EngineTTSService(TTSService):
             await self.start_tts_usage_metrics(text)
             async with stream:
                 try:
-                    async for chunk in stream:
+                    async for item in stream:
+                        chunk, words = item if timed else (item, None)
                         produced += len(chunk)
                         audio = resampler.process(chunk)
                         if len(audio):
                             yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
-                        words = timer.advance(produced / self._engine.sample_rate)
+                        if words is None:
+                            words = timer.advance(produced / self._engine.sample_rate)
                         if words:
                             await self.add_word_timestamps(shifted(words), context_id)
                 except Exception as e:  # the engine's error, raised in its thread
@@ -207,7 +215,7 @@ class EngineTTSService(TTSService):
             tail = resampler.flush()
             if len(tail):
                 yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
-            words = timer.advance(produced / self._engine.sample_rate, final=True)
+            words = [] if timed else timer.advance(produced / self._engine.sample_rate, final=True)
             if words and produced:
                 await self.add_word_timestamps(shifted(words), context_id)
         finally:

@@ -71,6 +71,22 @@ class TTSEngine(Protocol):
     def synthesize(self, text: str, voice: Any, language: str = "English", **generation: Any) -> np.ndarray: ...
 
 
+@runtime_checkable
+class TimedTTSEngine(TTSEngine, Protocol):
+    """An engine that knows where each word starts in its audio (espeak: its word events). Adapters then time the
+    words exactly instead of estimating them from the text."""
+
+    def stream_timed(
+        self,
+        text: str,
+        voice: Any,
+        language: str = "English",
+        cancel: threading.Event | None = None,
+        **generation: Any,
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
+        """``stream``'s chunks, each with the words that start in it: ``(word, seconds from the first sample)``."""
+
+
 def validate_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
     """The text to speak, stripped; raises InvalidTextError for empty, non-string or over-long text."""
     if not isinstance(text, str):

@@ -54,6 +54,8 @@ espeakRATE = 1
 espeakPITCH = 3
 EE_OK = 0
 EE_NOT_FOUND = 2
+espeakEVENT_LIST_TERMINATED = 0
+espeakEVENT_WORD = 1
 
 ESPEAK_BUFFER_MS = 60  # the callback's buffer; espeak-ng delivers 60 ms buffers for anything below 60 (measured)
 DEFAULT_RATE = 175  # words per minute: espeak's default
@@ -159,6 +161,24 @@ class _Job:
         self.error: BaseException | None = None
         self.wait_ms = 0.0  # waiting for the lock (other threads' sentences)
         self.synth_ms = 0.0  # voice/parameter setup + espeak_Synth, inside the lock
+        self.word_events: list[tuple[int, int]] = []  # (character position in the sentence from 1, sample)
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
 
 
 _job: _Job | None = None  # set only while _LOCK is held
@@ -172,6 +192,13 @@ def _on_audio(wav, numsamples, events) -> int:  # called by espeak_Synth, in the
     try:
         if numsamples > 0 and wav:
             job.buffers.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).astype(np.float32) / 32768.0)
+        if events:  # the word starts espeak reports with this buffer (sample: from the start of the sentence)
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            i = 0
+            while event[i].type != espeakEVENT_LIST_TERMINATED:
+                if event[i].type == espeakEVENT_WORD:
+                    job.word_events.append((event[i].text_position, event[i].sample))
+                i += 1
         if job.cancel is not None and job.cancel.is_set():
             job.aborted = True
             return 1
@@ -302,6 +329,19 @@ def _resolve_voice_name(name: str) -> str | None:
             return None
         identifier = lib.espeak_GetCurrentVoice().contents.identifier
         return identifier.decode() if identifier else None
+
+
+def _word_starts(sentence: str, events: list[tuple[int, int]]) -> list[tuple[str, int]]:
+    """(word, start sample) for each whitespace-separated word of ``sentence``, from espeak's word events
+    (character position from 1, sample). A word espeak reads as several ("3.14") starts at its first event; one it
+    reports no event for (a lone dash) starts with the word before it."""
+    out: list[tuple[str, int]] = []
+    at = 0
+    for match in re.finditer(r"\S+", sentence):
+        inside = [sample for pos, sample in events if match.start() <= pos - 1 < match.end()]
+        at = max(at, min(inside)) if inside else at
+        out.append((match.group(), at))
+    return out
 
 
 def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
@@ -453,6 +493,21 @@ class EspeakEngine:
         ``generation``: ``rate`` (words per minute, 80-450) and ``pitch`` (0-100); anything else is an error.
         Validation errors are raised at the call, before any audio. ``voice=None`` is the default voice.
         """
+        timed = self.stream_timed(text, voice, language, cancel, **generation)
+        return (chunk for chunk, _ in timed)
+
+    def stream_timed(
+        self,
+        text: str,
+        voice: EspeakVoice | None = None,
+        language: str = "English",
+        cancel: threading.Event | None = None,
+        **generation: Any,
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
+        """``stream``, each chunk with the words that start in it: ``(word, seconds from the first sample)``.
+
+        Words are the whitespace-separated words of each sentence; their starts are espeak's own word events (where
+        the word's first phoneme begins in the audio), so a player knows exactly which words it has played."""
         text = validate_text(text, self.max_text_chars)
         lang = resolve_language(language, self.languages)
         if voice is None:
@@ -475,7 +530,7 @@ class EspeakEngine:
 
     def _stream(
         self, sentences: list[str], voice_name: str, rate: int, pitch: int, cancel: threading.Event | None
-    ) -> Iterator[np.ndarray]:
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
         stats = StreamStats()
         self.last_stats = stats
         t0 = time.perf_counter()
@@ -496,14 +551,20 @@ class EspeakEngine:
                 stats.synth_ms.append(job.synth_ms)
                 stats.lock_wait_ms += job.wait_ms
                 stats.aborted_mid_sentence = job.aborted
-                for buffer in job.buffers:
+                words = _word_starts(sentence, job.word_events)  # samples from the sentence's first sample
+                start, end = stats.samples, stats.samples
+                for k, buffer in enumerate(job.buffers):
                     if cancelled():
                         return
+                    end += len(buffer)
+                    last = k == len(job.buffers) - 1 and not job.aborted
+                    starting = [(w, (start + at) / ESPEAK_SAMPLE_RATE) for w, at in words if last or at < end - start]
+                    words = words[len(starting) :]
                     stats.chunks += 1
                     stats.samples += len(buffer)
                     if stats.first_chunk_s is None:
                         stats.first_chunk_s = time.perf_counter() - t0
-                    yield buffer
+                    yield buffer, starting
                 if job.aborted:
                     stats.cancelled = True
                     return
