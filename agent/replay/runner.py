@@ -245,7 +245,11 @@ async def _run(scenario: Scenario, realtime: bool) -> tuple[VoiceAgent, VirtualT
             return False
         last = max([e.t for e in transport.events] + [c.end for c in transport.audio[-1:]])
         turn = agent.metrics.current
-        waiting = turn is not None and turn.llm_request_at is None and turn.user_turn_end is None
+        # the pipeline still owes the current turn its answer: the turn has not ended, or it was heard (a transcript:
+        # the LLM will be asked) or the LLM was asked (or the interrupted reply resumed), and the bot has not spoken
+        # yet. On the wall clock the STT, LLM and TTS take real time, under load longer than the settle time.
+        owed = turn is not None and (turn.llm_request_at is not None or bool(turn.transcript.strip()))
+        waiting = turn is not None and turn.bot_started_at is None and (turn.user_turn_end is None or owed)
         return now - last >= settle and not waiting
 
     await agent.run(finished, poll_s=0.05)
