@@ -2,8 +2,9 @@
 
 Upstream ``qwen-tts`` returns a waveform only when the whole utterance is done. Here the talker/code-predictor loop
 runs one 80 ms codec frame at a time (``frame_loop.py``) and new frames are decoded exactly and incrementally
-(``codec_stream.py``), so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops
-within one frame of ``cancel`` being set.
+(``codec_stream.py``: the whole-sequence decode at any length, where upstream windows utterances past 300 frames),
+so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops within one frame of
+``cancel`` being set.
 
 Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
 patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
