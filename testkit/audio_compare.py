@@ -97,13 +97,14 @@ def assert_same_waveform(
     sample_rate: int,
     *,
     length_tolerance: float = 0.015,
-    median: float = 0.75,
+    median: float = 0.6,
     polarity: float = 0.8,
 ) -> WaveformMatch:
     """Same speech, allowing espeak's jitter: lengths within ``length_tolerance`` (another rate is caught here), median
     window correlation at least ``median`` (reordered or foreign audio), windows positively correlated at least
-    ``polarity`` (an inverted signal). Measured on espeak repeats at 8-22.05 kHz: median >= 0.81, polarity >= 0.89;
-    inverted: polarity <= 0.05; 80 ms chunks swapped in pairs: median <= 0.44; 5 % off in rate: median <= 0.71."""
+    ``polarity`` (an inverted signal). Measured on espeak repeats at 8-24 kHz and 175-260 words per minute: median
+    >= 0.81, polarity >= 0.89; inverted: polarity <= 0.05; 80 ms chunks swapped in pairs: median <= 0.44; 5 % off
+    in rate: median <= 0.71 (and the length)."""
     m = waveform_match(candidate, reference, sample_rate)
     assert abs(m.length_ratio - 1.0) <= length_tolerance, f"lengths differ: {m}"
     assert m.polarity >= polarity, f"the signal is inverted: {m}"
