@@ -18,6 +18,7 @@ sentences.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import re
@@ -331,6 +332,12 @@ def _resolve_voice_name(name: str) -> str | None:
         return identifier.decode() if identifier else None
 
 
+def _audio_only(timed: Iterator[tuple[np.ndarray, list[tuple[str, float]]]]) -> Iterator[np.ndarray]:
+    with contextlib.closing(timed):  # closing the stream closes the synthesis now, not when it is collected
+        for chunk, _ in timed:
+            yield chunk
+
+
 def _word_starts(sentence: str, events: list[tuple[int, int]]) -> list[tuple[str, int]]:
     """(word, start sample) for each whitespace-separated word of ``sentence``, from espeak's word events
     (character position from 1, sample). A word espeak reads as several ("3.14") starts at its first event; one it
@@ -493,8 +500,7 @@ class EspeakEngine:
         ``generation``: ``rate`` (words per minute, 80-450) and ``pitch`` (0-100); anything else is an error.
         Validation errors are raised at the call, before any audio. ``voice=None`` is the default voice.
         """
-        timed = self.stream_timed(text, voice, language, cancel, **generation)
-        return (chunk for chunk, _ in timed)
+        return _audio_only(self.stream_timed(text, voice, language, cancel, **generation))
 
     def stream_timed(
         self,
