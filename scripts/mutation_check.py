@@ -101,8 +101,9 @@ def copy_tree(src: Path, dst: Path) -> None:
         shutil.copy2(src / rel, dst / rel)
 
 
-def run_tests(root: Path, tests: list[str], log: Path) -> tuple[int, set[str], set[str]]:
-    """pytest on ``tests`` in ``root``: (exit status, failed node ids, errored node ids)."""
+def run_tests(root: Path, tests: list[str], log: Path) -> tuple[int, list[str], list[str]]:
+    """pytest on ``tests`` in ``root``: (exit status, its FAILED summary lines, its ERROR summary lines); node ids
+    may hold spaces ("[GET /api/v1/voices-none]"), so the lines are matched against the listed tests later."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "--no-header", *tests]
     with log.open("w") as out:
@@ -111,15 +112,21 @@ def run_tests(root: Path, tests: list[str], log: Path) -> tuple[int, set[str], s
                 cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
             ).returncode
         except subprocess.TimeoutExpired:
-            return -1, set(), set()
+            return -1, [], []
     text = log.read_text(errors="replace")
-    failed = set(re.findall(r"^FAILED (\S+)", text, re.M))
-    errored = set(re.findall(r"^ERROR (\S+)", text, re.M))
+    failed = re.findall(r"^FAILED (.+)$", text, re.M)
+    errored = re.findall(r"^ERROR (.+)$", text, re.M)
     return rc, failed, errored
 
 
-def _matches(entry: str, node: str) -> bool:
-    return node == entry or node.startswith(entry + "[") or node.startswith(entry + "::")
+def _matches(entry: str, line: str) -> bool:
+    """Whether a summary line ("<node id>[ - message]") is about ``entry`` (a node id, a test, or a file)."""
+    if not line.startswith(entry):
+        return False
+    rest = line[len(entry) :]
+    if "[" not in entry and rest.startswith("["):
+        return True  # a parametrisation of the listed test
+    return rest == "" or rest.startswith((" - ", "::"))
 
 
 def main(argv: list[str] | None = None) -> int:
