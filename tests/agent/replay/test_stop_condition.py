@@ -12,7 +12,7 @@ from agent.replay import load_scenario, parse_scenario, replay
 from agent.replay.scripted import ScriptedSTTEngine
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "replay"
-SLOW_STT_S = 2.5  # > the default settle time (1.5 s): pocketsphinx on a loaded 2-core machine
+SLOW_STT_S = 2.5  # > the default settle time (1.5 s), as pocketsphinx takes on a small CPU under load
 
 
 def test_realtime_replay_waits_for_a_slow_stt(monkeypatch):

@@ -69,7 +69,7 @@ def test_cancel_mid_chunk_generates_at_most_one_more_frame(engine, voice, hold_a
 def test_cancel_at_random_moments(engine, voice):
     """The cancel event set at arbitrary moments (a few frame times into the stream) from another thread."""
     rng = random.Random(7)
-    # one frame's time on this machine, now, so the moments spread over the first chunks
+    # one frame's time where the test runs, measured now, so the moments spread over the first chunks
     with FrameProbe(engine) as probe:
         gen = engine.stream(TEXT, voice, "English", threading.Event(), max_frames=6, **GREEDY)
         list(gen)
