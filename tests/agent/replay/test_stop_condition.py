@@ -31,4 +31,5 @@ def test_realtime_replay_waits_for_a_slow_stt(monkeypatch):
     result = replay(parse_scenario(data, base_dir=scenario.base_dir), realtime=True)
     turn = result.turns[0]
     print(f"\n{result.summary()}")
-    assert turn.metrics.stt >= SLOW_STT_S and turn.answered
+    # the transcript came later than the settle time after the VAD stop (the case this is about), and was answered
+    assert turn.metrics.stt > scenario.settle_ms / 1000 and turn.answered
