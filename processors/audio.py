@@ -7,6 +7,7 @@ Parakeet and Silero: 16 kHz) and by the transports (20 ms frames; telephony 8 kH
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -183,14 +184,23 @@ def load_audio(source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES) -> Deco
         except AudioError:
             raise
         except Exception as e:  # each decoder raises its own types for garbage
-            errors.append(f"{decode.__name__.strip('_')}: {e}")
+            errors.append(_decode_reason(e))
             continue
         if decoded.samples.size == 0:
             raise AudioError("the audio decodes to no samples")
         if not np.all(np.isfinite(decoded.samples)):
             raise AudioError("the audio contains NaN or infinite samples")
         return decoded
-    raise AudioError("could not decode the audio (tried WAV/FLAC/OGG/MP3 and WebM/M4A): " + "; ".join(errors))
+    reasons = "; ".join(dict.fromkeys(e for e in errors if e)) or "unknown format"
+    raise AudioError(f"could not decode the audio (tried WAV, FLAC, OGG, MP3, WebM and M4A): {reasons}")
+
+
+def _decode_reason(e: Exception) -> str:
+    """A decoder's complaint for a person: libsndfile's and FFmpeg's own text, without object reprs or errno."""
+    text = getattr(e, "error_string", None) or getattr(e, "strerror", None) or str(e)
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the upload", str(text))
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return text.strip().rstrip(".")
 
 
 def check_duration(audio: DecodedAudio, min_s: float, max_s: float, what: str = "audio") -> None:

@@ -55,6 +55,8 @@ class EngineEntry:
     options: type[BaseModel] | None = None
     per_session: Callable[[Any], Any] | None = None  # loaded engine -> a session's own engine (None: shared)
     fallback: bool = False  # runs anywhere; chosen by ``auto`` only when the rows before it cannot run here
+    model: Callable[[Any], str | None] | None = None  # options -> the model it loads (shown while it loads)
+    remote: bool = False  # lives elsewhere (an endpoint): checked before the local engines load
 
     def session_engine(self, loaded: Any) -> Any:
         """The engine one session uses: the shared one, or a fresh one (call it off the event loop)."""
@@ -72,24 +74,16 @@ def cuda_available() -> bool:
 
 
 def hf_available(repo_id: str, filename: str) -> tuple[bool, str]:
-    """(True, how) when a hub file is in the local cache or the hub answers; never raises."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    """(True, how) when a hub model is in the local cache or the hub answers (one request, no retries); never
+    raises."""
+    from processors import hub
 
-        cached = try_to_load_from_cache(repo_id, filename)
-        if isinstance(cached, str) and os.path.exists(cached):
-            return True, "weights are in the local Hugging Face cache"
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False, "weights are not cached and HF_HUB_OFFLINE is set"
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(repo_id, timeout=5)
+    if hub.cached_snapshot(repo_id, (filename,)) is not None:
+        return True, "weights are in the local Hugging Face cache"
+    ok, why = hub.probe_hub(repo_id)
+    if ok:
         return True, "weights will be downloaded from the Hugging Face hub on first use"
-    except Exception as e:
-        return False, f"weights are not cached and the hub is unreachable ({type(e).__name__})"
+    return False, f"weights are not cached and {why}"
 
 
 def _local_path(model: str) -> bool:
@@ -208,10 +202,14 @@ def _openai_auto(options: Any, device: str | None) -> tuple[bool, str]:
 
 
 def _openai_load(options: Any, device: str | None) -> Any:
-    from processors.llm import create_llm_service
+    from processors.llm import check_endpoint, create_llm_service
 
     create_llm_service(options)  # validates the URL and the model name; the endpoint holds the model
-    return None
+    return check_endpoint(options)  # it answers, takes the key and serves the model, or a message saying what to do
+
+
+def _local_llm_model(options: Any) -> str:
+    return options.model or "SmolLM2-135M-Instruct (bundled)"
 
 
 def _llm_service(engine: Any, options: Any, **kwargs: Any) -> Any:
@@ -229,6 +227,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_qwen3_auto,
         load=_qwen3_load,
         service=_qwen3_service,
+        model=lambda options: options.model,
     ),
     EngineEntry(
         kind="tts",
@@ -247,6 +246,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_parakeet_auto,
         load=_parakeet_load,
         service=_stt_service,
+        model=lambda options: options.model,
     ),
     EngineEntry(
         kind="stt",
@@ -266,6 +266,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_local_llm_auto,
         load=_local_llm_load,
         service=_llm_service,
+        model=_local_llm_model,
     ),
     EngineEntry(
         kind="llm",
@@ -275,6 +276,8 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_openai_auto,
         load=_openai_load,
         service=_llm_service,
+        model=lambda options: f"{options.model} at {options.backend}",
+        remote=True,
     ),
 )
 

@@ -71,6 +71,9 @@ SUPPORTED_LANGUAGES = (
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
+REQUIRED_FILES = ("config.json", "model.safetensors")  # what a usable model directory or cached snapshot holds
+
+
 class ModelUnavailableError(TTSError):
     """The model cannot be loaded (not cached and no network, bad path, corrupt files)."""
 
@@ -179,6 +182,12 @@ class Qwen3TTSEngine:
         see ``precision.py``. With ``quantize="int8"`` and no dtype the model loads in bf16 where supported.
         ``decoder_dtype``: the codec decoder's dtype when it should differ from ``dtype`` (bf16 halves its cost on
         AMX CPUs; see docs/benchmarks.md for its drift)."""
+        from processors.hub import HubModelError, fetch
+
+        try:  # at once when it cannot be had: before the hub client's minute of retries, and before importing qwen_tts
+            path = fetch(model, what="the Qwen3-TTS model", required=REQUIRED_FILES)
+        except HubModelError as e:
+            raise ModelUnavailableError(str(e)) from None
         ensure_qwen_tts_importable()
         from qwen_tts import Qwen3TTSModel
 
@@ -190,16 +199,11 @@ class Qwen3TTSEngine:
         log.info("Qwen3-TTS: loading %s on %s as %s", model, device, str(torch_dtype).replace("torch.", ""))
         t0 = time.perf_counter()
         try:
-            tts_model = Qwen3TTSModel.from_pretrained(str(model), device_map=device, dtype=torch_dtype)
-        except Exception as e:  # OSError, HF hub errors, safetensors errors...
-            hint = (
-                "it is not in the local Hugging Face cache and could not be downloaded (offline?); "
-                "use a local directory, or the espeak fallback (--tts espeak)"
-            )
-            if Path(str(model)).exists():
-                hint = "the directory is not a complete Qwen3-TTS model"
+            tts_model = Qwen3TTSModel.from_pretrained(str(path), device_map=device, dtype=torch_dtype)
+        except Exception as e:  # missing or corrupt files, safetensors errors...
             raise ModelUnavailableError(
-                f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})"
+                f"cannot load the Qwen3-TTS model {str(model)!r}: {path} is not a complete Qwen3-TTS model "
+                f"({type(e).__name__}: {e})"
             ) from e
         tts_model.model.eval()
         prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU
