@@ -112,6 +112,8 @@ function onEvent(ev) {
     case "ready":
       if (ev.engines) showEngines(ev.engines);
       ui.state("listening");
+      $("text").disabled = $("send").disabled = false; // the events channel is open: typed turns can go
+      $("text").placeholder = "Type to the bot (or just speak)";
       ui.add("system", `connected (voice ${ev.voice}${ev.language ? `, ${ev.language}` : ""})` +
         (session && !session.mic ? ": no microphone, type to talk" : ""));
       break;
@@ -217,10 +219,10 @@ function showFailed(h) {
 }
 
 function showLanguages(h) {
-  const langs = (h.models && h.models.tts.languages) || [];
   const sel = $("language");
-  if (!langs.length || sel.options.length === langs.length) return;
   const keep = sel.value || (config && config.language) || "English";
+  const langs = (h.models && h.models.tts.languages && h.models.tts.languages.length) ? h.models.tts.languages : [keep];
+  if (sel.options.length === langs.length) return;
   sel.innerHTML = "";
   for (const l of langs) sel.appendChild(new Option(l, l));
   sel.value = langs.includes(keep) ? keep : langs[0];
@@ -522,9 +524,11 @@ $("text-form").onsubmit = (e) => {
 // ---- connect / hang up ----------------------------------------------------------------------------------------
 function setInCall(on) {
   $("hangup").disabled = !on;
-  $("text").disabled = $("send").disabled = !on;
   $("mute").disabled = !on || !(session && session.mic);
-  $("text").placeholder = on ? "Type to the bot (or just speak)" : "Start, then speak, or type here";
+  if (!on) {
+    $("text").disabled = $("send").disabled = true;
+    $("text").placeholder = "Start, then speak, or type here";
+  }
   refreshStart();
 }
 
