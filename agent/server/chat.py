@@ -1,21 +1,25 @@
 """Browser voice chat: the page at ``/``, WebRTC through pipecat's SmallWebRTC (``POST /api/offer``) and a WebSocket
 fallback (``/ws``). Each connection is one ``build_voice_agent`` session on the shared engines, holding a session
-slot until the client goes away.
+slot until the client goes away. ``GET /api/config`` gives the page what it needs first (the ICE servers, STUN/TURN
+with credentials, and the limits); it needs the token when auth is on.
 
 ``/ws`` protocol (documented in docs/server.md), kept as plain as a browser or a script can speak it:
 
-* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (any length; 20 ms is usual);
-  text ``{"type": "stop"}`` ends the session.
+* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (any length; 20 ms is usual); text
+  messages (``agent.server.chat_protocol``): ``{"type": "text", "text"}`` a typed turn, ``{"type": "stop"}``.
+  Query: ``?voice=<id>``, ``?language=<name>`` (the bot speaks and answers in it), ``?token=``.
 * server -> client: text ``{"type": "ready", "sessionId", "inputSampleRate": 16000, "outputSampleRate": 24000,
-  "encoding": "pcm16", "voice", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the bot's voice,
-  40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
-  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's ``clear``).
-  Errors: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
+  "encoding": "pcm16", "voice", "language", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the
+  bot's voice, 40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
+  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's
+  ``clear`` —, ``warning``, and ``error`` with ``recoverable: true`` when a step fails mid-session).
+  Refusals: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
   ``UNAUTHORIZED``: 1008).
 
 WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
-with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on the page's data
-channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle.
+with ``?voice=<id>&language=<name>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on
+the page's data channel, and the page's typed turns go the other way on it; ``PATCH /api/offer`` takes trickled ICE
+candidates (pipecat's format) for clients that trickle. The server's peer uses the configured ICE servers too.
 """
 
 from __future__ import annotations

@@ -105,6 +105,16 @@ async def test_browser_turn(agent_server, tmp_path, transport):
         muted_level = await page.eval("window.duplexLevel")
         await page.click("mute")
 
+        # another microphone, mid-call: the track is replaced and the meter follows it
+        await page.eval(
+            "$('mic').value = $('mic').options[$('mic').options.length - 1].value; "
+            "$('mic').dispatchEvent(new Event('change')); true"
+        )
+        picked = await page.eval("$('mic').options[$('mic').selectedIndex].textContent")
+        switched = await page.wait(
+            f"session && session.mic.getAudioTracks()[0].label === {json.dumps(picked)} && window.duplexLevel >= 0", 10
+        )
+
         # a typed turn, through the same pipeline
         typed_at = len(await events(page))
         await page.type_turn("What is the capital of France?")
@@ -134,6 +144,9 @@ async def test_browser_turn(agent_server, tmp_path, transport):
     assert not repeats(states), states  # every state once
     assert len(mics) >= 2 and any("Fake" in m for m in mics), mics
     assert muted == "true" and muted_level == 0, (muted, muted_level)
+    assert switched and picked.startswith("Fake"), picked
+    favicon = httpx.get(url + "favicon.ico", timeout=10)
+    assert favicon.status_code == 200 and favicon.headers["content-type"].startswith("image/svg+xml")
     typed_user = [e for e in typed if e["type"] == "transcript" and e["role"] == "user"]
     assert typed_user and typed_user[0]["text"] == "What is the capital of France?" and typed_user[0]["typed"]
     assert any(e["type"] == "transcript" and e["role"] == "bot" for e in typed), typed
