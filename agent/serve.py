@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 EXIT_MODEL_UNAVAILABLE = 1
 EXIT_CANNOT_LISTEN = 3  # uvicorn's status for a failed bind, kept for scripts that test it
 THREADS_JOIN_S = 10.0  # engines stop within one step once cancelled; this is a generous bound
+ENGINE_THREADS = ("duplex-", "tts-")  # name prefixes of the threads engines and adapters start
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -151,16 +152,17 @@ def page_url(settings: Settings, port: int) -> str:
 
 
 def _finish_threads(deadline_s: float) -> list[str]:
-    """Wait for the engines' threads (``duplex-*``) that cancelled sessions leave behind; their names if any remain.
+    """Wait for the engines' threads (``ENGINE_THREADS``) that cancelled sessions leave behind; their names if any
+    remain.
 
     A thread still inside torch or onnxruntime when the interpreter tears down aborts the process ("terminate called
     without an active exception"), so the process waits for them, or exits without teardown if they do not end."""
     deadline = time.monotonic() + deadline_s
     for thread in threading.enumerate():
-        if thread is threading.current_thread() or not thread.name.startswith("duplex-"):
+        if thread is threading.current_thread() or not thread.name.startswith(ENGINE_THREADS):
             continue
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in threading.enumerate() if t.name.startswith("duplex-") and t.is_alive()]
+    return [t.name for t in threading.enumerate() if t.name.startswith(ENGINE_THREADS) and t.is_alive()]
 
 
 def run(args: argparse.Namespace) -> int:

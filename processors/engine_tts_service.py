@@ -176,7 +176,7 @@ class EngineTTSService(TTSService):
             voice = self._resolve_voice(voice_id)
             return self._engine.stream(text, voice, language, cancel, **self._generation)
 
-        stream = ThreadedStream(produce, name=f"duplex-tts-{self._engine.name}-{context_id[:8]}")
+        stream = ThreadedStream(produce, name=f"tts-{self._engine.name}-{context_id[:8]}")
         self.last_stream = stream
         resampler = StreamResampler(self._engine.sample_rate, self.sample_rate)
         timer = WordTimer(text)

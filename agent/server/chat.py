@@ -170,6 +170,7 @@ async def ws_chat(websocket: WebSocket) -> None:
     if slot is None:
         return await refuse("RATE_LIMITED", "the server is at its session limit", 1013)
     events: SessionEvents | None = None
+    client_input: SessionInput | None = None
     try:
         voice, voice_id, warning = await resolve_voice(ctx, websocket.query_params.get("voice"))
         language, language_warning = resolve_language(ctx, websocket.query_params.get("language"))
@@ -200,7 +201,8 @@ async def ws_chat(websocket: WebSocket) -> None:
             language=language,
             kind=WS_KIND,
         )
-        serializer.on_message = SessionInput(ctx, agent, events, kind=WS_KIND).handle
+        client_input = SessionInput(ctx, agent, events, kind=WS_KIND)
+        serializer.on_message = client_input.handle
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:
@@ -238,6 +240,8 @@ async def ws_chat(websocket: WebSocket) -> None:
     finally:
         if events is not None:
             events.close()
+        if client_input is not None:
+            client_input.close()
         slot.release()
 
 
@@ -278,6 +282,7 @@ async def _run_webrtc_session(
     from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
     events: SessionEvents | None = None
+    client_input: SessionInput | None = None
     try:
 
         async def send_event(event: dict[str, Any]) -> None:
@@ -330,6 +335,8 @@ async def _run_webrtc_session(
     finally:
         if events is not None:
             events.close()
+        if client_input is not None:
+            client_input.close()
         slot.release()
         try:
             await connection.disconnect()

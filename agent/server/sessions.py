@@ -266,27 +266,47 @@ async def take_text_turn(agent: VoiceAgent, text: str, events: SessionEvents | N
 
 
 class SessionInput:
-    """A client's JSON messages for one session (``agent.server.chat_protocol``): typed turns and stop."""
+    """A client's JSON messages for one session (``agent.server.chat_protocol``): typed turns and stop.
+
+    Typed turns are taken one at a time, in order, by one task off the transport's receive loop (the flush in
+    ``take_text_turn`` waits for frames that loop may have to deliver); at most ``MAX_PENDING_TEXT`` wait, and a
+    client that types faster than that gets ``RATE_LIMITED`` errors, not a task per message. ``close`` at the end
+    of the session."""
+
+    MAX_PENDING_TEXT = 4
 
     def __init__(self, ctx: ServerContext, agent: VoiceAgent, events: SessionEvents | None, *, kind: str):
         self._ctx, self._agent, self._events, self._kind = ctx, agent, events, kind
-        self._tasks: set[asyncio.Task] = set()
+        self._pending: asyncio.Queue[str] = asyncio.Queue(self.MAX_PENDING_TEXT)
+        self._taker: asyncio.Task | None = None
+
+    async def _refuse(self, code: str, message: str) -> None:
+        self._ctx.metrics.errors.inc(kind=self._kind, code=code)
+        if self._events is not None:
+            await self._events.emit({"type": "error", "code": code, "message": message, "recoverable": True})
 
     async def handle(self, raw: str | bytes | dict[str, Any]) -> None:
         try:
             message = parse_chat_message(raw, max_text_chars=self._ctx.settings.server.max_text_chars)
         except ProtocolError as e:
-            self._ctx.metrics.errors.inc(kind=self._kind, code=e.code)
-            if self._events is not None:
-                await self._events.emit({"type": "error", "code": e.code, "message": e.message, "recoverable": True})
-            return
+            return await self._refuse(e.code, e.message)
         if isinstance(message, TextMessage):
-            # off the transport's receive loop: the flush waits for frames that loop may have to deliver
-            task = asyncio.get_running_loop().create_task(take_text_turn(self._agent, message.text, self._events))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                self._pending.put_nowait(message.text)
+            except asyncio.QueueFull:
+                return await self._refuse("RATE_LIMITED", "typed turns come faster than the bot can take them")
+            if self._taker is None or self._taker.done():
+                self._taker = asyncio.get_running_loop().create_task(self._take_turns())
         else:
             await self._agent.worker.cancel()
+
+    async def _take_turns(self) -> None:
+        while not self._pending.empty():
+            await take_text_turn(self._agent, self._pending.get_nowait(), self._events)
+
+    def close(self) -> None:
+        if self._taker is not None:
+            self._taker.cancel()
 
 
 async def build_session_agent(

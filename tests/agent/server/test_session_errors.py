@@ -3,7 +3,8 @@ OpenAI-compatible endpoint on loopback (``testkit.local_servers.ChatEndpoint``) 
 then answers HTTP 500:
 
 * ``/ws``: an ``error`` event (``LLM_ERROR``, what failed) and the state back to ``listening``; a bad client
-  message is an ``INVALID_MESSAGE`` error event; once the endpoint works again, the next turn is answered.
+  message is an ``INVALID_MESSAGE`` error event, typed turns sent faster than they can be taken are refused
+  (``RATE_LIMITED``); once the endpoint works again, the next turn is answered.
 * Twilio: the caller hears a short spoken apology instead of silence, the call stays up, and the failure is
   counted in ``/metrics``.
 """
@@ -60,19 +61,26 @@ async def test_ws_error_event_then_the_session_goes_on(failing_llm_server):
 
         await ws.send("not json")
         bad = await until(lambda e: e["type"] == "error")
+        for i in range(12):  # a client typing faster than turns can be taken: refused, not queued without end
+            await ws.send(json.dumps({"type": "text", "text": f"Count to {i}."}))
+        limited = await until(lambda e: e["type"] == "error")
+        await until(lambda e: e["type"] == "state" and e["state"] == "speaking")  # the last turns taken are spoken
+        await until(lambda e: e["type"] == "state" and e["state"] == "listening", timeout=60)
         llm.fail = True
         await ws.send(json.dumps({"type": "text", "text": "What is the weather like?"}))
         failed = await until(lambda e: e["type"] == "error")
         after_error = await until(lambda e: e["type"] == "state")
         llm.fail = False
+        recovered_from = len(events)
         await ws.send(json.dumps({"type": "text", "text": "And tomorrow?"}))
         await until(lambda e: e["type"] == "state" and e["state"] == "speaking")
         await until(lambda e: e["type"] == "state" and e["state"] == "listening")
     assert bad == {"type": "error", "code": "INVALID_MESSAGE", "message": "a message must be JSON", "recoverable": True}
+    assert limited["code"] == "RATE_LIMITED" and "faster than the bot" in limited["message"], limited
     assert failed["code"] == "LLM_ERROR" and "500" in failed["message"] and failed["recoverable"], failed
     assert after_error == {"type": "state", "state": "listening"}, events
-    bot = " ".join(e["text"] for e in events if e["type"] == "transcript" and e["role"] == "bot")
-    assert bot == "Paris is sunny today.", events
+    bot = " ".join(e["text"] for e in events[recovered_from:] if e["type"] == "transcript" and e["role"] == "bot")
+    assert bot == "Paris is sunny today.", events[recovered_from:]
     states = [e["state"] for e in events if e["type"] == "state"]
     assert all(a != b for a, b in zip(states, states[1:])), states  # each state once
 
