@@ -113,7 +113,7 @@ function onEvent(ev) {
       if (ev.engines) showEngines(ev.engines);
       ui.state("listening");
       $("text").disabled = $("send").disabled = false; // the events channel is open: typed turns can go
-      $("text").placeholder = "Type to the bot (or just speak)";
+      $("text").placeholder = session && session.mic ? "Type to the bot (or just speak)" : "Type to the bot";
       ui.add("system", `connected (voice ${ev.voice}${ev.language ? `, ${ev.language}` : ""})` +
         (session && !session.mic ? ": no microphone, type to talk" : ""));
       break;

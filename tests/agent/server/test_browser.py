@@ -85,9 +85,9 @@ async def test_browser_turn(agent_server, tmp_path, transport):
         await page.eval(f"$('transport').value = '{transport}'; $('connect').click(); true")
         t0 = time.monotonic()
         await page.wait("window.duplexEvents.some((e) => e.type === 'ready')", 30)
-        # the level meter follows the microphone while the question plays
+        # the level meter follows the microphone while the question plays (it starts SPEECH_AFTER_S after Start)
         level = 0.0
-        for _ in range(60):
+        for _ in range(int(SPEECH_AFTER_S * 10) + 100):
             level = max(level, await page.eval("window.duplexLevel"))
             if level > 0.2:
                 break

@@ -258,3 +258,16 @@ def test_flags_over_env_over_defaults(monkeypatch):
     assert s.server.max_sessions == 5 and s.server.port == 9001 and s.server.host == "127.0.0.1"
     assert s.llm.backend == "http://localhost:11434/v1" and s.llm.model == "llama3.2"
     assert s.stt.engine == "auto"
+
+
+def test_page_url():
+    from agent.serve import page_url
+    from agent.settings import ServerSettings, Settings
+
+    def url(**server) -> str:
+        return page_url(Settings(server=ServerSettings(**server)), 8123)
+
+    assert url() == "http://127.0.0.1:8123/"
+    assert url(host="0.0.0.0") == "http://localhost:8123/"  # a secure context for the microphone on this machine
+    assert url(host="::1") == "http://[::1]:8123/"
+    assert url(auth_token="a b/c&d") == "http://127.0.0.1:8123/?token=a%20b%2Fc%26d"
