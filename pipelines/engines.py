@@ -182,8 +182,11 @@ class Engines:
         choice = self.choices.get(kind)
         if choice is not None:
             return catalogue.entry(kind, choice.engine)
-        if kind == "llm":  # a loaded engine is the in-process model; none means an endpoint holds it
-            return catalogue.entry(kind, "local" if self.llm is not None else "openai-compatible")
+        if kind == "llm":  # the in-process model, or an endpoint (none loaded, or what its check found)
+            from processors.llm.endpoint import EndpointCheck
+
+            remote = self.llm is None or isinstance(self.llm, EndpointCheck)
+            return catalogue.entry(kind, "openai-compatible" if remote else "local")
         engine = self._tts if kind == "tts" else self.stt
         name = getattr(engine, "name", None)
         if name is None:
