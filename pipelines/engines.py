@@ -1,12 +1,14 @@
 """The engines of a process, loaded once and shared by every session, and the pipecat services one session runs on
-them. Which engine and how it loads come from the engine catalogue (``processors.catalogue``).
+them. Which engine and how it loads come from the engine catalogue (``processors.catalogue``), through a placement:
+in this process (``catalogue.IN_PROCESS``), or on Ray Serve replicas when ``options.ray.enabled``
+(``processors.ray_serve.RayPlacement``: the same rows, whose engines are remote engines with the same interface).
 
 ``load_engines(options)`` chooses each kind's engine (one logged line each, with its reason), loads it and records
-it on an ``Engines`` container, which a server may create empty and fill in the background (``duplex serve`` answers
-while weights download; ``/healthz`` shows the states). ``session_services`` builds one session's STT, LLM and TTS
-services on the loaded engines: the STT engine per the catalogue (shared, or fresh per session), the shared LLM, and
-the shared TTS speaking the session's voice, whose runtime voice switches go through the given resolver (the
-server's registry and voice cache).
+it and its row on an ``Engines`` container, which a server may create empty and fill in the background
+(``duplex serve`` answers while weights download; ``/healthz`` shows the states). ``session_services`` builds one
+session's STT, LLM and TTS services on the loaded engines: the STT engine per the catalogue (shared, or fresh per
+session), the shared LLM, and the shared TTS speaking the session's voice, whose runtime voice switches go through
+the given resolver (the server's registry and voice cache).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from voices.registry import VoiceRegistry
 
 from .options import AgentOptions
 
-__all__ = ["Engines", "ModelUnavailable", "create_services", "load_engines", "session_services"]
+__all__ = ["Engines", "ModelUnavailable", "create_services", "load_engines", "placement_for", "session_services"]
 
 log = logging.getLogger("duplex.engines")
 
@@ -48,6 +50,8 @@ class Engines:
         self.stt = stt  # the loaded STT engine (sessions get theirs from ``session_stt``)
         self.llm = llm  # the local LLM engine; None with an OpenAI-compatible endpoint (it holds the model)
         self.choices: dict[str, Choice] = {}  # kind -> the catalogue's choice and its reason
+        self.rows: dict[str, EngineEntry] = {}  # kind -> the row the engine was loaded with (its placement's)
+        self.placement: Any = catalogue.IN_PROCESS
 
     @property
     def tts(self) -> TTSEngine | None:
@@ -97,7 +101,10 @@ class Engines:
             self._pipeline_error = message or "a model failed to load"
 
     def entry(self, kind: catalogue.Kind) -> EngineEntry:
-        """The catalogue row of the loaded engine of ``kind``."""
+        """The catalogue row of the loaded engine of ``kind`` (as its placement made it)."""
+        row = self.rows.get(kind)
+        if row is not None:
+            return row
         choice = self.choices.get(kind)
         if choice is not None:
             return catalogue.entry(kind, choice.engine)
@@ -125,8 +132,22 @@ class Engines:
                 "engine": getattr(choice, "engine", "?"),
                 "reason": getattr(choice, "reason", ""),
                 "state": state,
+                "placement": self.placement.where(kind),
             }
         return out
+
+    def close(self) -> None:
+        """Release what the placement holds (a Ray instance this process started); engines stay usable until then."""
+        self.placement.close()
+
+
+def placement_for(options: AgentOptions) -> Any:
+    """Where the engines of ``options`` run: ``catalogue.IN_PROCESS``, or Ray Serve when ``options.ray.enabled``."""
+    if options.ray.enabled:
+        from processors.ray_serve import RayPlacement
+
+        return RayPlacement(options.ray)
+    return catalogue.IN_PROCESS
 
 
 def load_engines(
@@ -143,10 +164,11 @@ def load_engines(
     only these (``duplex speak`` needs just the TTS)."""
     say = progress or (lambda msg: log.info(msg))
     engines = engines if engines is not None else Engines()
+    placement = engines.placement = placement_for(options)
     groups = {"tts": options.tts, "stt": options.stt, "llm": options.llm}
     for kind in kinds:
         try:
-            engines.choices[kind] = catalogue.choose(kind, groups[kind], options.device)
+            engines.choices[kind] = placement.choose(kind, groups[kind], options.device)
         except (ModelUnavailable, ValueError) as e:
             _record_failure(engines, kind, str(e))
             raise ModelUnavailable(str(e)) from e
@@ -154,8 +176,8 @@ def load_engines(
         say(f"{kind.upper()}: {engines.choices[kind].engine} ({engines.choices[kind].reason})")
     loaded: dict[str, Any] = {}
     for kind in kinds:
-        row = catalogue.entry(kind, engines.choices[kind].engine)
-        say(f"loading the {kind.upper()} engine {row.name} ...")
+        row = engines.rows[kind] = placement.row(kind, engines.choices[kind].engine)
+        say(f"loading the {kind.upper()} engine {row.name} ({row.summary}) ...")
         try:
             loaded[kind] = row.load(groups[kind], options.device)
         except Exception as e:

@@ -36,6 +36,12 @@ TELEPHONY_SAMPLE_RATE = 8_000  # Twilio / Telnyx / Plivo media streams (mu-law)
 PIPELINE_OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)  # output rates the TTS adapters serve
 BROWSER_SAMPLE_RATE = 48_000
 
+# --- the OpenAI speech API (/v1/audio/speech) -----------------------------------------------------
+SPEECH_API_SAMPLE_RATE = 24_000  # every format; "pcm" is 24 kHz 16-bit mono by the API's definition
+SPEECH_API_BIT_RATES = {"mp3": 64_000, "opus": 32_000, "aac": 64_000}  # mono speech
+SPEECH_API_OGG_PAGE_MS = 60  # Ogg page length: how long Opus audio may wait in the muxer before it leaves
+SPEECH_API_SPEEDS = (0.25, 4.0)  # the API's range for ``speed``
+
 # --- voice references ------------------------------------------------------------------------------
 REFERENCE_MIN_SECONDS = 3.0
 REFERENCE_MAX_SECONDS = 30.0

@@ -311,6 +311,29 @@ def choose(kind: Kind, options: Any, device: str | None = None) -> Choice:
     raise ModelUnavailable(f"no {kind.upper()} engine can run here: " + "; ".join(passed_over))
 
 
+class InProcess:
+    """Where engines run by default: in this process, loaded with the rows as they are. A placement answers
+    ``choose`` and ``row`` for ``pipelines.engines.load_engines``; ``processors.ray_serve.RayPlacement`` is the other
+    one (the same rows, loaded on Ray Serve replicas)."""
+
+    name = "in-process"
+
+    def choose(self, kind: Kind, options: Any, device: str | None = None) -> Choice:
+        return choose(kind, options, device)
+
+    def row(self, kind: Kind, name: str) -> EngineEntry:
+        return entry(kind, name)
+
+    def where(self, kind: Kind) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+IN_PROCESS = InProcess()
+
+
 # --- settings groups -------------------------------------------------------------------------------------------------
 class TTSChoice(BaseModel):
     """Which TTS engine (``auto`` or a catalogue name), and the default voice and language for every engine."""
@@ -359,6 +382,7 @@ TTSOptions = _group("TTSOptions", "tts", TTSChoice, "TTS settings: the choice, a
 STTOptions = _group("STTOptions", "stt", STTChoice, "STT settings: the choice, and each STT engine's options.")
 
 __all__ = [
-    "AUTO", "CATALOGUE", "KINDS", "Choice", "EngineEntry", "LLMOptions", "ModelUnavailable", "STTOptions",
-    "TTSOptions", "choose", "cuda_available", "entries", "entry", "hf_available", "names", "stt_service",
+    "AUTO", "CATALOGUE", "IN_PROCESS", "KINDS", "Choice", "EngineEntry", "InProcess", "LLMOptions", "ModelUnavailable",
+    "STTChoice", "STTOptions", "TTSChoice", "TTSOptions", "choose", "cuda_available", "entries", "entry",
+    "hf_available", "names", "stt_service",
 ]  # fmt: skip
