@@ -1,5 +1,7 @@
 """``duplex serve``: one FastAPI/uvicorn app with every entry point (browser chat at ``/``, ``/api/offer``, ``/ws``,
-``/telephony/twilio``, ``/api/v1/speak``, ``/api/v1/voices``, ``/healthz``, ``/readyz``, ``/metrics``).
+``/telephony/twilio``, ``/api/v1/speak``, ``/v1/audio/speech``, ``/api/v1/voices``, ``/healthz``, ``/readyz``,
+``/metrics``). With ``--ray`` the TTS and STT engines run as Ray Serve deployments and this process stays the agent:
+transports, VAD, turn logic, the LLM client (docs/deploy.md).
 
 Settings: flags over ``DUPLEX_*`` env vars over defaults (``agent.settings``). The server answers ``/healthz`` at once
 and loads the models in a background thread (progress lines on stderr; ``MODEL_LOADING`` until ready). When a chosen
@@ -43,6 +45,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
     add("--tts-model", help="Qwen3-TTS hub id or local directory")
     add("--stt-model", help="Parakeet hub id or local .nemo")
+    add(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the TTS and STT engines as Ray Serve deployments: on the cluster at ADDRESS ('auto': the one "
+        "'ray start' made here), or without ADDRESS on RAY_ADDRESS or a local Ray instance started here; "
+        "replicas, GPUs and autoscaling from DUPLEX_RAY__* (docs/deploy.md)",
+    )
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
 
 
@@ -77,6 +88,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     put("llm", "model", given("llm_model"))
     put("llm", "api_key", given("llm_api_key"))
     put(None, "device", given("device"))
+    if given("ray") is not None:
+        put("ray", "enabled", True)
+        put("ray", "address", given("ray") or None)
     put(None, "voices_dir", given("voices_dir"))
     return Settings(**overrides)  # pydantic-settings deep-merges init values over the env
 
@@ -146,4 +160,7 @@ def run(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
+    finally:
+        loader.join(timeout=5)
+        engines.close()  # a Ray instance this process started stops with it
     return EXIT_MODEL_UNAVAILABLE if failure else 0

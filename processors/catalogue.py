@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from processors.llm.options import LLMOptions
+from processors.openai_tts.options import OpenAITTSOptions
 from processors.parakeet_stt.options import ParakeetOptions
 from processors.qwen3_tts.options import Qwen3TTSOptions
 
@@ -97,6 +98,36 @@ def _local_path(model: str) -> bool:
 
 
 # --- TTS rows ------------------------------------------------------------------------------------------------------
+def _openai_tts_auto(options: Any, device: str | None) -> tuple[bool, str]:
+    if options.endpoint:
+        return True, f"speech endpoint {options.endpoint} (model {options.model})"
+    return False, "no speech endpoint configured"
+
+
+def _openai_tts_load(options: Any, device: str | None) -> Any:
+    from processors.openai_tts import OpenAISpeechEngine
+
+    if not options.endpoint:
+        raise ModelUnavailable("--tts openai needs the endpoint's base URL (DUPLEX_TTS__ENDPOINT=http://host:8091/v1)")
+    return OpenAISpeechEngine(
+        options.endpoint,
+        model=options.model,
+        api_key=options.endpoint_api_key,
+        send_language=options.endpoint_language,
+        sample_rate=options.endpoint_sample_rate,
+        languages=options.endpoint_languages,
+        timeout_s=options.endpoint_timeout_s,
+    )
+
+
+def _engine_tts_service(engine: Any, options: Any, *, voice: Any = None, voices: Any = None, **kwargs: Any) -> Any:
+    from processors.engine_tts_service import EngineTTSService
+
+    return EngineTTSService(
+        engine, voice=voice, voice_id=options.voice, voices=voices, language=options.language, **kwargs
+    )
+
+
 def _qwen3_auto(options: Any, device: str | None) -> tuple[bool, str]:
     if not (cuda_available() and not (device or "").startswith("cpu")):
         return False, "no CUDA GPU: Qwen3-TTS 0.6B runs several times slower than real time on a CPU"
@@ -221,6 +252,15 @@ def _llm_service(engine: Any, options: Any, **kwargs: Any) -> Any:
 
 
 CATALOGUE: tuple[EngineEntry, ...] = (
+    EngineEntry(
+        kind="tts",
+        name="openai",
+        summary="an OpenAI-compatible speech endpoint (vLLM-Omni serving Qwen3-TTS, another duplex serve, OpenAI)",
+        options=OpenAITTSOptions,
+        auto=_openai_tts_auto,
+        load=_openai_tts_load,
+        service=_engine_tts_service,
+    ),
     EngineEntry(
         kind="tts",
         name="qwen3",

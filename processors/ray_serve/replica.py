@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections import OrderedDict, deque
@@ -52,12 +51,12 @@ def _replica_name() -> str:
 
 
 class _Voices:
-    """Engine voices by ``RemoteVoice.key`` (LRU); one build per key at a time."""
+    """Engine voices by ``RemoteVoice.key`` (LRU, in memory); one build per key at a time. The reference clip is on
+    disk only while the engine reads it (engines take a path)."""
 
     def __init__(self, engine: Any, size: int):
         self.engine = engine
         self.size = size
-        self.root = Path(tempfile.mkdtemp(prefix="duplex-replica-voices-"))
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._building: dict[str, asyncio.Lock] = {}
 
@@ -75,8 +74,7 @@ class _Voices:
             if voice.key not in self._cache:
                 self._cache[voice.key] = await self._build(voice)
                 while len(self._cache) > self.size:
-                    old, _ = self._cache.popitem(last=False)
-                    shutil.rmtree(self.root / old, ignore_errors=True)
+                    self._cache.popitem(last=False)
         self._building.pop(voice.key, None)
         return self._cache[voice.key]
 
@@ -86,26 +84,21 @@ class _Voices:
             if own is None:
                 raise VoiceError(f"unknown voice {voice.id!r}")
             return await run_in_thread(own, voice.id, name="duplex-replica-voice")
-        folder = self.root / voice.key
-        reference = None
-        if voice.reference is not None:
-            data = await voice.reference  # from the object store, once per replica and voice
-            folder.mkdir(parents=True, exist_ok=True)
-            reference = folder / "reference.wav"
-            reference.write_bytes(data)
-        spec = VoiceSpec(
-            id=voice.id,
-            name=voice.name,
-            language=voice.language,
-            reference_audio=reference,
-            transcript=voice.transcript,
-            x_vector_only=voice.x_vector_only,
-            cache_dir=folder / "cache",
-        )
-        return await run_in_thread(self.engine.load_voice, spec, name="duplex-replica-voice")
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        data = await voice.reference if voice.reference is not None else None  # from the object store, once
+        with tempfile.TemporaryDirectory(prefix="duplex-replica-voice-") as folder:
+            reference = None
+            if data is not None:
+                reference = Path(folder) / "reference.wav"
+                reference.write_bytes(data)
+            spec = VoiceSpec(
+                id=voice.id,
+                name=voice.name,
+                language=voice.language,
+                reference_audio=reference,
+                transcript=voice.transcript,
+                x_vector_only=voice.x_vector_only,
+            )
+            return await run_in_thread(self.engine.load_voice, spec, name="duplex-replica-voice")
 
 
 class EngineReplica:
@@ -125,10 +118,6 @@ class EngineReplica:
         self.voices = _Voices(self.engine, voice_cache) if kind == "tts" else None
         self.finished: deque[tuple[str, float, str]] = deque(maxlen=512)  # (stream id, ended at, outcome)
         self.active = 0
-
-    def __del__(self) -> None:
-        if getattr(self, "voices", None) is not None:
-            self.voices.close()
 
     async def info(self) -> EngineInfo:
         e = self.engine
