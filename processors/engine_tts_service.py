@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSTextFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
@@ -193,18 +193,22 @@ class EngineTTSService(TTSService):
                 try:
                     notice_offset = self._context_seconds.get(context_id, offset)
                     async for frame in self._utterance(
-                        self._failure_notice, voice_id, language, context_id, notice_offset
+                        self._failure_notice, voice_id, language, context_id, notice_offset, words=False
                     ):
                         yield frame
+                    # its text follows its audio (pipecat's word tracking knows only the text it asked for)
+                    said = TTSTextFrame(self._failure_notice, text_type="sentence")
+                    said.will_be_spoken, said.context_id, said.append_to_context = True, context_id, True
+                    yield said
                 except Exception as e2:
                     logger.warning(f"{self} could not say that it could not finish: {e2}")
             yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
 
     async def _utterance(
-        self, text: str, voice_id: Any, language: str, context_id: str, offset: float
+        self, text: str, voice_id: Any, language: str, context_id: str, offset: float, *, words: bool = True
     ) -> AsyncGenerator[Frame, None]:
-        """One text through the engine: audio frames and word timestamps as the chunks come; raises the engine's
-        error."""
+        """One text through the engine: audio frames and (``words``) word timestamps as the chunks come; raises the
+        engine's error."""
 
         def produce(cancel: threading.Event) -> Iterator[np.ndarray]:
             voice = self._resolve_voice(voice_id)
@@ -227,15 +231,15 @@ class EngineTTSService(TTSService):
                     audio = resampler.process(chunk)
                     if len(audio):
                         yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
-                    words = timer.advance(produced / self._engine.sample_rate)
-                    if words:
-                        await self.add_word_timestamps(shifted(words), context_id)
+                    released = timer.advance(produced / self._engine.sample_rate)
+                    if released and words:
+                        await self.add_word_timestamps(shifted(released), context_id)
             tail = resampler.flush()
             if len(tail):
                 yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
-            words = timer.advance(produced / self._engine.sample_rate, final=True)
-            if words and produced:
-                await self.add_word_timestamps(shifted(words), context_id)
+            released = timer.advance(produced / self._engine.sample_rate, final=True)
+            if released and produced and words:
+                await self.add_word_timestamps(shifted(released), context_id)
         finally:
             if produced:
                 self._context_seconds[context_id] = offset + produced / self._engine.sample_rate

@@ -257,9 +257,9 @@ class RemoteTTSEngine:
                             f"the {self.name} TTS replica sent nothing for {self.request_timeout_s:g} s"
                         )
                     elif _gone(e):
+                        where = " serving this utterance" if delivered else ""
                         error = EngineUnavailableError(
-                            f"the {self.name} TTS replica {'serving this utterance' if delivered else ''} stopped "
-                            f"({type(e).__name__})".replace("  ", " ")
+                            f"the {self.name} TTS replica{where} stopped ({type(e).__name__})"
                         )
                     else:
                         raise _request_error(e, TTSError) from None
