@@ -60,11 +60,13 @@ class StreamRequest:
 
 @dataclass(frozen=True)
 class StreamStarted:
-    """The first item of every stream: which replica serves it (logs, tests, the benchmark)."""
+    """The first item of every stream: which replica serves it and when the request reached it (the replica's
+    ``perf_counter``; logs, tests, the benchmark)."""
 
     stream_id: str
     replica: str
     pid: int
+    received: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,9 @@ class RemoteStreamStats:
     stream_id: str
     replica: str | None = None
     pid: int | None = None
+    started: float = 0.0  # when ``stream`` started (this process's ``perf_counter``)
+    received: float | None = None  # when the request reached the replica (its clock: one machine only)
+    first_produced: float | None = None  # when the replica had the first chunk (likewise)
     attempts: int = 0
     chunks: int = 0
     first_chunk_s: float | None = None
@@ -217,9 +220,9 @@ class RemoteTTSEngine:
         return self._stream(request, cancel)
 
     def _stream(self, request: StreamRequest, cancel: threading.Event | None) -> Iterator[np.ndarray]:
-        stats = RemoteStreamStats(request.stream_id)
-        self.last_stats = stats
         t0 = time.perf_counter()
+        stats = RemoteStreamStats(request.stream_id, started=t0)
+        self.last_stats = stats
         try:
             while True:
                 stats.attempts += 1
@@ -230,7 +233,7 @@ class RemoteTTSEngine:
                     for item in gen:
                         watched.extend(self.request_timeout_s)
                         if isinstance(item, StreamStarted):
-                            stats.replica, stats.pid = item.replica, item.pid
+                            stats.replica, stats.pid, stats.received = item.replica, item.pid, item.received
                             with self._lock:
                                 self._in_flight[request.stream_id] = stats
                             continue
@@ -241,7 +244,7 @@ class RemoteTTSEngine:
                         stats.hops_s.append(now - item.produced)
                         stats.chunks += 1
                         if stats.first_chunk_s is None:
-                            stats.first_chunk_s = now - t0
+                            stats.first_chunk_s, stats.first_produced = now - t0, item.produced
                         delivered = True
                         yield item.samples
                     else:

@@ -161,6 +161,7 @@ class EngineReplica:
 
     async def stream(self, request: StreamRequest):
         assert self.voices is not None, "stream on an STT replica"
+        received = time.perf_counter()
         voice = await self.voices.get(request.voice)
         engine = self.engine
 
@@ -171,7 +172,7 @@ class EngineReplica:
         self.active += 1
         stream = ThreadedStream(produce, name=f"duplex-replica-{request.stream_id[:8]}")
         try:
-            yield StreamStarted(request.stream_id, self.replica, os.getpid())
+            yield StreamStarted(request.stream_id, self.replica, os.getpid(), received)
             async with stream:
                 async for samples in stream:
                     yield Chunk(samples, time.perf_counter())
