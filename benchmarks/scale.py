@@ -246,7 +246,7 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on one {cpu} machine ({os.cpu_count()} CPUs shared with other jobs, no "
         f"GPU), Ray {ray.__version__}, a local Ray instance with one replica of 1 CPU; {args.runs} timed utterances "
         "per side after 2 warm-ups, local and remote alternated; medians. The same engine, voice and text on both "
-        f"sides: \"{TEXT}\". Qwen3-TTS: the tiny random model, greedy, {args.frames} frames (first chunk 1 frame, "
+        f'sides: "{TEXT}". Qwen3-TTS: the tiny random model, greedy, {args.frames} frames (first chunk 1 frame, '
         "then 4), one torch thread on each side. Load average before / after: "
         f"{load[0][0]:.1f} / {load[1][0]:.1f}.",
         "",

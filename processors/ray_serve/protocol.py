@@ -51,11 +51,16 @@ class RemoteVoice:
 
 @dataclass(frozen=True)
 class StreamRequest:
+    """One utterance. ``caller``: an ``ObjectRef`` the calling process owns; the replica reads it now and then, and
+    once it cannot (the caller's process died without cancelling), it stops the stream instead of generating the
+    rest of the utterance for nobody."""
+
     text: str
     voice: RemoteVoice | None
     language: str
     generation: dict[str, Any]
     stream_id: str
+    caller: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class RemoteTTSEngine:
         self._lock = threading.Lock()
         self._in_flight: dict[str, RemoteStreamStats] = {}
         self._by_id: dict[str, RemoteVoice] = {}
+        self._lease: Any = None  # an object this process owns: replicas stop streams whose caller died
         if info.voice_ids:
             self.voice_from_id = self._voice_from_id  # only where the engine has it: the voice loader looks for it
 
@@ -216,7 +217,11 @@ class RemoteTTSEngine:
         lang = resolve_language(language, self.languages)
         if voice is not None and not isinstance(voice, RemoteVoice):
             raise VoiceError(f"voice must come from load_voice/voice_from_id, got {type(voice).__name__}")
-        request = StreamRequest(text, voice, lang, dict(generation), uuid.uuid4().hex)
+        if self._lease is None:
+            import ray
+
+            self._lease = ray.put(b"")
+        request = StreamRequest(text, voice, lang, dict(generation), uuid.uuid4().hex, self._lease)
         return self._stream(request, cancel)
 
     def _stream(self, request: StreamRequest, cancel: threading.Event | None) -> Iterator[np.ndarray]:

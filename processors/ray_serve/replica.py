@@ -7,7 +7,9 @@ Methods (called through deployment handles by ``processors.ray_serve.remote``):
   yields them. The engine runs in a worker thread (``processors.threads.ThreadedStream``) and generates ahead of the
   caller: playback pace never holds the engine. When the caller cancels the call (the remote engine does so within
   ``WATCH_POLL_S`` of its cancel event), Ray cancels this generator's task; leaving the ``async with`` sets the
-  engine's cancel event, so the engine stops within one step, and the worker is joined.
+  engine's cancel event, so the engine stops within one step, and the worker is joined. A caller that dies cannot
+  cancel, and Ray lets the generator run on; so the stream also stops once its caller's lease object cannot be read
+  (``caller_gone``, within a few seconds).
 * ``prepare_voice(voice)``: builds a voice into this replica's cache (errors as the engine raises them).
 * ``transcribe(audio, sample_rate)``: one utterance; with a multiplexed model id (the session's id) on an engine the
   catalogue makes per session, that session's own engine on this replica (LRU, ``SESSIONS_PER_REPLICA``), and Serve
@@ -36,6 +38,23 @@ from processors.tts_engine import VoiceError, VoiceSpec
 from .protocol import Chunk, EngineInfo, RemoteVoice, StreamRequest, StreamStarted
 
 SESSIONS_PER_REPLICA = 64  # per-session engines (pocketsphinx decoders) a replica keeps; older ones are dropped
+CALLER_CHECK_S = 1.0  # how often a stream checks that its caller's process is alive
+CALLER_TIMEOUT_S = 2.0  # a check unanswered this long is a miss
+CALLER_MISSES = 2  # misses in a row: the caller is gone
+
+
+async def caller_gone(lease: Any) -> None:
+    """Returns once the process that owns ``lease`` is gone (its object cannot be read any more)."""
+    misses = 0
+    while misses < CALLER_MISSES:
+        await asyncio.sleep(CALLER_CHECK_S)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(lease.future()), CALLER_TIMEOUT_S)
+            misses = 0
+        except TimeoutError:
+            misses += 1
+        except Exception:  # OwnerDiedError, ObjectLostError: the owner is gone
+            return
 
 
 def options_digest(kind: str, engine: str, options: dict[str, Any], device: str | None) -> str:
@@ -171,16 +190,22 @@ class EngineReplica:
         outcome = "cancelled"
         self.active += 1
         stream = ThreadedStream(produce, name=f"duplex-replica-{request.stream_id[:8]}")
+        orphaned = None
+        if request.caller is not None:
+            orphaned = asyncio.ensure_future(caller_gone(request.caller))
+            orphaned.add_done_callback(lambda f: f.cancelled() or stream.cancel())
         try:
             yield StreamStarted(request.stream_id, self.replica, os.getpid(), received)
             async with stream:
                 async for samples in stream:
                     yield Chunk(samples, time.perf_counter())
-            outcome = "complete"
+            outcome = "orphaned" if orphaned is not None and orphaned.done() else "complete"
         except Exception:
             outcome = "error"
             raise
         finally:
+            if orphaned is not None:
+                orphaned.cancel()
             stream.cancel()  # also when this generator is only closed (not cancelled): the engine stops now
             if stream.thread is not None and stream.thread.is_alive():
                 await run_in_thread(stream.thread.join, 10.0, name="duplex-replica-join")

@@ -177,6 +177,55 @@ def test_a_replica_killed_mid_stream(qwen_remote, registry):
     print(f"\nreplica {victim} killed: the stream failed after {noticed * 1000:.0f} ms; the next ones went elsewhere")
 
 
+CALLER = """
+import sys, time
+import ray
+from ray import serve
+from processors.ray_serve.remote import RemoteTTSEngine
+from voices.registry import VoiceRegistry
+ray.init(address=sys.argv[1])
+handle = serve.get_deployment_handle("engine", sys.argv[2])
+engine = RemoteTTSEngine(handle, handle.info.remote().result())
+voice = engine.load_voice(VoiceRegistry(None).default().spec())
+stream = engine.stream("A long reply for nobody. " * 60, voice, "English", max_frames=4000)
+next(stream)
+print("STREAM", engine.last_stats.stream_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_caller_that_dies_leaves_no_stream_behind(ray_cluster, qwen_remote):
+    """An agent process killed mid-utterance cannot cancel; the replica notices its lease is gone and stops."""
+    import subprocess
+    import sys
+
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    app = qwen_remote._handle.deployment_id.app_name
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER, gcs, app], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while not line.startswith("STREAM") and time.monotonic() < deadline:
+            line = caller.stdout.readline()
+        assert line.startswith("STREAM"), line
+        stream_id = line.split()[1]
+    finally:
+        caller.kill()
+        caller.wait(10)
+    killed = time.perf_counter()
+    outcome = None
+    while outcome is None and time.perf_counter() - killed < 30:
+        for s in replica_stats(qwen_remote):
+            outcome = next(((at, out) for sid, at, out in s["finished"] if sid == stream_id), outcome)
+        time.sleep(0.2)
+    assert outcome is not None and outcome[1] == "orphaned", outcome
+    print(f"\nthe caller died; its stream stopped on the replica {outcome[0] - killed:.1f} s later")
+    assert outcome[0] - killed < 15
+
+
 def test_remote_stt_transcribes_and_survives_a_dead_replica(sphinx_remote):
     from processors.pocketsphinx_stt import PocketsphinxEngine
 
