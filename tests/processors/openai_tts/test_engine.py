@@ -17,8 +17,6 @@ from processors.openai_tts import OpenAISpeechEngine
 from processors.tts_engine import EngineUnavailableError, InvalidTextError, TTSError, VoiceError, collect
 from tests.agent.server.conftest import LONG_TEXT, speak_threads, wait_until
 
-pytest_plugins = ["tests.agent.server.conftest"]
-
 TOKEN = "endpoint-token"
 
 
