@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from processors import catalogue
@@ -95,37 +97,66 @@ class RayPlacement:
         self.options = options
         self.started_here = False
         self._connected = False
+        self._driver_thread: threading.Thread | None = None
+        self._release_driver = threading.Event()
 
     # --- connection ------------------------------------------------------------------------------------------------
     def connect(self) -> None:
+        """Connect this process to Ray (unless it is already), start Serve for handles. Ray ties a driver to the thread
+        that connected it: once that thread ends, the next Ray call ends the process (Ray 2.60). ``duplex serve``
+        loads engines in a thread that ends, so away from the main thread the connection is made in a thread of its
+        own that lives until ``close``."""
         if self._connected:
             return
         import ray
         from ray import serve
 
         if not ray.is_initialized():
-            address = self.options.address or os.environ.get("RAY_ADDRESS") or None
-            if address is None:
-                log.info("Ray: starting a local instance")
-                ray.init(address="local", num_cpus=self.options.local_cpus, include_dashboard=False)
-                self.started_here = True
+            if threading.current_thread() is threading.main_thread():
+                self._init()
             else:
-                log.info("Ray: connecting to %s", address)
-                ray.init(address=address)
+                done: list[BaseException | None] = []
+
+                def hold() -> None:
+                    try:
+                        self._init()
+                        done.append(None)
+                    except BaseException as e:
+                        done.append(e)
+                        return
+                    self._release_driver.wait()
+
+                self._driver_thread = threading.Thread(target=hold, name="duplex-ray-driver", daemon=True)
+                self._driver_thread.start()
+                while not done:
+                    time.sleep(0.05)
+                if done[0] is not None:
+                    raise done[0]
         serve.start(proxy_location="Disabled")  # handles only; an existing Serve keeps its own settings
         self._connected = True
 
-    def close(self) -> None:
-        if not self.started_here:
-            return
+    def _init(self) -> None:
         import ray
-        from ray import serve
+
+        address = self.options.address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            log.info("Ray: starting a local instance")
+            ray.init(address="local", num_cpus=self.options.local_cpus, include_dashboard=False)
+            self.started_here = True
+        else:
+            log.info("Ray: connecting to %s", address)
+            ray.init(address=address)
+
+    def close(self) -> None:
+        """Stop a Ray instance this process started (its replicas with it); a cluster's deployments stay."""
+        import ray
 
         try:
-            serve.shutdown()
+            if self.started_here:
+                ray.shutdown()  # the whole local instance, Serve's actors included (serve.shutdown waits up to 30 s)
         finally:
-            ray.shutdown()
             self.started_here = self._connected = False
+            self._release_driver.set()
 
     # --- the placement interface -----------------------------------------------------------------------------------
     def remote(self, kind: str) -> bool:

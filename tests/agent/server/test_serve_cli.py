@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,7 +48,7 @@ def fresh_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def start(tmp: Path, *args: str) -> tuple[subprocess.Popen, int]:
+def start(tmp: Path, *args: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen(
@@ -65,18 +66,18 @@ def start(tmp: Path, *args: str) -> tuple[subprocess.Popen, int]:
             *args,
         ],
         cwd=ROOT,
-        env=fresh_env(tmp),
+        env={**fresh_env(tmp), **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     return proc, port
 
 
-def stop(proc: subprocess.Popen) -> int:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            return proc.wait(15)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait(5)
@@ -163,3 +164,66 @@ def test_flags_over_env_over_defaults(monkeypatch):
     assert s.server.max_sessions == 5 and s.server.port == 9001 and s.server.host == "127.0.0.1"
     assert s.llm.backend == "http://localhost:11434/v1" and s.llm.model == "llama3.2"
     assert s.stt.engine == "auto"
+
+
+def ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    pids = set()
+    for line in out:
+        pid, stat, args = line.split(None, 2)
+        if "Z" not in stat and ("raylet" in args or "gcs_server" in args or args.startswith("ray::")):
+            pids.add(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+async def test_serve_ray_starts_a_local_instance_and_stops_it(tmp_path):
+    """``duplex serve --ray`` without an address: a local Ray instance, ``auto`` judged on a Ray node, the engines
+    as Serve deployments, a speak round trip through them; on exit the instance and every Ray process it started
+    are gone."""
+    pytest.importorskip("ray")
+    before = ray_processes()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    proc, port = start(
+        tmp_path,
+        "--ray",
+        "--llm",
+        "http://127.0.0.1:9/v1",
+        "--llm-model",
+        "unused",
+        extra_env={"DUPLEX_RAY__LOCAL_CPUS": "2", "DUPLEX_RAY__TTS__CPUS": "0.1", "DUPLEX_RAY__STT__CPUS": "0.1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health: dict = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                health = httpx.get(base + "/healthz", timeout=2).json()
+                if health["models"]["pipeline"]["state"] == "ready":
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.5)
+        engines = health["engines"]
+        assert engines["tts"]["engine"] == "espeak" and engines["tts"]["placement"] == "ray", engines
+        assert "judged on a Ray node" in engines["tts"]["reason"], engines
+        assert engines["stt"]["engine"] == "pocketsphinx" and engines["stt"]["placement"] == "ray", engines
+        assert engines["llm"]["placement"] == "in-process"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/speak", max_size=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+            await ws.send(json.dumps({"type": "start", "sampleRate": 16000, "pacing": "asap"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "started"
+            await ws.send(json.dumps({"type": "speak", "text": "Hello from a replica."}))
+            audio = b""
+            while isinstance(msg := await asyncio.wait_for(ws.recv(), 30), bytes):
+                audio += msg
+        assert json.loads(msg)["type"] == "complete" and len(audio) / 2 / 16000 > 0.5
+    finally:
+        code = stop(proc, timeout=60)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    deadline = time.monotonic() + 20
+    while ray_processes() - before and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert not ray_processes() - before, "Ray processes left behind"
