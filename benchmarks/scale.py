@@ -274,7 +274,10 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple) -> str:
         "replica (its stream's worker joined), which includes the watcher's poll (5 ms), the cancel RPC and the "
         "engine's step in flight; in frames of the tiny model's measured time per frame.",
         "",
-        "Where the Ray side's first audio goes (medians; the replica's clock is the caller's on one machine):",
+        "Where the Ray side's first audio goes (medians; the replica's clock is the caller's on one machine). The hop "
+        "itself is the first column plus the last; the middle one differs from the local first audio by the engine "
+        "running in another process (a thread handoff, and on a crowded CPU that process's share of the machine, which "
+        "varies from run to run: compare the load average above).",
         "",
         markdown_table(
             [
