@@ -99,8 +99,8 @@ class RemoteStreamStats:
     chunks: int = 0
     first_chunk_s: float | None = None
     hops_s: list[float] = field(default_factory=list)
-    cancelled: bool = False
-    complete: bool = False
+    cancelled: bool = False  # ended by the caller's cancel event
+    complete: bool = False  # the replica's stream ended by itself
 
 
 class RemoteTTSEngine:
@@ -255,9 +255,7 @@ class RemoteTTSEngine:
                     else:
                         stats.complete = True
                         return
-                except GeneratorExit:
-                    raise
-                except Exception as e:
+                except Exception as e:  # (closing this generator early raises GeneratorExit: not caught here)
                     if cancel is not None and cancel.is_set():
                         return  # the cancellation we asked for
                     if watched.fired == "timeout":
@@ -285,7 +283,7 @@ class RemoteTTSEngine:
                     )
                 return  # cancelled
         finally:
-            stats.cancelled = not stats.complete
+            stats.cancelled = cancel is not None and cancel.is_set() and not stats.complete
             with self._lock:
                 self._in_flight.pop(request.stream_id, None)
 
