@@ -13,11 +13,11 @@ bad request, 401 without the token (the SDK's ``api_key`` is the bearer token), 
 session cap, 503 while the model loads or when the engine is unavailable, 500 when synthesis fails before any audio.
 A failure after audio has been sent ends the body without its final chunk (the client sees an incomplete read).
 
-Guards, as every route: the request holds one session slot (kind ``openai_speech``) from its first audio to its
-end; the body must declare a length within ``server.max_message_bytes`` and arrive within ``BODY_TIMEOUT_S``; a
-client that disconnects stops the engine within one step (the disconnect is watched while audio is sent); a client
-that stops reading for ``SEND_STALL_S`` is dropped. The worker thread is joined and the slot released on every way
-out. Metrics as for ``/api/v1/speak``, under ``kind="openai_speech"``.
+Guards, as every route: the request holds one session slot (kind ``openai_speech``) from the voice's preparation
+to its last byte; the body must declare a length within ``server.max_message_bytes`` and arrive within
+``BODY_TIMEOUT_S``; a client that disconnects stops the engine within one step (the disconnect is watched while audio
+is sent); a client that stops reading for ``SEND_STALL_S`` is dropped. The worker thread is joined and the slot
+released on every way out. Metrics as for ``/api/v1/speak``, under ``kind="openai_speech"``.
 """
 
 from __future__ import annotations
@@ -180,12 +180,10 @@ async def create_speech(request: Request) -> Response:
             failed = ctx.engines.tts_state == "failed"
             detail = f"could not be loaded: {ctx.engines.tts_error}" if failed else "is still loading"
             raise ApiError(503, "MODEL_LOADING", f"the TTS model {detail}", None if failed else {"Retry-After": "5"})
-        voice, voice_language = await _voice(ctx, engine, speech.voice_id)
-        language = _language(ctx, engine, speech.language, voice_language)
     except ApiError as e:
         ctx.metrics.errors.inc(kind=KIND, code=e.code)
         raise
-    slot = ctx.sessions.try_acquire(KIND)
+    slot = ctx.sessions.try_acquire(KIND)  # before the voice: building one is a model pass
     if slot is None:
         ctx.metrics.errors.inc(kind=KIND, code="RATE_LIMITED")
         raise ApiError(
@@ -194,6 +192,14 @@ async def create_speech(request: Request) -> Response:
             f"the server is at its limit of {ctx.sessions.max_sessions} concurrent sessions; try again later",
             {"Retry-After": "1"},
         )
+    try:
+        voice, voice_language = await _voice(ctx, engine, speech.voice_id)
+        language = _language(ctx, engine, speech.language, voice_language)
+    except BaseException as e:
+        slot.release()
+        if isinstance(e, ApiError):
+            ctx.metrics.errors.inc(kind=KIND, code=e.code)
+        raise
     return await SpeechResponse.start(ctx, slot, engine, text, voice, language, speech)
 
 
