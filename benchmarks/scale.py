@@ -1,6 +1,6 @@
 """Scale: what serving TTS from Ray Serve replicas costs against the same engine in-process (``duplex bench scale``).
 
-    duplex bench scale [--engines espeak,qwen3] [--runs 12] [--frames 41] [--no-write]
+    duplex bench scale [--part hop] [--engines espeak,qwen3] [--runs 12] [--frames 41] [--no-write]
 
 Part (b), the remote hop: the same utterance, the same engine and the same voice, in this process and through a Ray
 Serve deployment of one replica on a local Ray instance (the same machine), alternated run by run so that machine load
@@ -36,6 +36,8 @@ TARGET_CHUNK_MS = 5.0  # and at most this per chunk
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    # part (a), "concurrency" (in-process sessions, batched vs one-lock), joins PARTS with batching as the default
+    p.add_argument("--part", choices=sorted(PARTS), default="hop", help="hop: (b) the Ray Serve hop")
     p.add_argument("--engines", default="espeak,qwen3", help="comma-separated: espeak, qwen3 (tiny random model)")
     p.add_argument("--runs", type=int, default=12, help="timed utterances per side (after 2 warm-ups)")
     p.add_argument("--frames", type=int, default=41, help="Qwen3-TTS codec frames per utterance (1 + 4 per chunk)")
@@ -165,6 +167,10 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    return PARTS[args.part](args)
+
+
+def run_hop(args: argparse.Namespace) -> int:
     import ray
     import torch
     from ray import serve
@@ -298,3 +304,6 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple) -> str:
         "load (Serve's routing), Ray's object store beyond what one chunk (≤ 30 KB, inlined in the reply) uses.",
     ]
     return "\n".join(lines)
+
+
+PARTS = {"hop": run_hop}  # section bench:scale-hop; part (a) writes bench:scale-concurrency
