@@ -42,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     add("--auth-token", help="require this bearer token on every API and WebSocket")
     add("--max-sessions", type=int, help="concurrent sessions, all kinds together (default 10)")
+    add(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="allow a web client app served from ORIGIN (e.g. http://localhost:5173) to call the API; repeatable",
+    )
     add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
     add("--tts-model", help="Qwen3-TTS hub id or local directory")
     add("--stt-model", help="Parakeet hub id or local .nemo")
@@ -78,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     put("server", "port", given("port"))
     put("server", "auth_token", given("auth_token"))
     put("server", "max_sessions", given("max_sessions"))
+    put("server", "cors_origins", given("cors_origins"))
     put("tts", "engine", given("tts"))
     put("tts", "model", given("tts_model"))
     put("tts", "voice", given("voice"))
@@ -96,10 +104,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def build_app(settings: Settings, engines: Engines) -> FastAPI:
-    """The full app: ``create_app`` with the browser chat and telephony routers."""
-    from agent.server import chat, create_app, telephony
+    """The full app: ``create_app`` with the browser chat, telephony, RTVI WebSocket and OpenAI Realtime routers."""
+    from agent.server import chat, create_app, realtime, rtvi, telephony
 
-    return create_app(settings, engines, routers=[chat.router, telephony.router])
+    return create_app(settings, engines, routers=[chat.router, telephony.router, rtvi.router, realtime.router])
 
 
 def _say(message: str) -> None:

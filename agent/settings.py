@@ -49,6 +49,7 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=1024)
     max_upload_bytes: int = Field(20 << 20, ge=1024)
     idle_timeout_s: float = Field(300.0, gt=0.0)
+    cors_origins: list[str] = []  # web origins allowed to call the API from a page served elsewhere (a client app)
 
 
 class Settings(BaseSettings, AgentOptions):

@@ -7,6 +7,7 @@ import importlib
 
 BENCHMARKS = {
     "tts": "benchmarks.tts",
+    "tts-gpu": "benchmarks.tts_gpu",
     "espeak": "benchmarks.espeak_tts",
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",

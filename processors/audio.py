@@ -33,6 +33,7 @@ STT_DITHER_MIN_RUN_SECONDS = 0.01  # shorter zero runs are zero crossings inside
 # --- transports ----------------------------------------------------------------------------------
 TRANSPORT_FRAME_MS = 20  # input frames fed to the pipeline
 TELEPHONY_SAMPLE_RATE = 8_000  # Twilio / Telnyx / Plivo media streams (mu-law)
+REALTIME_PCM_SAMPLE_RATE = 24_000  # OpenAI Realtime "pcm16" / "audio/pcm" (its G.711 formats are 8 kHz)
 PIPELINE_OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)  # output rates the TTS adapters serve
 BROWSER_SAMPLE_RATE = 48_000
 

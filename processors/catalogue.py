@@ -140,12 +140,14 @@ def _qwen3_auto(options: Any, device: str | None) -> tuple[bool, str]:
 def _qwen3_load(options: Any, device: str | None) -> Any:
     from processors.qwen3_tts import Qwen3TTSEngine
 
-    return Qwen3TTSEngine.from_pretrained(
+    engine = Qwen3TTSEngine.from_pretrained(
         options.model,
         device=device,
         first_chunk_frames=options.first_chunk_frames,
         chunk_frames=options.chunk_frames,
     )
+    engine.warmup()  # CUDA graphs captured now, not during the first conversation
+    return engine
 
 
 def _qwen3_service(engine: Any, options: Any, *, voice: Any = None, voices: Any = None, **kwargs: Any) -> Any:

@@ -91,6 +91,15 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.duplex = ctx
+    if settings.server.cors_origins:  # a client app on its own origin (e.g. a pipecat client-js or voice-ui-kit page)
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.server.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
     app.include_router(health.router)
     app.include_router(voices_api.router)

@@ -15,7 +15,10 @@ slot until the client goes away.
 
 WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
 with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on the page's data
-channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle.
+channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle. The same
+session speaks RTVI (messages labelled ``rtvi-ai``) on that channel, so pipecat's client SDKs
+(``@pipecat-ai/client-js`` with ``@pipecat-ai/small-webrtc-transport``, voice-ui-kit) connect to ``/api/offer`` as
+they connect to pipecat's own runner; the page ignores those messages, RTVI clients ignore the page's.
 """
 
 from __future__ import annotations
@@ -234,6 +237,7 @@ async def _run_webrtc_session(
             audio_out_sample_rate=TTS_SAMPLE_RATE,
             voice=voice,
             events=events,
+            rtvi=True,  # pipecat's client SDKs (client-js + small-webrtc-transport) talk RTVI on the data channel
         )
 
         @transport.event_handler("on_client_connected")

@@ -28,6 +28,7 @@ const ui = {
 window.duplexEvents = [];
 
 function onEvent(ev) {
+  if (ev.label === "rtvi-ai") return; // pipecat client protocol, for pipecat's client SDKs on the same channel
   window.duplexEvents.push(ev);
   switch (ev.type) {
     case "ready":

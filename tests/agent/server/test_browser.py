@@ -66,10 +66,11 @@ class CDP:
 
 
 def fake_mic_wav(path: Path) -> Path:
-    """1.5 s of silence, the question, then 40 s of silence (chromium loops the file)."""
+    """3 s of silence (the session may take a while to start on a busy machine: speech before it is lost), the
+    question, then 40 s of silence (chromium loops the file)."""
     rate = 48000
     speech = clip_speech("flite_weather_kal16.wav", rate)
-    audio = np.concatenate([np.zeros(int(1.5 * rate), np.float32), speech, np.zeros(40 * rate, np.float32)])
+    audio = np.concatenate([np.zeros(int(3.0 * rate), np.float32), speech, np.zeros(40 * rate, np.float32)])
     write_wav(path, audio, rate)
     return path
 
