@@ -1,5 +1,7 @@
 """``duplex serve``: one FastAPI/uvicorn app with every entry point (browser chat at ``/``, ``/api/offer``, ``/ws``,
-``/telephony/twilio``, ``/api/v1/speak``, ``/api/v1/voices``, ``/healthz``, ``/readyz``, ``/metrics``).
+``/telephony/twilio``, ``/api/v1/speak``, ``/v1/audio/speech``, ``/api/v1/voices``, ``/healthz``, ``/readyz``,
+``/metrics``). With ``--ray`` the TTS and STT engines run as Ray Serve deployments and this process stays the agent:
+transports, VAD, turn logic, the LLM client (docs/deploy.md).
 
 Settings: flags over ``DUPLEX_*`` env vars over defaults (``agent.settings``). The port is bound before anything
 else (a port in use is one line that suggests ``--port``); then the server answers ``/healthz`` at once and loads the
@@ -48,9 +50,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     add("--auth-token", help="require this bearer token on every API and WebSocket")
     add("--max-sessions", type=int, help="concurrent sessions, all kinds together (default 10)")
+    add(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="allow a web client app served from ORIGIN (e.g. http://localhost:5173) to call the API; repeatable",
+    )
     add("--voices-dir", help="where user voices are stored (default ~/.local/share/duplex/voices)")
     add("--tts-model", help="Qwen3-TTS hub id or local directory")
     add("--stt-model", help="Parakeet hub id or local .nemo")
+    add(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the TTS and STT engines as Ray Serve deployments: on the cluster at ADDRESS ('auto': the one "
+        "'ray start' made here), or without ADDRESS on RAY_ADDRESS or a local Ray instance started here; "
+        "replicas, GPUs and autoscaling from DUPLEX_RAY__* (docs/deploy.md)",
+    )
     add(
         "--ice-server",
         action="append",
@@ -88,6 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     put("server", "auth_token", given("auth_token"))
     put("server", "max_sessions", given("max_sessions"))
     put("server", "ice_servers", given("ice_server"))
+    put("server", "cors_origins", given("cors_origins"))
     put("tts", "engine", given("tts"))
     put("tts", "model", given("tts_model"))
     put("tts", "voice", given("voice"))
@@ -98,15 +117,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     put("llm", "model", given("llm_model"))
     put("llm", "api_key", given("llm_api_key"))
     put(None, "device", given("device"))
+    if given("ray") is not None:
+        put("ray", "enabled", True)
+        put("ray", "address", given("ray") or None)
     put(None, "voices_dir", given("voices_dir"))
     return Settings(**overrides)  # pydantic-settings deep-merges init values over the env
 
 
 def build_app(settings: Settings, engines: Engines) -> FastAPI:
-    """The full app: ``create_app`` with the browser chat and telephony routers."""
-    from agent.server import chat, create_app, telephony
+    """The full app: ``create_app`` with the browser chat, telephony, RTVI WebSocket and OpenAI Realtime routers."""
+    from agent.server import chat, create_app, realtime, rtvi, telephony
 
-    return create_app(settings, engines, routers=[chat.router, telephony.router])
+    return create_app(settings, engines, routers=[chat.router, telephony.router, rtvi.router, realtime.router])
 
 
 def _say(message: str) -> None:
@@ -226,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         sock.close()
+    engines.close()  # a Ray instance this process started stops with it
     code = EXIT_MODEL_UNAVAILABLE if failure else 0
     left = _finish_threads(THREADS_JOIN_S)
     if left:  # e.g. Ctrl-C while a model loads: a load cannot be interrupted, and teardown under it aborts

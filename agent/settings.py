@@ -2,7 +2,8 @@
 
 The groups are defined beside the code that reads them and composed here: ``tts`` / ``stt`` / ``llm`` come from the
 engine catalogue (``processors.catalogue``: each engine's options model, e.g. ``processors.qwen3_tts.options``),
-``vad`` / ``turn`` from ``pipelines.policy``, ``server`` below. Nested groups use ``__`` in env names:
+``vad`` / ``turn`` from ``pipelines.policy``, ``ray`` (where the engines run: ``duplex serve --ray``) from
+``processors.ray_serve.options``, ``server`` below. Nested groups use ``__`` in env names:
 ``DUPLEX_TTS__ENGINE=espeak``, ``DUPLEX_TURN__STOP_SECS=0.6``. CLI flags map onto the same fields (``agent/serve.py``);
 flags win over env vars, which win over defaults. A ``DUPLEX_*`` variable that names no setting is reported by
 ``unknown_env_vars`` (``duplex serve`` warns about each) and otherwise ignored.
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pipelines.options import AgentOptions
 from pipelines.policy import TurnOptions, VADOptions
 from processors.catalogue import LLMOptions, STTOptions, TTSOptions
+from processors.ray_serve.options import RayOptions
 from processors.tts_engine import MAX_TEXT_CHARS
 from voices.registry import VoiceRegistry
 
@@ -34,6 +36,7 @@ STTSettings = STTOptions
 LLMSettings = LLMOptions
 VADSettings = VADOptions
 TurnSettings = TurnOptions
+RaySettings = RayOptions
 
 
 class IceServer(BaseModel):
@@ -101,6 +104,8 @@ class ServerSettings(BaseModel):
         if isinstance(v, str):
             v = [v]
         return [IceServer.parse(x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    cors_origins: list[str] = []  # web origins allowed to call the API from a page served elsewhere (a client app)
 
 
 class Settings(BaseSettings, AgentOptions):

@@ -8,10 +8,12 @@ import importlib
 
 BENCHMARKS = {
     "tts": "benchmarks.tts",
+    "tts-gpu": "benchmarks.tts_gpu",
     "espeak": "benchmarks.espeak_tts",
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
+    "scale": "benchmarks.scale",
 }
 
 

@@ -41,13 +41,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _model_dir(cache: Path, size: str) -> Path:
-    from testkit.qwen3_tts_model import build_random_model_dir
+    from testkit.qwen3_tts_model import cached_random_model_dir
 
-    path = cache / f"qwen3-tts-{size}-random-noeos"
-    if not (path / "config.json").exists():
-        print(f"building a random {size} Qwen3-TTS model in {path} ...", flush=True)
-        build_random_model_dir(path, preset=size, seed=0, never_eos=True)
-    return path
+    return cached_random_model_dir(cache, size, never_eos=True)
 
 
 def _measure_side(args: argparse.Namespace) -> dict:

@@ -1,12 +1,14 @@
 """The engines of a process, loaded once and shared by every session, and the pipecat services one session runs on
-them. Which engine and how it loads come from the engine catalogue (``processors.catalogue``).
+them. Which engine and how it loads come from the engine catalogue (``processors.catalogue``), through a placement:
+in this process (``catalogue.IN_PROCESS``), or on Ray Serve replicas when ``options.ray.enabled``
+(``processors.ray_serve.RayPlacement``: the same rows, whose engines are remote engines with the same interface).
 
 ``load_engines(options)`` chooses each kind's engine (one logged line each, with its reason), loads it and records
-it on an ``Engines`` container, which a server may create empty and fill in the background (``duplex serve`` answers
-while weights download; ``/healthz`` shows the states). ``session_services`` builds one session's STT, LLM and TTS
-services on the loaded engines: the STT engine per the catalogue (shared, or fresh per session), the shared LLM, and
-the shared TTS speaking the session's voice, whose runtime voice switches go through the given resolver (the
-server's registry and voice cache).
+it and its row on an ``Engines`` container, which a server may create empty and fill in the background
+(``duplex serve`` answers while weights download; ``/healthz`` shows the states). ``session_services`` builds one
+session's STT, LLM and TTS services on the loaded engines: the STT engine per the catalogue (shared, or fresh per
+session), the shared LLM, and the shared TTS speaking the session's voice, whose runtime voice switches go through
+the given resolver (the server's registry and voice cache).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from voices.registry import VoiceRegistry
 
 from .options import AgentOptions
 
-__all__ = ["Engines", "LoadStatus", "ModelUnavailable", "create_services", "load_engines", "session_services"]
+__all__ = [
+    "Engines",
+    "LoadStatus",
+    "ModelUnavailable",
+    "create_services",
+    "load_engines",
+    "placement_for",
+    "session_services",
+]
 
 log = logging.getLogger("duplex.engines")
 
@@ -83,6 +93,8 @@ class Engines:
             if engine is not None:
                 self._expected.add(kind)
                 self.status[kind].state = "ready"
+        self.rows: dict[str, EngineEntry] = {}  # kind -> the row the engine was loaded with (its placement's)
+        self.placement: Any = catalogue.IN_PROCESS
 
     @property
     def tts(self) -> TTSEngine | None:
@@ -178,7 +190,10 @@ class Engines:
                 self.status[kind].state, self.status[kind].error = "failed", self._pipeline_error
 
     def entry(self, kind: catalogue.Kind) -> EngineEntry:
-        """The catalogue row of the loaded engine of ``kind``."""
+        """The catalogue row of the loaded engine of ``kind`` (as its placement made it)."""
+        row = self.rows.get(kind)
+        if row is not None:
+            return row
         choice = self.choices.get(kind)
         if choice is not None:
             return catalogue.entry(kind, choice.engine)
@@ -215,8 +230,27 @@ class Engines:
             status = statuses[kind]
             if status["state"] == "waiting" and kind not in self._expected:
                 status["state"] = self.tts_state if kind == "tts" else self.pipeline_state
-            out[kind] = {"engine": name, "reason": getattr(choice, "reason", ""), "fallback": fallback, **status}
+            out[kind] = {
+                "engine": name,
+                "reason": getattr(choice, "reason", ""),
+                "fallback": fallback,
+                "placement": self.placement.where(kind),
+                **status,
+            }
         return out
+
+    def close(self) -> None:
+        """Release what the placement holds (a Ray instance this process started); engines stay usable until then."""
+        self.placement.close()
+
+
+def placement_for(options: AgentOptions) -> Any:
+    """Where the engines of ``options`` run: ``catalogue.IN_PROCESS``, or Ray Serve when ``options.ray.enabled``."""
+    if options.ray.enabled:
+        from processors.ray_serve import RayPlacement
+
+        return RayPlacement(options.ray)
+    return catalogue.IN_PROCESS
 
 
 def load_engines(
@@ -238,19 +272,20 @@ def load_engines(
     say = progress or (lambda msg: log.info(msg))
     engines = engines if engines is not None else Engines()
     engines.expect(kinds)
+    placement = engines.placement = placement_for(options)
     groups = {"tts": options.tts, "stt": options.stt, "llm": options.llm}
     for kind in kinds:
         try:
-            engines.choices[kind] = catalogue.choose(kind, groups[kind], options.device)
+            engines.choices[kind] = placement.choose(kind, groups[kind], options.device)
         except (ModelUnavailable, ValueError) as e:
             _record_failure(engines, kind, str(e))
             raise ModelUnavailable(str(e)) from e
     for kind in kinds:
         say(f"{kind.upper()}: {engines.choices[kind].engine} ({engines.choices[kind].reason})")
-    rows = {kind: catalogue.entry(kind, engines.choices[kind].engine) for kind in kinds}
+    rows = {kind: placement.row(kind, engines.choices[kind].engine) for kind in kinds}
     loaded: dict[str, Any] = {}
     for kind in sorted(kinds, key=lambda k: not rows[k].remote):
-        row = rows[kind]
+        row = engines.rows[kind] = rows[kind]
         model = row.model(groups[kind]) if row.model is not None else None
         engines.loading(kind, model=model, step="checking" if row.remote else "loading")
         say(f"loading the {kind.upper()} engine {row.name}" + (f" ({model})" if model else "") + " ...")

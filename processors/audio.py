@@ -34,8 +34,15 @@ STT_DITHER_MIN_RUN_SECONDS = 0.01  # shorter zero runs are zero crossings inside
 # --- transports ----------------------------------------------------------------------------------
 TRANSPORT_FRAME_MS = 20  # input frames fed to the pipeline
 TELEPHONY_SAMPLE_RATE = 8_000  # Twilio / Telnyx / Plivo media streams (mu-law)
+REALTIME_PCM_SAMPLE_RATE = 24_000  # OpenAI Realtime "pcm16" / "audio/pcm" (its G.711 formats are 8 kHz)
 PIPELINE_OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)  # output rates the TTS adapters serve
 BROWSER_SAMPLE_RATE = 48_000
+
+# --- the OpenAI speech API (/v1/audio/speech) -----------------------------------------------------
+SPEECH_API_SAMPLE_RATE = 24_000  # every format; "pcm" is 24 kHz 16-bit mono by the API's definition
+SPEECH_API_BIT_RATES = {"mp3": 64_000, "opus": 32_000, "aac": 64_000}  # mono speech
+SPEECH_API_OGG_PAGE_MS = 60  # Ogg page length: how long Opus audio may wait in the muxer before it leaves
+SPEECH_API_SPEEDS = (0.25, 4.0)  # the API's range for ``speed``
 
 # --- voice references ------------------------------------------------------------------------------
 REFERENCE_MIN_SECONDS = 3.0

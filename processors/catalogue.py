@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from processors.llm.options import LLMOptions
+from processors.openai_tts.options import OpenAITTSOptions
 from processors.parakeet_stt.options import ParakeetOptions
 from processors.qwen3_tts.options import Qwen3TTSOptions
 
@@ -91,6 +92,36 @@ def _local_path(model: str) -> bool:
 
 
 # --- TTS rows ------------------------------------------------------------------------------------------------------
+def _openai_tts_auto(options: Any, device: str | None) -> tuple[bool, str]:
+    if options.endpoint:
+        return True, f"speech endpoint {options.endpoint} (model {options.model})"
+    return False, "no speech endpoint configured"
+
+
+def _openai_tts_load(options: Any, device: str | None) -> Any:
+    from processors.openai_tts import OpenAISpeechEngine
+
+    if not options.endpoint:
+        raise ModelUnavailable("--tts openai needs the endpoint's base URL (DUPLEX_TTS__ENDPOINT=http://host:8091/v1)")
+    return OpenAISpeechEngine(
+        options.endpoint,
+        model=options.model,
+        api_key=options.endpoint_api_key,
+        send_language=options.endpoint_language,
+        sample_rate=options.endpoint_sample_rate,
+        languages=options.endpoint_languages,
+        timeout_s=options.endpoint_timeout_s,
+    )
+
+
+def _engine_tts_service(engine: Any, options: Any, *, voice: Any = None, voices: Any = None, **kwargs: Any) -> Any:
+    from processors.engine_tts_service import EngineTTSService
+
+    return EngineTTSService(
+        engine, voice=voice, voice_id=options.voice, voices=voices, language=options.language, **kwargs
+    )
+
+
 def _qwen3_auto(options: Any, device: str | None) -> tuple[bool, str]:
     if not (cuda_available() and not (device or "").startswith("cpu")):
         return False, "no CUDA GPU: Qwen3-TTS 0.6B runs several times slower than real time on a CPU"
@@ -103,12 +134,14 @@ def _qwen3_auto(options: Any, device: str | None) -> tuple[bool, str]:
 def _qwen3_load(options: Any, device: str | None) -> Any:
     from processors.qwen3_tts import Qwen3TTSEngine
 
-    return Qwen3TTSEngine.from_pretrained(
+    engine = Qwen3TTSEngine.from_pretrained(
         options.model,
         device=device,
         first_chunk_frames=options.first_chunk_frames,
         chunk_frames=options.chunk_frames,
     )
+    engine.warmup()  # CUDA graphs captured now, not during the first conversation
+    return engine
 
 
 def _qwen3_service(engine: Any, options: Any, *, voice: Any = None, voices: Any = None, **kwargs: Any) -> Any:
@@ -221,6 +254,17 @@ def _llm_service(engine: Any, options: Any, **kwargs: Any) -> Any:
 CATALOGUE: tuple[EngineEntry, ...] = (
     EngineEntry(
         kind="tts",
+        name="openai",
+        summary="an OpenAI-compatible speech endpoint (vLLM-Omni serving Qwen3-TTS, another duplex serve, OpenAI)",
+        options=OpenAITTSOptions,
+        auto=_openai_tts_auto,
+        load=_openai_tts_load,
+        service=_engine_tts_service,
+        model=lambda options: f"{options.model} at {options.endpoint}",
+        remote=True,
+    ),
+    EngineEntry(
+        kind="tts",
         name="qwen3",
         summary="Qwen3-TTS-12Hz-0.6B-Base: streaming voice cloning (a CUDA GPU for real time)",
         options=Qwen3TTSOptions,
@@ -314,6 +358,29 @@ def choose(kind: Kind, options: Any, device: str | None = None) -> Choice:
     raise ModelUnavailable(f"no {kind.upper()} engine can run here: " + "; ".join(passed_over))
 
 
+class InProcess:
+    """Where engines run by default: in this process, loaded with the rows as they are. A placement answers
+    ``choose`` and ``row`` for ``pipelines.engines.load_engines``; ``processors.ray_serve.RayPlacement`` is the other
+    one (the same rows, loaded on Ray Serve replicas)."""
+
+    name = "in-process"
+
+    def choose(self, kind: Kind, options: Any, device: str | None = None) -> Choice:
+        return choose(kind, options, device)
+
+    def row(self, kind: Kind, name: str) -> EngineEntry:
+        return entry(kind, name)
+
+    def where(self, kind: Kind) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+IN_PROCESS = InProcess()
+
+
 # --- settings groups -------------------------------------------------------------------------------------------------
 class TTSChoice(BaseModel):
     """Which TTS engine (``auto`` or a catalogue name), and the default voice and language for every engine."""
@@ -362,6 +429,7 @@ TTSOptions = _group("TTSOptions", "tts", TTSChoice, "TTS settings: the choice, a
 STTOptions = _group("STTOptions", "stt", STTChoice, "STT settings: the choice, and each STT engine's options.")
 
 __all__ = [
-    "AUTO", "CATALOGUE", "KINDS", "Choice", "EngineEntry", "LLMOptions", "ModelUnavailable", "STTOptions",
-    "TTSOptions", "choose", "cuda_available", "entries", "entry", "hf_available", "names", "stt_service",
+    "AUTO", "CATALOGUE", "IN_PROCESS", "KINDS", "Choice", "EngineEntry", "InProcess", "LLMOptions", "ModelUnavailable",
+    "STTChoice", "STTOptions", "TTSChoice", "TTSOptions", "choose", "cuda_available", "entries", "entry",
+    "hf_available", "names", "stt_service",
 ]  # fmt: skip

@@ -19,7 +19,10 @@ with credentials, and the limits); it needs the token when auth is on.
 WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
 with ``?voice=<id>&language=<name>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on
 the page's data channel, and the page's typed turns go the other way on it; ``PATCH /api/offer`` takes trickled ICE
-candidates (pipecat's format) for clients that trickle. The server's peer uses the configured ICE servers too.
+candidates (pipecat's format) for clients that trickle. The server's peer uses the configured ICE servers too. The
+same session speaks RTVI (messages labelled ``rtvi-ai``) on that channel, so pipecat's client SDKs
+(``@pipecat-ai/client-js`` with ``@pipecat-ai/small-webrtc-transport``, voice-ui-kit) connect to ``/api/offer`` as
+they connect to pipecat's own runner; the page ignores those messages, RTVI clients ignore the page's.
 """
 
 from __future__ import annotations
@@ -303,6 +306,7 @@ async def _run_webrtc_session(
             events=events,
             language=language,
             kind=WEBRTC_KIND,
+            rtvi=True,  # pipecat's client SDKs (client-js + small-webrtc-transport) talk RTVI on the data channel
         )
         client_input = SessionInput(ctx, agent, events, kind=WEBRTC_KIND)
 

@@ -317,13 +317,18 @@ async def build_session_agent(
     audio_in_sample_rate: int,
     audio_out_sample_rate: int,
     voice: Any,
-    events: SessionEvents | None = None,
+    events: BaseObserver | None = None,
+    rtvi: bool = False,
     language: str | None = None,
     kind: str = "voice",
 ) -> VoiceAgent:
     """A voice agent on the shared engines (``voice``: the TTS engine's voice object). Runtime voice switches go
-    through the server's registry and voice cache. ``language``: the session's (``resolve_language``), None for the
-    server's. Pipeline errors reach the client (``watch_errors``; telephony callers hear an apology)."""
+    through the server's registry and voice cache. ``events``: an observer of the session's frames
+    (``SessionEvents`` or a protocol's own; its ``agent`` attribute is set). ``rtvi``: speak pipecat's client protocol
+    (RTVI) on the transport's message channel: pipecat's ``RTVIProcessor`` heads the pipeline and its
+    ``RTVIObserver`` reports transcripts, speaking state, metrics and errors; the turn policy is unchanged.
+    ``language``: the session's (``resolve_language``), None for the server's. Pipeline errors reach the client
+    (``watch_errors``; telephony callers hear an apology)."""
     engines = ctx.engines
     options = session_options(ctx, language)
     stt_engine = await run_in_thread(engines.session_stt, name="duplex-stt-load")
@@ -344,6 +349,7 @@ async def build_session_agent(
         audio_in_sample_rate=audio_in_sample_rate,
         audio_out_sample_rate=audio_out_sample_rate,
         observers=[events] if events is not None else None,
+        enable_rtvi=rtvi,
     )
     if events is not None:
         events.agent = agent

@@ -107,6 +107,7 @@ function showLatency(ev) {
 }
 
 function onEvent(ev) {
+  if (ev.label === "rtvi-ai") return; // pipecat client protocol, for pipecat's client SDKs on the same channel
   window.duplexEvents.push(ev);
   switch (ev.type) {
     case "ready":

@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
+
+from testkit.local_servers import ChatEndpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -76,11 +79,11 @@ def start(
     return proc, port
 
 
-def stop(proc: subprocess.Popen) -> int:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            return proc.wait(15)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait(5)
@@ -271,3 +274,68 @@ def test_page_url():
     assert url(host="0.0.0.0") == "http://localhost:8123/"  # a secure context for the microphone on this machine
     assert url(host="::1") == "http://[::1]:8123/"
     assert url(auth_token="a b/c&d") == "http://127.0.0.1:8123/?token=a%20b%2Fc%26d"
+
+
+def ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    pids = set()
+    for line in out:
+        pid, stat, args = line.split(None, 2)
+        if "Z" not in stat and ("raylet" in args or "gcs_server" in args or args.startswith("ray::")):
+            pids.add(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+async def test_serve_ray_starts_a_local_instance_and_stops_it(tmp_path):
+    """``duplex serve --ray`` without an address: a local Ray instance, ``auto`` judged on a Ray node, the engines
+    as Serve deployments, a speak round trip through them; on exit the instance and every Ray process it started
+    are gone."""
+    pytest.importorskip("ray")
+    before = ray_processes()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    llm = ChatEndpoint().__enter__()  # the endpoint is checked at start; the test never talks to it
+    proc, port = start(
+        tmp_path,
+        "--ray",
+        "--llm",
+        llm.url,
+        "--llm-model",
+        "scripted",
+        env={"DUPLEX_RAY__LOCAL_CPUS": "2", "DUPLEX_RAY__TTS__CPUS": "0.1", "DUPLEX_RAY__STT__CPUS": "0.1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health: dict = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                health = httpx.get(base + "/healthz", timeout=2).json()
+                if health["models"]["pipeline"]["state"] == "ready":
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.5)
+        engines = health["engines"]
+        assert engines["tts"]["engine"] == "espeak" and engines["tts"]["placement"] == "ray", engines
+        assert "judged on a Ray node" in engines["tts"]["reason"], engines
+        assert engines["stt"]["engine"] == "pocketsphinx" and engines["stt"]["placement"] == "ray", engines
+        assert engines["llm"]["placement"] == "in-process"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/speak", max_size=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+            await ws.send(json.dumps({"type": "start", "sampleRate": 16000, "pacing": "asap"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "started"
+            await ws.send(json.dumps({"type": "speak", "text": "Hello from a replica."}))
+            audio = b""
+            while isinstance(msg := await asyncio.wait_for(ws.recv(), 30), bytes):
+                audio += msg
+        assert json.loads(msg)["type"] == "complete" and len(audio) / 2 / 16000 > 0.5
+    finally:
+        code = stop(proc, timeout=60)
+        llm.__exit__(None, None, None)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    deadline = time.monotonic() + 20
+    while ray_processes() - before and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert not ray_processes() - before, "Ray processes left behind"
