@@ -33,6 +33,12 @@ class VoiceError(TTSError, ValueError):
     """A voice that cannot be used (unknown id, bad reference audio)."""
 
 
+class EngineUnavailableError(TTSError):
+    """The engine could not finish: a remote replica or endpoint died, vanished or did not answer in time. Nothing is
+    wrong with the request; the next one goes to a live replica. Voice sessions say that they could not finish
+    (``EngineTTSService``) and go on; ``/api/v1/speak`` reports ``SYNTHESIS_ERROR`` for that speak only."""
+
+
 @dataclass(frozen=True)
 class VoiceSpec:
     """What the voice registry knows about a voice; each engine turns it into its own voice object."""

@@ -255,6 +255,21 @@ def build_random_model_dir(
     return target
 
 
+def cached_random_model_dir(cache: str | os.PathLike, preset: Preset, *, never_eos: bool = True) -> Path:
+    """A random model directory under ``cache``, built on first use and reused (benchmarks and GPU checks share it:
+    the full preset takes a while to build)."""
+    path = Path(cache) / f"qwen3-tts-{preset}-random{'-noeos' if never_eos else ''}"
+    if not (path / "config.json").exists():
+        print(f"building a random {preset} Qwen3-TTS model in {path} ...", flush=True)
+        build_random_model_dir(path, preset=preset, seed=0, never_eos=never_eos)
+    return path
+
+
+def default_cache_dir() -> Path:
+    """Where benchmarks and GPU checks keep their models: ``$DUPLEX_CACHE_DIR/bench`` (``~/.cache/duplex/bench``)."""
+    return Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench"
+
+
 def expected_frames(
     text_tokens: int,
     *,

@@ -107,6 +107,10 @@ SUPPORTED_LANGUAGES = tuple(LANGUAGE_VOICES)
 
 _VARIANT = re.compile(r"^[A-Za-z0-9 _-]{1,40}$")
 _ESPEAK_NAME = re.compile(r"^([A-Za-z]{2,4}/)?[A-Za-z0-9_-]{1,40}$")  # "en-gb", "en-GB-x-rp", "gmw/en"
+# a language tag: a 2-3 letter language and optional subtags. Only these go to espeak_SetVoiceByProperties, which
+# answers a name it cannot match with the voice that happens to be current ("alloy" -> whatever spoke last); its
+# answer is then checked against the tag
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 # Sentence ends: . ! ? … (optionally followed by a closing quote/bracket) then whitespace; CJK full stops
 # anywhere; line breaks. "3.14" and "e.g.x" stay whole because a split needs whitespace after the stop.
@@ -323,13 +327,20 @@ def _resolve_voice_name(name: str) -> str | None:
         _current_voice = None
         if lib.espeak_SetVoiceByName(name.encode()) == EE_OK:
             return name
+        if not _LANGUAGE_TAG.match(name):
+            return None
         lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_EspeakVoiceStruct)]
         lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_EspeakVoiceStruct)
         wanted = _EspeakVoiceStruct(languages=name.encode())
         if lib.espeak_SetVoiceByProperties(ctypes.byref(wanted)) != EE_OK:
             return None
-        identifier = lib.espeak_GetCurrentVoice().contents.identifier
-        return identifier.decode() if identifier else None
+        current = lib.espeak_GetCurrentVoice().contents
+        # ``languages`` starts with a priority byte, then the voice's language ("\x05en-gb"): a voice of another
+        # language is espeak keeping the current voice for a tag it does not know ("ash"), not a match
+        spoken = (current.languages or b"")[1:].decode(errors="replace").lower()
+        if spoken.split("-")[0] != name.lower().split("-")[0]:
+            return None
+        return current.identifier.decode() if current.identifier else None
 
 
 def _audio_only(timed: Iterator[tuple[np.ndarray, list[tuple[str, float]]]]) -> Iterator[np.ndarray]:

@@ -399,3 +399,14 @@ def test_split_sentences():
     assert all(len(p) <= 50 for p in parts) and " ".join(parts).replace(" ", "") == long.replace(" ", "")
     cjk = "字" * 120
     assert split_sentences(cjk, max_chars=50) == ["字" * 50, "字" * 50, "字" * 20]
+
+
+@pytest.mark.parametrize("name", ["alloy", "ash", "nova", "sage"])
+def test_names_espeak_does_not_know_are_refused_whatever_spoke_last(name):
+    """espeak_SetVoiceByProperties keeps the current voice for a tag it cannot match: such a name must not become
+    whatever voice spoke last (OpenAI clients send their own voice names)."""
+    engine = EspeakEngine()
+    for before in ("en-gb", "German+m3", "fr-fr"):
+        engine.voice_from_id(before)
+        with pytest.raises(VoiceError, match="unknown espeak voice"):
+            engine._voice_from_id(name)  # uncached: asks the library each time
