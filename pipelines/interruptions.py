@@ -56,19 +56,19 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMRunFrame,
     LLMTextFrame,
-    MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.metrics.metrics import ProcessingMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+from processors.segmented_stt import SegmentTranscribedFrame
 
 from .playback import PlaybackHold
 
@@ -252,9 +252,10 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
     Words that may begin a backchannel phrase ("I" of "I see", "all" of "all right") do not interrupt while more may
     follow; a final transcript that ends on one waits ``prefix_wait_s`` for the rest before it counts as words.
 
-    ``stt_name``: the segmented STT's processor name; its processing-time ``MetricsFrame`` tells that a segment was
-    transcribed even when it held no words (then no ``TranscriptionFrame`` comes). Without it, the decision after a
-    VAD stop waits for a transcript or the timeout.
+    ``stt_name``: the name of an ``EngineSTTService``; its ``SegmentTranscribedFrame`` (after the segment's transcript,
+    in order with it) tells that a segment was transcribed even when it held no words, so the decision is made the
+    moment the last segment of the sound is. Without it, the decision after a VAD stop waits for a transcript (then
+    ``settle_s`` more, in case another follows) or the timeout.
 
     ``echo_window_s`` > 0 (the echo guard on): during the bot's first ``echo_window_s`` of speech an interruption
     takes ``echo_min_words`` such words instead (its own voice echoed back from a speakerphone is words too).
@@ -290,7 +291,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self.stt_name = stt_name
         self.echo_window_s = echo_window_s
         self.echo_min_words = echo_min_words
-        self.settle_s = settle_s  # the STT's MetricsFrame overtakes its TranscriptionFrame: wait this long after it
+        self.settle_s = settle_s  # without stt_name: after a transcript, wait this long for another
         self.prefix_wait_s = prefix_wait_s  # a sound ending on "I", "all", "thank": wait this long for "see", "right"
         self._bot_speech_s: float | None = None  # input audio since BotStartedSpeakingFrame; None: bot not speaking
         self._turn_active = False
@@ -303,7 +304,6 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self._stt_pending = 0  # VAD segments of this sound the STT has not finished
         self._timer: asyncio.Task | None = None
         self._late_segments = 0  # segments resumed over before their transcript came (late words may still interrupt)
-        self._late_transcripts = 0
         self.decisions: list[BargeInDecision] = []  # for tests, metrics and diagnostics
 
     # -- turn lifecycle -------------------------------------------------------------------------------------------
@@ -368,32 +368,28 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
                 if self._interrupts(open_end=True):
                     await self._interrupt("words")
                     return ProcessFrameResult.CONTINUE  # the turn's first words
-                if not self._user_speaking and self._stt_pending == 0:
-                    if self._interrupts(open_end=False):  # it ends on a word that may begin "I see", "all right"
-                        self._arm(self.prefix_wait_s, "words")
-                        return ProcessFrameResult.STOP  # kept in the aggregation: the turn's first words if so
-                    self._arm(self.settle_s, "backchannel")
-                await self.trigger_reset_aggregation()
+                if not self.stt_name and not self._user_speaking:
+                    self._decide_when_transcribed(self.settle_s)
+                if not self._interrupts(open_end=False):
+                    await self.trigger_reset_aggregation()
+                # else it ends on a word that may begin "I see", "all right": kept, the turn's first words if so
                 return ProcessFrameResult.STOP
             if self._late_segments and not self._turn_active:
-                self._late_segments -= 1
-                self._late_transcripts += 1
                 if interrupting_words(frame.text, self.backchannels):
+                    self._late_segments = 0
                     logger.info(f"{self}: late words {frame.text!r} after resuming: interrupting now")
                     self.decisions.append(BargeInDecision("interrupt", "late words", frame.text, 0.0))
                     await self.trigger_user_turn_started()
                     return ProcessFrameResult.CONTINUE
                 await self.trigger_reset_aggregation()
                 return ProcessFrameResult.STOP
-        elif isinstance(frame, MetricsFrame) and self.stt_name:
-            if any(isinstance(d, ProcessingMetricsData) and d.processor == self.stt_name for d in frame.data):
-                if self._deciding and self._stt_pending:
-                    self._stt_pending -= 1
-                    if self._stt_pending == 0 and not self._user_speaking:
-                        self._arm(self.settle_s, "no words")
-                elif self._late_segments and not self._deciding:
-                    # a late segment's verdict: its transcript, if it has one, follows at once
-                    self.task_manager.create_task(self._forget_late_segment(), f"{self}::late_segment")
+        elif isinstance(frame, SegmentTranscribedFrame) and self.stt_name:
+            if self._deciding and self._stt_pending:
+                self._stt_pending -= 1
+                if self._stt_pending == 0 and not self._user_speaking:
+                    self._decide_when_transcribed(0.0)
+            elif self._late_segments and not self._deciding:
+                self._late_segments -= 1  # a segment resumed over: its transcript, if any, came just before
         return ProcessFrameResult.CONTINUE
 
     # -- decision -------------------------------------------------------------------------------------------------
@@ -437,6 +433,13 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         await self.hold.release()
         await self.trigger_reset_aggregation()
 
+    def _decide_when_transcribed(self, delay_s: float) -> None:
+        """The STT has judged all of the sound, which has ended."""
+        if self._interrupts(open_end=False) and not self._interrupts(open_end=True):
+            self._arm(self.prefix_wait_s, "words")  # it ends on a word that may begin "I see": wait for the rest
+        else:
+            self._arm(delay_s, "backchannel" if self._heard() else "no words")
+
     def _arm(self, delay_s: float, reason: str) -> None:
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
@@ -459,12 +462,6 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         else:
             await self._resume(reason)
 
-    async def _forget_late_segment(self) -> None:
-        seen = self._late_transcripts
-        await asyncio.sleep(self.settle_s)
-        if self._late_segments and self._late_transcripts == seen:  # it had no words
-            self._late_segments -= 1
-
     async def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer is not asyncio.current_task() and not timer.done():
@@ -479,11 +476,13 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
 class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
     """Ends a user turn that produced no words ``timeout_s`` after the user went quiet, and asks for a resume.
 
-    ``stt_name``: the STT service's processor name. The segmented STT transcribes one segment per VAD stop and
-    reports its processing time (``MetricsFrame``) when done, words or not; with the name known, a decision due while
-    the STT is still working on the turn's speech waits for it (up to ``stt_grace_s`` more: it always answers unless
-    it broke). Resuming over words the STT is about to deliver would be worse than resuming late (a CPU fallback STT
-    can take longer than ``timeout_s``). Without the name, the decision is made at ``timeout_s``.
+    ``stt_name``: the name of an ``EngineSTTService``, which transcribes one segment per VAD stop and pushes a
+    ``SegmentTranscribedFrame`` after it (after its transcript, in order), words or not. With it, a decision due while
+    the STT is still working on the turn's speech waits for that frame (up to ``stt_grace_s`` more: it always comes
+    unless the STT broke), so the transcript, if any, has been seen. Resuming over words the STT is about to deliver
+    would be worse than resuming late (a CPU fallback STT under load takes longer than ``timeout_s``, and its
+    transcript then reaches the aggregator behind the frames queued meanwhile). Without the name, the decision is
+    made at ``timeout_s``.
     """
 
     def __init__(self, *, timeout_s: float = 1.5, stt_name: str | None = None, stt_grace_s: float = 10.0, **kwargs):
@@ -528,11 +527,10 @@ class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)) and frame.text.strip():
             self._heard_words = True
             await self._cancel_timer()
-        elif isinstance(frame, MetricsFrame) and self.stt_name:
-            if any(isinstance(d, ProcessingMetricsData) and d.processor == self.stt_name for d in frame.data):
-                self._stt_pending = max(0, self._stt_pending - 1)
-                if self._stt_pending == 0:
-                    self._stt_idle.set()
+        elif isinstance(frame, SegmentTranscribedFrame) and self.stt_name:
+            self._stt_pending = max(0, self._stt_pending - 1)
+            if self._stt_pending == 0:
+                self._stt_idle.set()
         return ProcessFrameResult.CONTINUE
 
     def _arm(self):
@@ -548,8 +546,6 @@ class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
                     await asyncio.wait_for(self._stt_idle.wait(), self.stt_grace_s)
                 except TimeoutError:
                     logger.warning(f"{self}: the STT is still busy {self.stt_grace_s:g} s after the timeout")
-                # its MetricsFrame (a system frame) overtakes the TranscriptionFrame it pushed just after it
-                await asyncio.sleep(0.1)
         except asyncio.CancelledError:
             return
         self._timer = None

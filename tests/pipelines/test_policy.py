@@ -61,6 +61,7 @@ from pipelines.policy import (
     is_telephony_transport,
     resolve_policy,
 )
+from processors.segmented_stt import SegmentTranscribedFrame
 
 
 def turn_settings(**kw):
@@ -301,8 +302,8 @@ def test_words_that_may_begin_a_backchannel_wait_while_more_may_follow(text, clo
 STT = "stt#0"
 
 
-def stt_done() -> MetricsFrame:
-    return MetricsFrame(data=[ProcessingMetricsData(processor=STT, value=0.01)])
+def stt_done() -> SegmentTranscribedFrame:
+    return SegmentTranscribedFrame()
 
 
 def final(text: str) -> TranscriptionFrame:
@@ -329,7 +330,7 @@ def over_the_bot(sound_s: float, *after) -> list:
 
 async def test_backchannel_holds_then_resumes_without_a_turn():
     decide, agg = decider()
-    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.66, stt_done(), final("mhm"), SleepFrame(0.2)))
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.66, final("mhm"), stt_done(), SleepFrame(0.2)))
     assert "UserStartedSpeakingFrame" not in names(down) and "InterruptionFrame" not in names(down)
     assert (decide.hold.holds, decide.hold.releases, decide.hold.drops) == (1, 1, 0) and not decide.hold.held
     assert [(d.outcome, d.reason, d.words) for d in decide.decisions] == [("resume", "backchannel", "mhm")]
@@ -346,7 +347,7 @@ async def test_a_sound_with_no_words_resumes_once_the_stt_has_answered():
 
 async def test_words_that_are_not_backchannels_interrupt():
     decide, agg = decider()
-    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.37, stt_done(), final("Stop."), SleepFrame(0.1)))
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.37, final("Stop."), stt_done(), SleepFrame(0.1)))
     assert names(down).count("UserStartedSpeakingFrame") == 1 and "InterruptionFrame" in names(down)
     assert (decide.hold.drops, decide.hold.releases) == (1, 0)
     assert [(d.outcome, d.reason, d.words) for d in decide.decisions] == [("interrupt", "words", "Stop.")]
@@ -380,21 +381,21 @@ async def test_a_word_that_may_begin_a_backchannel_waits_for_the_next():
     decide, agg = decider(prefix_wait_s=0.4)
     frames = over_the_bot(
         0.3,
-        stt_done(),
         final("I"),
+        stt_done(),
         *audio(0.1),
         VADUserStartedSpeakingFrame(start_secs=0.2),
         *audio(0.3),
         VADUserStoppedSpeakingFrame(stop_secs=0.2),
-        stt_done(),
         final("see"),
+        stt_done(),
         SleepFrame(0.2),
     )
     down, _ = await run_test(agg, frames_to_send=frames)
     assert "UserStartedSpeakingFrame" not in names(down)
     assert [(d.outcome, d.words) for d in decide.decisions] == [("resume", "I see")]
     decide, agg = decider(prefix_wait_s=0.2)
-    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.3, stt_done(), final("I"), SleepFrame(0.4)))
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.3, final("I"), stt_done(), SleepFrame(0.4)))
     assert names(down).count("UserStartedSpeakingFrame") == 1
     assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
 
@@ -414,23 +415,23 @@ async def test_a_slow_stt_resumes_at_the_timeout_and_late_words_still_interrupt(
     decide, agg = decider(verdict_timeout_s=0.2)
     down, _ = await run_test(
         agg,
-        frames_to_send=over_the_bot(0.4, SleepFrame(0.35), stt_done(), final("stop it"), SleepFrame(0.1)),
+        frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("stop it"), stt_done(), SleepFrame(0.1)),
     )
     assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "stt timeout"), ("interrupt", "late words")]
     assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.releases == 1
     decide, agg = decider(verdict_timeout_s=0.2)
     down, _ = await run_test(
-        agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), stt_done(), final("okay"), SleepFrame(0.1))
+        agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("okay"), stt_done(), SleepFrame(0.1))
     )
     assert "UserStartedSpeakingFrame" not in names(down) and agg.aggregation_string() == ""
 
 
 async def test_echo_window_needs_more_words_and_the_bot_silent_needs_none():
     decide, agg = decider(echo_window_s=1.5, echo_min_words=2)
-    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, stt_done(), final("sunny"), SleepFrame(0.2)))
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, final("sunny"), stt_done(), SleepFrame(0.2)))
     assert "UserStartedSpeakingFrame" not in names(down)  # one word in the bot's first moments: its own echo?
     decide, agg = decider(echo_window_s=1.5, echo_min_words=2)
-    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, stt_done(), final("no stop"), SleepFrame(0.2)))
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, final("no stop"), stt_done(), SleepFrame(0.2)))
     assert names(down).count("UserStartedSpeakingFrame") == 1
     decide, agg = decider()
     down, _ = await run_test(
@@ -481,7 +482,6 @@ async def test_false_interruption_not_when_words_arrive():
 async def test_false_interruption_waits_for_a_busy_stt():
     stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
     agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
-    done = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=0.5)])
     down, _ = await run_test(
         agg,
         frames_to_send=[
@@ -489,7 +489,7 @@ async def test_false_interruption_waits_for_a_busy_stt():
             VADUserStoppedSpeakingFrame(),
             SleepFrame(0.4),  # STT still working
             TranscriptionFrame("late words", "", time_now_iso8601(), finalized=True),
-            done,
+            SegmentTranscribedFrame(words=2),
             SleepFrame(0.4),
         ],
     )
@@ -502,11 +502,34 @@ async def test_false_interruption_waits_for_a_busy_stt():
             VADUserStartedSpeakingFrame(),
             VADUserStoppedSpeakingFrame(),
             SleepFrame(0.4),
-            done,
+            SegmentTranscribedFrame(),
             SleepFrame(0.3),
         ],
     )
     assert names(down).count("FalseInterruptionFrame") == 1  # the STT heard nothing: resume
+
+
+async def test_false_interruption_waits_for_a_transcript_queued_behind_other_frames():
+    """On a loaded machine the STT's processing-time metrics (a system frame, delivered at once) reach the aggregator
+    well before its transcript (a data frame, queued behind the audio): the decision waits for the transcript's
+    ordered companion, not for the metrics."""
+    stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
+    agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
+    metrics = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=2.9)])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.4),  # the STT works for longer than the timeout
+            metrics,
+            SleepFrame(0.4),  # its transcript is still on its way
+            TranscriptionFrame("what is the weather like", "", time_now_iso8601(), finalized=True),
+            SegmentTranscribedFrame(words=5),
+            SleepFrame(0.4),
+        ],
+    )
+    assert "FalseInterruptionFrame" not in names(down) and stop.false_interruptions == 0
 
 
 # --- idle interruption filter ------------------------------------------------------------------------------------
