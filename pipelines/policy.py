@@ -38,7 +38,13 @@ Barge-in decision (``turn.barge_in_hold``, on by default; ``barge_in_min_words``
   ``barge_in_min_speech_s`` of sound make it an interruption (the user turn starts: pipecat's interruption as usual);
   a sound that ends with no such words ("mhm", "yeah", "I see", a cough, a laugh) resumes the held audio where it
   stopped, with no user turn. It replaces the echo guard (whose window and word count it applies when the guard is
-  on). See ``pipelines.interruptions.BargeInDecisionUserTurnStartStrategy`` and ``pipelines.playback``.
+  on). Defaults: 1 word, 2.0 s of sound, 1.0 s verdict timeout. Interim transcripts can interrupt while the user
+  still speaks; otherwise the verdict is taken the moment the STT has transcribed the sound's last segment
+  (``SegmentTranscribedFrame``), so resuming costs the VAD's ``stop_secs`` plus the STT's time on the sound. A
+  transcript ending on a word that may begin a backchannel ("I" of "I see") waits 0.4 s for the rest. On a phone
+  (``turn.carrier_marks``) the hold clears the carrier's buffer and, on resume, sends the cut audio again from what
+  the carrier confirmed it played. See ``pipelines.interruptions.BargeInDecisionUserTurnStartStrategy`` and
+  ``pipelines.playback``.
 
 False-interruption recovery (``turn.false_interruption_timeout_s``; None = off): a barge-in whose user turn produces no
   words within this long after the user goes quiet (a cough, a door) ends, and the bot resumes with the unspoken

@@ -125,6 +125,11 @@ PIPECAT_ONSET = {"vad": {"onset_bridge_s": 0.0, "onset_volume": "smoothed"}}
             ["turn 'cough': expected interrupted=false, got true", "expected 0 interruption event(s), got 1"],
         ),
         (
+            "telephony_barge_in",
+            NO_HOLD,
+            ["turn 'mhm': expected interrupted=false, got true"],
+        ),
+        (
             "noise_bursts",
             NO_HOLD,
             ["turn 'sneeze': expected interrupted=false, got true"],
@@ -143,9 +148,9 @@ PIPECAT_ONSET = {"vad": {"onset_bridge_s": 0.0, "onset_volume": "smoothed"}}
 )
 def test_examples_fail_without_the_feature_they_test(name, change, broken):
     """Each example passes because of the policy it is about, not by accident: without the barge-in hold the
-    backchannels, the cough and the sneeze cut the answer (and the backchannels get answers of their own); without
-    false-interruption resume the old cough path loses the reply; with pipecat's onset rule the VAD never hears the
-    short "Stop."."""
+    backchannels (on the phone too), the cough and the sneeze cut the answer (and the backchannels get answers of
+    their own); without false-interruption resume the old cough path loses the reply; with pipecat's onset rule the
+    VAD never hears the short "Stop."."""
     scenario = load_scenario(EXAMPLES[0].parent / f"{name}.yaml")
     data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
     for group, values in change.items():
