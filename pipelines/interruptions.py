@@ -246,16 +246,19 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
     * **resume** when the sound has ended (VAD stop) and the STT's verdict on it is in — no words, or only
       backchannels ("mhm", "yeah", "I see", a laugh or a cough the STT makes nothing of): the held audio plays on
       from where it stopped, the transcript is dropped, no user turn, no LLM call. If the verdict has not come
-      ``verdict_timeout_s`` after the VAD stop, the duration decides (shorter than ``min_speech_s``: resume); words
-      that arrive after that still interrupt ("late words").
+      ``verdict_timeout_s`` after the VAD stop (``stt_grace_s`` with ``stt_name``), the duration decides (shorter
+      than ``min_speech_s``: resume); words that arrive after that still interrupt ("late words").
 
     Words that may begin a backchannel phrase ("I" of "I see", "all" of "all right") do not interrupt while more may
     follow; a final transcript that ends on one waits ``prefix_wait_s`` for the rest before it counts as words.
 
     ``stt_name``: the name of an ``EngineSTTService``; its ``SegmentTranscribedFrame`` (after the segment's transcript,
     in order with it) tells that a segment was transcribed even when it held no words, so the decision is made the
-    moment the last segment of the sound is. Without it, the decision after a VAD stop waits for a transcript (then
-    ``settle_s`` more, in case another follows) or the timeout.
+    moment the last segment of the sound is. That verdict always comes unless the STT broke, so the bot stays held
+    until it does (up to ``stt_grace_s``): resuming over words the STT is about to deliver, then cutting the bot
+    when they arrive, would talk over a real interruption (a CPU STT under load can take longer than a second);
+    a slow STT makes a backchannel's pause longer instead. Without it, the decision after a VAD stop waits for a
+    transcript (then ``settle_s`` more, in case another follows) or ``verdict_timeout_s``.
 
     ``echo_window_s`` > 0 (the echo guard on): during the bot's first ``echo_window_s`` of speech an interruption
     takes ``echo_min_words`` such words instead (its own voice echoed back from a speakerphone is words too).
@@ -274,6 +277,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         min_words: int = 1,
         min_speech_s: float = 2.0,
         verdict_timeout_s: float = 1.0,
+        stt_grace_s: float = 10.0,
         backchannels: Iterable[str] = BACKCHANNEL_PHRASES,
         stt_name: str | None = None,
         echo_window_s: float = 0.0,
@@ -287,6 +291,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self.min_words = min_words
         self.min_speech_s = min_speech_s
         self.verdict_timeout_s = verdict_timeout_s
+        self.stt_grace_s = stt_grace_s
         self.backchannels = tuple(backchannels)
         self.stt_name = stt_name
         self.echo_window_s = echo_window_s
@@ -354,7 +359,7 @@ class BargeInDecisionUserTurnStartStrategy(BaseUserTurnStartStrategy):
             if self._deciding:
                 if self.stt_name:
                     self._stt_pending += 1
-                self._arm(self.verdict_timeout_s, "stt timeout")
+                self._arm(self.stt_grace_s if self.stt_name else self.verdict_timeout_s, "stt timeout")
         elif isinstance(frame, InterimTranscriptionFrame):
             if self._deciding:
                 self._interim = frame.text

@@ -40,7 +40,8 @@ Barge-in decision (``turn.barge_in_hold``, on by default; ``barge_in_min_words``
   stopped, with no user turn. It replaces the echo guard (whose window and word count it applies when the guard is
   on). Defaults: 1 word, 2.0 s of sound, 1.0 s verdict timeout. Interim transcripts can interrupt while the user
   still speaks; otherwise the verdict is taken the moment the STT has transcribed the sound's last segment
-  (``SegmentTranscribedFrame``), so resuming costs the VAD's ``stop_secs`` plus the STT's time on the sound. A
+  (``SegmentTranscribedFrame``; the bot stays held until it comes, however slow the STT), so resuming costs the
+  VAD's ``stop_secs`` plus the STT's time on the sound. A
   transcript ending on a word that may begin a backchannel ("I" of "I see") waits 0.4 s for the rest. On a phone
   (``turn.carrier_marks``) the hold clears the carrier's buffer and, on resume, sends the cut audio again from what
   the carrier confirmed it played. See ``pipelines.interruptions.BargeInDecisionUserTurnStartStrategy`` and
@@ -111,7 +112,9 @@ class TurnOptions(BaseModel):
     barge_in_hold: bool = True  # speech over the bot pauses it until judged: interruption, or resume where it stopped
     barge_in_min_words: int = Field(1, ge=1)  # words that are not backchannels needed to interrupt
     barge_in_min_speech_s: float = Field(2.0, gt=0.0)  # ... or this much sound (from its onset) without such words
-    barge_in_verdict_timeout_s: float = Field(1.0, gt=0.0)  # after the sound ends, longest wait for the STT's words
+    # after the sound ends, longest wait for the words of an STT that does not say when it is done (ours do: their
+    # verdict is waited for, up to 10 s)
+    barge_in_verdict_timeout_s: float = Field(1.0, gt=0.0)
     backchannels: list[str] = Field(default_factory=lambda: list(BACKCHANNEL_PHRASES))  # phrases that never interrupt
     carrier_marks: bool = True  # phone calls: the carrier confirms what it played (marks); the context holds that
 

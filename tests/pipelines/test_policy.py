@@ -411,15 +411,33 @@ async def test_a_long_sound_interrupts_without_words():
     assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "sustained sound")]
 
 
-async def test_a_slow_stt_resumes_at_the_timeout_and_late_words_still_interrupt():
+async def test_a_slow_stt_is_waited_for_while_the_bot_is_held():
+    """The STT's verdict comes 0.35 s after the sound (longer than ``verdict_timeout_s``): the bot stays held until
+    it does, then "stop it" interrupts without the bot having played on; "okay" resumes it."""
     decide, agg = decider(verdict_timeout_s=0.2)
+    down, _ = await run_test(
+        agg,
+        frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("stop it"), stt_done(), SleepFrame(0.1)),
+    )
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.releases == 0
+    decide, agg = decider(verdict_timeout_s=0.2)
+    down, _ = await run_test(
+        agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("okay"), stt_done(), SleepFrame(0.1))
+    )
+    assert "UserStartedSpeakingFrame" not in names(down) and agg.aggregation_string() == ""
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "backchannel")]
+
+
+async def test_a_broken_stt_resumes_at_the_grace_and_late_words_still_interrupt():
+    decide, agg = decider(stt_grace_s=0.2)
     down, _ = await run_test(
         agg,
         frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("stop it"), stt_done(), SleepFrame(0.1)),
     )
     assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "stt timeout"), ("interrupt", "late words")]
     assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.releases == 1
-    decide, agg = decider(verdict_timeout_s=0.2)
+    decide, agg = decider(stt_grace_s=0.2)
     down, _ = await run_test(
         agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("okay"), stt_done(), SleepFrame(0.1))
     )
