@@ -33,7 +33,9 @@ below and CUDA's kernels, so its output is close to upstream's but not bit-ident
 compare graphs with the eager loop on the same device, not with a CPU run.
 
 Batching: one ``LeanTalker`` serves up to ``max_batch`` streams in slots ``0..n-1``; linears then run with M = n, so
-each weight is read once per step for all streams (``batching.py`` schedules them). Attention is per stream
+each weight is read once per step for all streams (``batching.py`` schedules them). A stream's prompt is prefilled
+apart (``prefill_apart``: into KV caches of its own, reading only weights, so another thread may run it while the
+steps go on) and copied into its slot at a frame boundary (``adopt``). Attention is per stream
 (``attention="sliced"``: each stream attends to exactly its own prefix) or, for CUDA graphs, one call over a window
 of the static cache with a position mask (``attention="masked"``, fixed shapes). The masked call is laid out for
 the fused kernels: the query heads that share a KV head become that head's query rows ``(batch, kv_heads, group,
