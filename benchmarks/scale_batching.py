@@ -2,12 +2,14 @@
 
     duplex bench scale batching [--concurrency 1,2,4,8,10] [--model full|tiny] [--threads 1] [--no-write]
 
-The server (``create_app`` on the engines ``load_engines`` loads, as ``duplex serve --tts qwen3 --tts-model DIR``
-does) runs in its own process, once per mode: ``batched`` (``max_streams`` = the largest concurrency) and
-``one-lock`` (``max_streams=0``: one stream generates at a time). The clients are ``websockets`` in this process:
-``pacing: realtime``, 24 kHz pcm16; in a round, N sessions send their ``speak`` at the same moment, each a different
-phrase of the same length (20 frames, 1.6 s, with the random model's stop rule). The voice is a speaker embedding
-only (x-vector) from the shipped default voice's reference, so an utterance's length follows its text.
+One server process holds the model once (loaded by ``load_engines``, as ``duplex serve --tts qwen3 --tts-model DIR``
+loads it) and serves two apps on two ports: ``batched`` (its engine as loaded, ``max_streams`` = the largest
+concurrency) and ``one-lock`` (an engine on the same weights with ``max_streams=0``: one stream generates at a time).
+Rounds alternate between the two, so the drifting load of a shared machine weighs on both alike. The clients are
+``websockets`` in this process: ``pacing: realtime``, 24 kHz pcm16; in a round, N sessions send their ``speak`` at the
+same moment, each a different phrase of the same length (20 frames, 1.6 s, with the random model's stop rule). The
+voice is a speaker embedding only (x-vector) from the shipped default voice's reference, so an utterance's length
+follows its text.
 
 Per mode and N:
 
@@ -55,27 +57,42 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="batched,one-lock", help="batched, one-lock")
     p.add_argument("--single-runs", type=int, default=3, help="runs of the single-session round")
     p.add_argument("--threads", type=int, default=1, help="torch threads per thread in the server process")
-    p.add_argument("--no-stall", action="store_true", help="skip the join-stall measurement")
+    p.add_argument("--stall-trials", type=int, default=3, help="runs of the join-stall measurement (0: skip it)")
 
 
 # --- server process --------------------------------------------------------------------------------------------------
 def _serve(model_dir: str, voices_dir: str, max_streams: int, threads: int, port_queue: mp.Queue) -> None:
+    """Both modes on one copy of the weights: ``load_engines``'s engine (batched) and one with ``max_streams=0``."""
     import torch
     import uvicorn
 
     from agent.server import Engines, create_app
     from agent.settings import ServerSettings, Settings, TTSSettings
     from pipelines.engines import load_engines
+    from processors.qwen3_tts import Qwen3TTSEngine
 
     torch.set_num_threads(threads)
     tts = TTSSettings(engine="qwen3", model=model_dir, max_streams=max_streams)
     settings = Settings(device="cpu", voices_dir=voices_dir, tts=tts,
                         server=ServerSettings(max_sessions=64, idle_timeout_s=3600))  # fmt: skip
-    app = create_app(settings, load_engines(settings, kinds=("tts",), engines=Engines()))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port_queue.put(sock.getsockname()[1])
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_ping_interval=None)).run(sockets=[sock])
+    batched = load_engines(settings, kinds=("tts",), engines=Engines()).tts
+    one_lock = Qwen3TTSEngine(batched.tts_model, batched.model_id, first_chunk_frames=batched.first_chunk_frames,
+                              chunk_frames=batched.chunk_frames, max_streams=0)  # fmt: skip
+    one_lock.voices = batched.voices  # the same voice prompts
+    one_lock.warmup()
+    servers, ports = [], {}
+    for mode, engine in (("batched", batched), ("one-lock", one_lock)):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        ports[mode] = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(settings, Engines(tts=engine)), log_level="warning", ws_ping_interval=None)
+        servers.append((uvicorn.Server(config), sock))
+    port_queue.put(ports)
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
+
+    asyncio.run(serve_all())
 
 
 def _start_server(ctx, model_dir: Path, voices_dir: Path, max_streams: int, threads: int):
@@ -84,18 +101,19 @@ def _start_server(ctx, model_dir: Path, voices_dir: Path, max_streams: int, thre
     q = ctx.Queue()
     server = ctx.Process(target=_serve, args=(str(model_dir), str(voices_dir), max_streams, threads, q), daemon=True)
     server.start()
-    port = q.get(timeout=600)
-    deadline = time.time() + 1200
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or not server.is_alive():
-            raise RuntimeError("the server did not become ready")
-        time.sleep(0.5)
-    return server, f"ws://127.0.0.1:{port}/api/v1/speak"
+    ports = q.get(timeout=1200)
+    deadline = time.time() + 600
+    for port in ports.values():
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or not server.is_alive():
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.5)
+    return server, {mode: f"ws://127.0.0.1:{port}/api/v1/speak" for mode, port in ports.items()}
 
 
 # --- clients ---------------------------------------------------------------------------------------------------------
@@ -132,29 +150,34 @@ async def _round(url: str, n: int) -> list[dict]:
     return await asyncio.gather(*tasks)
 
 
-def _measure_mode(ctx, mode: str, model_dir: Path, voices_dir: Path, args: argparse.Namespace) -> dict:
+def _measure(ctx, model_dir: Path, voices_dir: Path, args: argparse.Namespace) -> dict:
+    """Every mode at every concurrency, rounds alternating between the modes."""
     import psutil
 
     levels = [int(x) for x in args.concurrency.split(",")]
-    max_streams = max(levels) if mode == "batched" else 0
+    modes = args.modes.split(",")
     t = time.perf_counter()
-    server, url = _start_server(ctx, model_dir, voices_dir, max_streams, args.threads)
-    print(f"[{mode}] server ready in {time.perf_counter() - t:.0f} s", flush=True)
+    server, urls = _start_server(ctx, model_dir, voices_dir, max(levels), args.threads)
+    print(f"server ready in {time.perf_counter() - t:.0f} s", flush=True)
     proc = psutil.Process(server.pid)
-    out: dict = {"levels": {}}
+    out: dict = {mode: {"levels": {}} for mode in modes}
     try:
-        asyncio.run(_round(url, 1))  # warm-up: the voice prompt, first allocations
+        for mode in modes:
+            asyncio.run(_round(urls[mode], 1))  # warm-up: the voice prompt, first allocations
         for n in levels:
-            sessions: list[dict] = []
+            sessions: dict[str, list[dict]] = {mode: [] for mode in modes}
+            loads: list[float] = []
             for _ in range(args.single_runs if n == 1 else 1):
-                sessions += asyncio.run(_round(url, n))
-            out["levels"][n] = _summarise(n, sessions)
-            out["levels"][n]["rss_mb"] = proc.memory_info().rss / 2**20
-            out["levels"][n]["load"] = os.getloadavg()[0]
-            s = out["levels"][n]
-            print(f"[{mode} x{n}] {s['agg_fps']:.2f} frames/s, {s['per_frame_s']:.3f} s/frame per session, "
-                  f"first audio p50 {s['first_p50']:.2f} s p95 {s['first_p95']:.2f} s, load {s['load']:.1f}",
-                  flush=True)  # fmt: skip
+                for mode in modes:
+                    sessions[mode] += asyncio.run(_round(urls[mode], n))
+                    loads.append(os.getloadavg()[0])
+            for mode in modes:
+                s = out[mode]["levels"][n] = _summarise(n, sessions[mode])
+                s["rss_mb"] = proc.memory_info().rss / 2**20
+                s["load"] = statistics.mean(loads)
+                print(f"[{mode} x{n}] {s['agg_fps']:.2f} frames/s, {s['per_frame_s']:.3f} s/frame per session, "
+                      f"first audio p50 {s['first_p50']:.2f} s p95 {s['first_p95']:.2f} s, load {s['load']:.1f}",
+                      flush=True)  # fmt: skip
     finally:
         server.terminate()
         server.join(30)
@@ -179,7 +202,7 @@ def _summarise(n: int, sessions: list[dict]) -> dict:
 
 
 # --- join stall (engine alone) ---------------------------------------------------------------------------------------
-def _stall(model_dir: str, reference: str, threads: int, result: mp.Queue) -> None:
+def _stall(model_dir: str, reference: str, threads: int, trials: int, result: mp.Queue) -> None:
     import torch
 
     from processors.qwen3_tts import Qwen3TTSEngine
@@ -188,40 +211,40 @@ def _stall(model_dir: str, reference: str, threads: int, result: mp.Queue) -> No
     engine = Qwen3TTSEngine.from_pretrained(model_dir, device="cpu", max_streams=2)
     voice = engine.create_voice(reference)  # speaker embedding only
     engine.synthesize(PHRASES[0], voice)  # warm-up
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    stats: dict[str, object] = {}
+    runs = []
+    for _ in range(trials):
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        stats: dict[str, object] = {}
 
-    def run(name: str, text: str) -> None:
-        for _ in engine.stream(text, voice, "English", chunk_frames=1):
-            times[name].append(time.perf_counter())
-        stats[name] = engine.last_stats if name == "b" else None
+        def run(name: str, text: str, times=times, stats=stats) -> None:
+            for _ in engine.stream(text, voice, "English", chunk_frames=1):
+                times[name].append(time.perf_counter())
+            stats[name] = engine.last_stats  # b's: it started last
 
-    a = threading.Thread(target=run, args=("a", LONG_PHRASE))
-    a.start()
-    while len(times["a"]) < 8:
-        time.sleep(0.005)
-    t_b = time.perf_counter()
-    b = threading.Thread(target=run, args=("b", PHRASES[1]))
-    b.start()
-    a.join()
-    b.join()
-    ta, tb = np.array(times["a"]), np.array(times["b"])
-    gaps = np.diff(ta)
-    ends = ta[1:]
-    before = gaps[ends < t_b]
-    window = (ends >= t_b) & (ends <= tb[min(2, len(tb) - 1)])  # until the new stream's third frame
-    result.put(dict(
-        interval_s=float(np.median(before)),
-        longest_s=float(gaps[window].max()) if window.any() else float("nan"),
-        prefill_s=float(stats["b"].timings.get("prefill_s", float("nan"))),
-        first_audio_s=float(tb[0] - t_b),
-        frames_a=len(ta),
-    ))  # fmt: skip
+        a = threading.Thread(target=run, args=("a", LONG_PHRASE))
+        a.start()
+        while len(times["a"]) < 8:
+            time.sleep(0.005)
+        t_b = time.perf_counter()
+        b = threading.Thread(target=run, args=("b", PHRASES[1]))
+        b.start()
+        a.join()
+        b.join()
+        ta, tb = np.array(times["a"]), np.array(times["b"])
+        gaps, ends = np.diff(ta), ta[1:]
+        window = (ends >= t_b) & (ends <= tb[min(2, len(tb) - 1)])  # until the new stream's third frame
+        runs.append(dict(
+            interval_s=float(np.median(gaps[ends < t_b])),
+            longest_s=float(gaps[window].max()) if window.any() else float("nan"),
+            prefill_s=float(stats["b"].timings.get("prefill_s", float("nan"))),
+            first_audio_s=float(tb[0] - t_b),
+        ))  # fmt: skip
+    result.put({k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"trials": trials})
 
 
-def _measure_stall(ctx, model_dir: Path, reference: Path, threads: int) -> dict:
+def _measure_stall(ctx, model_dir: Path, reference: Path, threads: int, trials: int) -> dict:
     q = ctx.Queue()
-    p = ctx.Process(target=_stall, args=(str(model_dir), str(reference), threads, q), daemon=True)
+    p = ctx.Process(target=_stall, args=(str(model_dir), str(reference), threads, trials, q), daemon=True)
     p.start()
     try:
         return q.get(timeout=3600)
@@ -239,10 +262,10 @@ def run(args: argparse.Namespace) -> int:
     reference = SHIPPED_DIR / "default" / "reference.wav"
     VoiceRegistry(voices_dir).add(reference, name="bench x-vector", voice_id=VOICE_ID)
     ctx = mp.get_context("spawn")
-    results = {}
-    for mode in args.modes.split(","):
-        results[mode] = _measure_mode(ctx, mode, model_dir, voices_dir, args)
-    stall = None if args.no_stall else _measure_stall(ctx, model_dir, reference, args.threads)
+    results = _measure(ctx, model_dir, voices_dir, args)
+    stall = None
+    if args.stall_trials > 0:
+        stall = _measure_stall(ctx, model_dir, reference, args.threads, args.stall_trials)
     body = report(args, results, stall)
     print(body)
     if not args.no_write:
@@ -285,11 +308,13 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
         f"people's jobs; load average in the table), no GPU; {args.model} random Qwen3-TTS model in fp32, "
-        f"{args.threads} torch thread(s) per thread. The server runs in its own process (engines as `duplex serve "
-        "--tts qwen3 --tts-model DIR` loads them); every session of a round sends its `speak` at once, paces audio in "
-        "real time (24 kHz pcm16) and speaks a different phrase of 20 frames (1.6 s). `batched`: `max_streams` "
+        f"{args.threads} torch thread(s) per thread. One server process (the engine loaded as `duplex serve --tts "
+        "qwen3 --tts-model DIR` loads it) serves both modes on the same weights, rounds alternating between them; "
+        "every session of a round sends its `speak` at once, paces audio in real time (24 kHz pcm16) and speaks a "
+        "different phrase of 20 frames (1.6 s). `batched`: `max_streams` "
         f"{max(int(x) for x in args.concurrency.split(','))}; `one-lock`: `max_streams=0`, one stream generates at "
-        "a time (frames made ahead of playback, so a slow client holds nobody up). Per-frame time: (complete - first "
+        "a time (frames made ahead of playback, so a slow client holds nobody up). Server RSS: both engines, one copy "
+        "of the weights. Per-frame time: (complete - first "
         "audio) / (frames - 1) of each session, median (when generation is faster than real time, as with the tiny "
         "model, pacing sets it); first audio: speak sent -> first audio at the client "
         f"(single session: {args.single_runs} runs).",
@@ -304,14 +329,25 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
         ratio = batched[10]["per_frame_s"] / batched[1]["per_frame_s"]
         met = "met" if ratio <= 3 else "NOT met"
         lines.append(f"- Target: batched, 10 sessions cost at most 3x the per-frame time of one: {ratio:.2f}x, {met}.")
+    lines += [
+        "",
+        "What holds where: on this CPU every step is compute-bound (fp32 linears on one core), so a batched step of "
+        "N streams costs more as N grows; a prefill is compute too, and a burst of N new sessions waits for N "
+        "prefills one after another; the codec decoder runs per session, on the same cores. On a GPU a step is bound "
+        "by kernel launches and memory reads (replayed as CUDA graphs) and grows far less with N, and a prefill runs "
+        "on its own CUDA stream beside the steps, so the per-frame and first-audio spreads there are expected to be "
+        "much flatter; none of that is measured here (no GPU: `duplex bench tts-gpu` and `scripts/gpu-check.sh` run "
+        "1, 4 and 10 streams on one).",
+    ]
     if stall is not None:
+        st = stall
         lines += [
             "",
-            "Join stall (the engine alone, `max_streams=2`, audio decoded frame by frame): a stream's frames came "
-            f"every {stall['interval_s']:.3f} s (median); while a second stream was prefilled "
-            f"({stall['prefill_s']:.3f} s) and joined, its longest interval was {stall['longest_s']:.3f} s "
-            f"(+{stall['longest_s'] - stall['interval_s']:.3f} s); the new stream's first audio came "
-            f"{stall['first_audio_s']:.2f} s after it started.",
+            "Join stall (the engine alone, `max_streams=2`, audio decoded frame by frame; medians of "
+            f"{st['trials']} runs): a stream's frames came every {st['interval_s']:.3f} s; while a second stream "
+            f"was prefilled ({st['prefill_s']:.3f} s) and joined, its longest interval was {st['longest_s']:.3f} s "
+            f"(+{st['longest_s'] - st['interval_s']:.3f} s); the new stream's first audio came "
+            f"{st['first_audio_s']:.2f} s after it started.",
         ]
     return "\n".join(lines)
 
