@@ -125,3 +125,67 @@ def test_catalogue_loads_a_batched_engine(tiny_qwen_dir):
         eng.close()
     eng = catalogue.entry("tts", "qwen3").load(options.model_copy(update={"max_streams": 0}), "cpu")
     assert eng.max_streams == 0 and eng.scheduler is None
+
+
+def test_batched_greedy_stream_beside_a_sampled_one_keeps_its_output(engine, voice, alone):
+    """Sampling settings are per stream: a greedy stream batched with a sampled one (the model's defaults) gives its
+    unbatched greedy audio."""
+    eng = Qwen3TTSEngine(engine.tts_model, engine.model_id, max_streams=2)
+    eng.voices = engine.voices
+    got: dict[str, np.ndarray] = {}
+
+    def run(name, text, n, gen):
+        got[name] = eng.synthesize(text, voice, "English", max_frames=n, chunk_frames=1, **gen)
+
+    try:
+        threads = [threading.Thread(target=run, args=("greedy", *JOBS[0], GREEDY)),
+                   threading.Thread(target=run, args=("sampled", *JOBS[2], {}))]  # fmt: skip
+        [t.start() for t in threads]
+        [t.join(timeout=120) for t in threads]
+        assert eng.scheduler.max_active == 2
+    finally:
+        eng.close()
+    assert np.array_equal(got["greedy"], alone[0])
+    assert len(got["sampled"]) == len(alone[2]) and not np.array_equal(got["sampled"], alone[2])
+
+
+@pytest.mark.parametrize("max_streams", [0, 2], ids=["one-at-a-time", "batched"])
+def test_cancel_stops_generation_within_one_frame(engine, voice, max_streams):
+    """Cancel mid-stream: nothing more is delivered, and at most one more frame is generated after the cancel (the
+    stream may have run ahead of its reader before it)."""
+    eng = Qwen3TTSEngine(engine.tts_model, engine.model_id, max_streams=max_streams)
+    eng.voices = engine.voices
+    generated: list[int] = []
+    if max_streams:
+        made = lambda: eng.scheduler.frames_out
+    else:
+        real_loop = eng._frame_loop
+
+        def counted_loop(prompt, budget):
+            loop = real_loop(prompt, budget)
+            real_frames = loop.frames
+
+            def frames(cancel=None):
+                for codes in real_frames(cancel):
+                    generated.append(1)
+                    yield codes
+
+            loop.frames = frames
+            return loop
+
+        eng._frame_loop = counted_loop
+        made = lambda: len(generated)
+    try:
+        cancel = threading.Event()
+        gen = eng.stream(JOBS[2][0] * 4, voice, "English", cancel, max_frames=400, chunk_frames=1, **GREEDY)
+        next(gen)
+        cancel.set()
+        at_cancel = made()
+        assert list(gen) == [] and eng.last_stats.cancelled
+        if max_streams:
+            _wait_for(lambda: not eng.scheduler._active)
+        else:
+            assert not _generator_threads()  # joined when the stream ended
+        assert made() <= at_cancel + 1 and made() < 400
+    finally:
+        eng.close()
