@@ -1,6 +1,6 @@
-"""Concurrent /api/v1/speak sessions on one Qwen3-TTS engine, batched (the default) vs one stream at a time.
+"""Part (a): concurrent /api/v1/speak sessions on one Qwen3-TTS engine, batched (the default) vs one stream at a time.
 
-    duplex bench scale batching [--concurrency 1,2,4,8,10] [--model full|tiny] [--threads 1] [--no-write]
+    duplex bench scale batching [--concurrency 1,2,4,8,10] [--model full|tiny] [--threads 1] [--write]
 
 One server process holds the model once (loaded by ``load_engines``, as ``duplex serve --tts qwen3 --tts-model DIR``
 loads it) and serves two apps on two ports: ``batched`` (its engine as loaded, ``max_streams`` = the largest
@@ -268,10 +268,10 @@ def run(args: argparse.Namespace) -> int:
         stall = _measure_stall(ctx, model_dir, reference, args.threads, args.stall_trials)
     body = report(args, results, stall)
     print(body)
-    if not args.no_write:
+    if args.write:
         from benchmarks.report import write_section
 
-        print("wrote", write_section("scale-batching", body))
+        print("wrote", write_section("scale-concurrency", body))
     return 0
 
 
@@ -303,7 +303,7 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
                 f"{s['rss_mb']:.0f}", f"{s['load']:.1f}",
             ])  # fmt: skip
     lines = [
-        "## Scale on one machine: concurrent /api/v1/speak sessions, batched vs one at a time "
+        "## Scale (a): concurrent /api/v1/speak sessions in one process, batched vs one-lock "
         "(`duplex bench scale batching`)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
@@ -355,5 +355,5 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     configure(parser)
-    parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true", help="also write the result into docs/benchmarks.md")
     raise SystemExit(run(parser.parse_args()))
