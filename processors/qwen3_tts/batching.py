@@ -76,6 +76,7 @@ class BatchedStream:
         self.prompt = prompt
         self.max_frames = frame_limit(prompt, max_frames)
         self.cancel_event = cancel or threading.Event()
+        self._reader_cancel: threading.Event | None = None  # the event given to ``frames()``
         self.hit_budget = False
         self.cancelled = False
         self.error: BaseException | None = None
@@ -99,6 +100,7 @@ class BatchedStream:
         if self._started:
             raise RuntimeError("a BatchedStream can be iterated once")
         self._started = True
+        self._reader_cancel = cancel
         self.scheduler._admit(self)
         try:
             while True:
@@ -122,6 +124,12 @@ class BatchedStream:
             raise BatchWorkerError(
                 f"Qwen3-TTS batch step failed: {type(self.error).__name__}: {self.error}"
             ) from self.error
+
+    def stop_requested(self) -> bool:
+        """Cancelled by either event. The worker reads the reader's event itself, so a cancel stops generation at
+        the next step even while the reader is busy elsewhere (decoding the previous chunk, say)."""
+        reader = self._reader_cancel
+        return self.cancel_event.is_set() or (reader is not None and reader.is_set())
 
     def _finish(self, error: BaseException | None = None, **flags: bool) -> None:
         if error is not None:
@@ -270,7 +278,7 @@ class BatchScheduler:
 
     def _prefill(self, s: BatchedStream) -> None:
         """Prepare one stream on the prefill thread; a failure here is that stream's alone."""
-        if s.cancel_event.is_set():
+        if s.stop_requested():
             s._finish(cancelled=True)
             return
         try:
@@ -330,7 +338,7 @@ class BatchScheduler:
         lean = self.lean
         slot = len(self._active)
         prefilled, s.prefilled = s.prefilled, None
-        if s.cancel_event.is_set():
+        if s.stop_requested():
             self._done(s, cancelled=True)
             return
         try:
@@ -378,7 +386,7 @@ class BatchScheduler:
         active = self._active
         n = len(active)
         # the code predictor for this frame, queued before the host waits (a GPU keeps working meanwhile)
-        queued = lean.overlap and any(s.frame < s.max_frames and not s.cancel_event.is_set() for s in active)
+        queued = lean.overlap and any(s.frame < s.max_frames and not s.stop_requested() for s in active)
         if queued:
             with lean.timer.span("predictor_s", *[s.timings for s in active]):
                 lean.predict(n)
@@ -392,7 +400,7 @@ class BatchScheduler:
                 pass
             elif s.frame >= s.max_frames:
                 s.hit_budget = True
-            elif s.cancel_event.is_set():
+            elif s.stop_requested():
                 s.cancelled = True
             else:
                 continue
@@ -411,7 +419,7 @@ class BatchScheduler:
             s._queue.put(s.out[s.frame])
         self.frames_out += n
         # streams cancelled while their frame was handed out stop here, like the single-stream loop
-        cancelled = [s for s in active if s.cancel_event.is_set()]
+        cancelled = [s for s in active if s.stop_requested()]
         for s in cancelled:
             s.cancelled = True
         self._remove(cancelled)
