@@ -336,6 +336,12 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
         ratio = batched[10]["per_frame_s"] / batched[1]["per_frame_s"]
         met = "met" if ratio <= 3 else "NOT met"
         lines.append(f"- Target: batched, 10 sessions cost at most 3x the per-frame time of one: {ratio:.2f}x, {met}.")
+    loads = [s["load"] for r in results.values() for s in r["levels"].values()]
+    if loads and max(loads) > (os.cpu_count() or 1):
+        lines.append(f"- The machine was over-committed (load average {min(loads):.1f}-{max(loads):.1f} on "
+                     f"{os.cpu_count()} CPUs): rows measured at different loads are not comparable, nor is the "
+                     "target's ratio (10 sessions against 1, at other loads); the modes compare within a row (the "
+                     "same rounds, alternating).")  # fmt: skip
     lines += [
         "",
         "What holds where: on this CPU every step is compute-bound (fp32 linears on one core), so a batched step of "
@@ -354,7 +360,10 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
             f"{st['trials']} runs): a stream's frames came every {st['interval_s']:.3f} s; while a second stream "
             f"was prefilled ({st['prefill_s']:.3f} s) and joined, its longest interval was {st['longest_s']:.3f} s "
             f"(+{st['longest_s'] - st['interval_s']:.3f} s); the new stream's first audio came "
-            f"{st['first_audio_s']:.2f} s after it started.",
+            f"{st['first_audio_s']:.2f} s after it started. On a CPU the prefill thread shares the cores with the "
+            "steps, so when they are busy a running stream slows by up to the prefill's duration, though the batch "
+            "never waits for the prefill (`test_prefill_runs_beside_the_batch`); on a GPU the prefill runs on a CUDA "
+            "stream of its own.",
         ]
     return "\n".join(lines)
 
