@@ -11,6 +11,7 @@ BENCHMARKS = {
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
+    "memory": "benchmarks.session_memory",
 }
 
 

@@ -11,8 +11,9 @@ End of the user's turn (``turn.stop_strategy``):
   ``turn.stop_secs`` after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses
   longer mid-sentence.
   ``"smart_turn"``: ``TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3)`` — the Smart Turn v3 model (ships
-  in the wheel, CPU ONNX) judges at each VAD stop whether the utterance is complete; an INCOMPLETE verdict waits up
-  to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per VAD stop (40-80 ms here).
+  in the wheel, CPU ONNX, one copy per process) judges at each VAD stop whether the utterance is complete; an
+  INCOMPLETE verdict waits up to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per
+  VAD stop (40-80 ms here).
   ``turn.user_turn_stop_timeout_s``: a turn with no stop signal at all (no transcript ever) ends after this.
 
 Start of the user's turn = barge-in (``turn.barge_in``): pipecat's ``VADUserTurnStartStrategy`` (a VAD start opens the
@@ -40,7 +41,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.audio import TELEPHONY_SAMPLE_RATE
 
 from .interruptions import EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy
+from .turn_models import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzer
 
 TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage", "genesys")
 
@@ -83,13 +84,14 @@ class TurnOptions(BaseModel):
     echo_guard_min_words: int = Field(2, ge=1)  # ... or this many words in an interim transcript
 
 
-def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SileroVADAnalyzer:
-    """Silero VAD with the configured thresholds (a fresh analyzer per session: it keeps model state). The rate is
-    the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
+def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SharedSileroVADAnalyzer:
+    """Silero VAD with the configured thresholds: a fresh analyzer per session (it keeps the stream's state) on the
+    process's one Silero model (``pipelines.turn_models``). The rate is the pipeline's input rate unless given
+    (Silero takes 8 or 16 kHz)."""
     params = VADParams(
         confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume
     )
-    return SileroVADAnalyzer(sample_rate=sample_rate, params=params)
+    return SharedSileroVADAnalyzer(sample_rate=sample_rate, params=params)
 
 
 def is_telephony_transport(transport: Any) -> bool:
@@ -132,9 +134,8 @@ def build_user_turn_strategies(
     ]
     if turn.stop_strategy == "smart_turn":
         from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 
-        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
+        analyzer = SharedSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
         stop: list = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)]

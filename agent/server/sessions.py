@@ -2,7 +2,7 @@
 
 Every entry point (WebRTC ``/api/offer``, ``/ws``, ``/telephony/twilio``) builds its pipecat transport, takes a session
 slot, and calls ``run_voice_session``: STT/LLM/TTS services are made from the loaded engines
-(``pipelines.engines.session_services``: the STT engine shared or fresh per session as the engine catalogue says,
+(``pipelines.engines.session_services``: the STT engine shared or a per-session view as the engine catalogue says,
 the shared TTS/LLM), the worker runs until the client goes away, and the turns are recorded in the server metrics
 under the entry point's ``kind``. ``SessionEvents`` turns pipeline frames into small JSON events
 (transcripts of both sides, listening/thinking/speaking, per-turn voice-to-voice latency) for clients that show them.
@@ -32,7 +32,6 @@ from pipecat.transports.base_transport import BaseTransport
 
 from pipelines.engines import session_services
 from pipelines.voice_agent import VoiceAgent, build_voice_agent
-from processors.threads import run_in_thread
 from voices.registry import VoiceNotFoundError
 
 from .context import ServerContext
@@ -181,7 +180,7 @@ async def build_session_agent(
     """A voice agent on the shared engines (``voice``: the TTS engine's voice object). Runtime voice switches go
     through the server's registry and voice cache."""
     engines = ctx.engines
-    stt_engine = await run_in_thread(engines.session_stt, name="duplex-stt-load")
+    stt_engine = engines.session_stt()
     stt, llm, tts = session_services(
         engines,
         ctx.settings,
