@@ -99,8 +99,8 @@ def is_telephony_transport(transport: Any) -> bool:
     params = getattr(transport, "_params", None)
     serializer = getattr(params, "serializer", None)
     if serializer is not None:
-        module = type(serializer).__module__
-        if any(f"serializers.{name}" in module for name in TELEPHONY_SERIALIZER_MODULES):
+        modules = [cls.__module__ for cls in type(serializer).__mro__]  # subclasses of a carrier's serializer count
+        if any(f"serializers.{name}" in module for name in TELEPHONY_SERIALIZER_MODULES for module in modules):
             return True
     return getattr(params, "audio_in_sample_rate", None) == TELEPHONY_SAMPLE_RATE
 

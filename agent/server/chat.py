@@ -4,14 +4,15 @@ slot until the client goes away.
 
 ``/ws`` protocol (documented in docs/server.md), kept as plain as a browser or a script can speak it:
 
-* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (any length; 20 ms is usual);
-  text ``{"type": "stop"}`` ends the session.
+* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (up to 1 s each; 20 ms is usual);
+  text ``{"type": "stop"}`` ends the session (answered with ``{"type": "stopped", "reason"}``, then close 1000).
+  Other text, odd-sized or longer frames: ``{"type": "error", "code": "INVALID_MESSAGE"}``, dropped, session goes on.
 * server -> client: text ``{"type": "ready", "sessionId", "inputSampleRate": 16000, "outputSampleRate": 24000,
   "encoding": "pcm16", "voice", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the bot's voice,
   40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
   ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's ``clear``).
   Errors: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
-  ``UNAUTHORIZED``: 1008).
+  ``UNAUTHORIZED``: 1008; ``TIMEOUT``: no audio within the connect timeout or for the idle timeout, 1000).
 
 WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
 with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on the page's data
@@ -24,8 +25,9 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
@@ -39,12 +41,13 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_transport import TransportParams
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
-from .guards import ApiError, check_auth, presented_token, token_matches
-from .sessions import SessionEvents, build_session_agent, resolve_voice, run_voice_session
+from .guards import ApiError, check_auth, client_json, presented_token, token_matches
+from .sessions import SessionEnd, SessionEvents, build_session_agent, resolve_voice, run_voice_session
 
 log = logging.getLogger("duplex.server")
 
@@ -55,14 +58,36 @@ WEBRTC_KIND = "browser_webrtc"
 router = APIRouter()
 
 
+MAX_WS_AUDIO_FRAME_S = 1.0  # longer binary frames are refused: a client streams its microphone in small frames
+MAX_WS_TEXT_BYTES = 4096  # control messages are tiny
+
+
+class WsStopMessage(BaseModel):
+    """``/ws`` client -> server text: ``{"type": "stop"}`` ends the session."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["stop"]
+    reason: str | None = Field(None, max_length=500)
+
+
 class RawPCMSerializer(FrameSerializer):
     """``/ws`` wire format: binary = raw PCM16 mono (in at the pipeline's input rate, out at its output rate); text =
     JSON control/event messages. An ``InterruptionFrame`` becomes ``{"type": "interrupted"}`` so the client drops
-    what it still buffers."""
+    what it still buffers. Text from the client goes to ``on_text``; a binary frame that is not PCM16 or is longer
+    than ``MAX_WS_AUDIO_FRAME_S`` goes to ``on_bad_audio`` and is dropped."""
 
-    def __init__(self, sample_rate: int = STT_SAMPLE_RATE, **kwargs: Any):
+    def __init__(
+        self,
+        sample_rate: int = STT_SAMPLE_RATE,
+        *,
+        on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_bad_audio: Callable[[str], Awaitable[None]] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self._in_rate = sample_rate
+        self._on_text = on_text
+        self._on_bad_audio = on_bad_audio
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
@@ -75,10 +100,21 @@ class RawPCMSerializer(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes):
-            if not data or len(data) % 2:
-                return None  # not PCM16: ignore rather than crash the session
+            if not data:
+                return None
+            why = None
+            if len(data) % 2:
+                why = f"a binary frame of {len(data)} bytes is not PCM16 (2 bytes per sample)"
+            elif len(data) > 2 * self._in_rate * MAX_WS_AUDIO_FRAME_S:
+                why = f"audio frames must be at most {MAX_WS_AUDIO_FRAME_S:g} s ({len(data)} bytes given)"
+            if why is not None:
+                if self._on_bad_audio is not None:
+                    await self._on_bad_audio(why)
+                return None  # dropped: the session goes on
             return InputAudioRawFrame(audio=data, sample_rate=self._in_rate, num_channels=1)
-        return None  # text from the client is handled by the route (stop) or ignored
+        if self._on_text is not None:
+            await self._on_text(data)
+        return None
 
 
 def _pipeline_unavailable(ctx: ServerContext) -> tuple[str, str] | None:
@@ -131,13 +167,34 @@ async def ws_chat(websocket: WebSocket) -> None:
         async def send_event(event: dict[str, Any]) -> None:
             await websocket.send_text(json.dumps(event))
 
+        end = SessionEnd(send_event)
+        reported: set[str] = set()
+
+        async def invalid(message: str) -> None:
+            ctx.metrics.errors.inc(kind=WS_KIND, code="INVALID_MESSAGE")
+            if message not in reported and len(reported) < 8:  # say it once, not once per frame of a flood
+                reported.add(message)
+                await send_event({"type": "error", "code": "INVALID_MESSAGE", "message": message})
+
+        async def on_text(text: str) -> None:
+            try:
+                if len(text) > MAX_WS_TEXT_BYTES:
+                    raise ValueError(f"text messages must be at most {MAX_WS_TEXT_BYTES} bytes")
+                stop = WsStopMessage.model_validate(client_json(text))
+            except ValueError as e:  # pydantic's ValidationError is a ValueError
+                detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else 'expected {"type": "stop"}'
+                await invalid(f"ignored a text message: {detail}")
+                return
+            reason = stop.reason or "client requested stop"
+            end.end_soon("STOPPED", reason, {"type": "stopped", "reason": reason})
+
         transport = FastAPIWebsocketTransport(
             websocket,
             FastAPIWebsocketParams(
                 audio_in_enabled=True,
                 audio_out_enabled=True,
                 add_wav_header=False,
-                serializer=RawPCMSerializer(STT_SAMPLE_RATE),
+                serializer=RawPCMSerializer(STT_SAMPLE_RATE, on_text=on_text, on_bad_audio=invalid),
                 allowed_origins=[],
             ),
         )
@@ -172,7 +229,7 @@ async def ws_chat(websocket: WebSocket) -> None:
         )
         if warning:
             await send_event({"type": "warning", "message": warning})
-        await run_voice_session(ctx, agent, kind=WS_KIND)
+        await run_voice_session(ctx, agent, kind=WS_KIND, end=end)
     except WebSocketDisconnect:
         pass
     except Exception as e:

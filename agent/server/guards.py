@@ -5,11 +5,15 @@ Auth: when ``ServerSettings.auth_token`` is set, every API route and WebSocket n
 ``authToken`` in the ``start`` message. ``/healthz`` and ``/readyz`` stay open for probes.
 
 Sessions: one ``SessionLimiter`` per app caps concurrent sessions of every kind (speak, browser, telephony) together.
+
+Client JSON: ``client_json`` parses what a client sends on any socket, turning every way it can be malformed (bad
+syntax, bytes that are not UTF-8, nesting deep enough to exhaust the parser's recursion) into ``ValueError``.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,3 +159,16 @@ def check_upload_length(request: Request, max_bytes: int) -> None:
             "PAYLOAD_TOO_LARGE",
             f"the upload is {n} bytes; the limit is {max_bytes} bytes ({max_bytes / (1 << 20):g} MiB) of audio",
         )
+
+
+# --- client JSON -----------------------------------------------------------------------------------
+def client_json(raw: str | bytes) -> Any:
+    """``json.loads`` for a client's message; ``ValueError`` with the reason when it is not usable JSON."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise ValueError("malformed JSON: not UTF-8") from None
+    except RecursionError:  # the parser recurses once per nesting level (about 1000 levels)
+        raise ValueError("malformed JSON: nested too deeply") from None

@@ -6,12 +6,15 @@ slot, and calls ``run_voice_session``: STT/LLM/TTS services are made from the lo
 the shared TTS/LLM), the worker runs until the client goes away, and the turns are recorded in the server metrics
 under the entry point's ``kind``. ``SessionEvents`` turns pipeline frames into small JSON events
 (transcripts of both sides, listening/thinking/speaking, per-turn voice-to-voice latency) for clients that show them.
+A watchdog ends sessions whose client sends no audio (``SessionActivity``: the connect and idle timeouts), and
+``SessionEnd`` is how the server ends a session itself (watchdog, a client's ``stop``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
     TranscriptionFrame,
@@ -204,12 +208,25 @@ async def build_session_agent(
     return agent
 
 
-async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str) -> None:
-    """Run the worker to its end (the transport's disconnect handler cancels it) and record the turns."""
+async def run_voice_session(
+    ctx: ServerContext, agent: VoiceAgent, *, kind: str, end: SessionEnd | None = None
+) -> SessionEnd:
+    """Run the worker to its end (the transport's disconnect handler cancels it, or ``end``) and record the turns.
+
+    An idle watchdog ends a session whose client sends no audio (``SessionActivity``); ``end`` (made here when not
+    given) says why the server ended it, and sends the client its last event first when given a sink."""
+    end = end if end is not None else SessionEnd()
+    end.bind(agent, ctx, kind)
+    activity = SessionActivity()
+    agent.worker.add_observer(activity)
+    watchdog = asyncio.create_task(_watch(ctx, activity, end), name="duplex-voice-watchdog")
     ctx.voice_sessions[id(agent)] = agent
     try:
         await agent.run()
     finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        await end.settle()
         ctx.voice_sessions.pop(id(agent), None)
         for turn in agent.metrics.turns:
             v2v = turn.voice_to_voice
@@ -217,3 +234,106 @@ async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str)
                 ctx.metrics.first_audio.observe(v2v, kind=kind)
             outcome = "interrupted" if turn.barge_in is not None else ("complete" if v2v is not None else "no_reply")
             ctx.metrics.turns.inc(kind=kind, outcome=outcome)
+    return end
+
+
+# --- ending a session: idle watchdog, client stop --------------------------------------------------------------------
+class SessionActivity(BaseObserver):
+    """When a voice session last heard its client, and whether the bot is speaking: what the idle watchdog reads.
+
+    Idle means no audio frames at all. A client on an open call sends audio all the time, silence included (Twilio,
+    Telnyx and Plivo stream 20 ms of media whether anyone speaks or not; browsers send their microphone, muted or
+    not); a quiet user is not idle. No frames means the client stopped streaming or never started (a WebRTC peer
+    that never connects, a script that opened the socket and went away without closing it)."""
+
+    def __init__(self) -> None:
+        super().__init__(observe_every_push=False)
+        self.started = self.last_bot = time.monotonic()
+        self.last_audio: float | None = None
+        self.bot_speaking = False
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if isinstance(frame, InputAudioRawFrame):
+            self.last_audio = time.monotonic()
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self.bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.bot_speaking, self.last_bot = False, time.monotonic()
+
+    def pause(self, seconds: float) -> None:
+        """The server's own event loop was busy for ``seconds`` (a model holding the GIL): no client was idle then."""
+        self.started += seconds
+        self.last_bot += seconds
+        if self.last_audio is not None:
+            self.last_audio += seconds
+
+    def idle(self, now: float, connect_s: float, idle_s: float) -> str | None:
+        """Why the session is idle at ``now`` (None: it is not). The bot speaking is never idle."""
+        if self.bot_speaking:
+            return None
+        if self.last_audio is None:
+            return f"no audio from the client within {connect_s:g} s" if now - self.started > connect_s else None
+        if now - max(self.last_audio, self.last_bot) > idle_s:
+            return f"no audio from the client for {idle_s:g} s"
+        return None
+
+
+class SessionEnd:
+    """How the server ends a voice session from outside its pipeline, once: ``end_soon(code, event)`` (the idle
+    watchdog, a client's ``stop``) sends ``event`` through ``send`` (when the transport has a channel for events),
+    then cancels the worker; the transport then closes the connection. ``code`` stays set for the route."""
+
+    def __init__(self, send: EventSink | None = None):
+        self.send = send
+        self.code: str | None = None
+        self.message: str | None = None
+        self._agent: VoiceAgent | None = None
+        self._ctx: ServerContext | None = None
+        self._kind = ""
+        self._task: asyncio.Task | None = None
+
+    def bind(self, agent: VoiceAgent, ctx: ServerContext, kind: str) -> None:
+        self._agent, self._ctx, self._kind = agent, ctx, kind
+
+    def end_soon(self, code: str, message: str, event: dict[str, Any] | None = None) -> None:
+        """End the session (in its own task: callers may run inside the pipeline's transport)."""
+        if self.code is not None or self._agent is None:
+            return
+        self.code, self.message = code, message
+        if code == "TIMEOUT" and self._ctx is not None:
+            self._ctx.metrics.errors.inc(kind=self._kind, code=code)
+        log.info("%s session ended by the server: %s (%s)", self._kind, code, message)
+        self._task = asyncio.get_running_loop().create_task(self._end(event), name="duplex-voice-end")
+
+    async def _end(self, event: dict[str, Any] | None) -> None:
+        if event is not None and self.send is not None:
+            try:
+                await asyncio.wait_for(self.send(event), 2)
+            except Exception as e:  # a client that cannot take the event is ended all the same
+                log.debug("last event not delivered: %r", e)
+        assert self._agent is not None
+        await self._agent.worker.cancel()
+
+    async def settle(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+WATCHDOG_TICK_S = 0.25
+
+
+async def _watch(ctx: ServerContext, activity: SessionActivity, end: SessionEnd) -> None:
+    server = ctx.settings.server
+    previous = time.monotonic()
+    while end.code is None:
+        await asyncio.sleep(WATCHDOG_TICK_S)
+        now = time.monotonic()
+        late = now - previous - WATCHDOG_TICK_S
+        previous = now
+        if late > 0.5:  # the loop stalled: frames may wait unread in the socket, observers behind
+            activity.pause(late)
+            continue
+        why = activity.idle(now, server.voice_connect_timeout_s, server.voice_idle_timeout_s)
+        if why is not None:
+            end.end_soon("TIMEOUT", why, {"type": "error", "code": "TIMEOUT", "message": f"{why}; closing"})
