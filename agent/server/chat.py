@@ -14,9 +14,11 @@ slot until the client goes away.
   Errors: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
   ``UNAUTHORIZED``: 1008; ``TIMEOUT``: no audio within the connect timeout or for the idle timeout, 1000).
 
-WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
-with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on the page's data
-channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle.
+WebRTC: the page posts its offer (``{"sdp", "type": "offer", "pc_id"?}``, JSON, at most 64 KiB; non-trickle: ICE
+gathered first) to ``/api/offer`` with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. An
+offer that is not JSON (415), too large (413), malformed (400 ``INVALID_REQUEST``) or whose SDP does not parse or
+offers no audio (400 ``INVALID_SDP``) is refused before it takes a session slot. Events travel as JSON on the page's
+data channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from pipecat.frames.frames import (
     Frame,
@@ -46,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
-from .guards import ApiError, check_auth, client_json, presented_token, token_matches
+from .guards import ApiError, check_auth, client_json, presented_token, read_json_body, token_matches
 from .sessions import SessionEnd, SessionEvents, build_session_agent, resolve_voice, run_voice_session
 
 log = logging.getLogger("duplex.server")
@@ -324,27 +326,71 @@ async def _run_webrtc_session(
             pass
 
 
-@router.post("/api/offer")
-async def webrtc_offer(request: Request) -> JSONResponse:
-    """SDP offer -> answer; starts a voice session on the new peer connection."""
+MAX_OFFER_BYTES = 64 * 1024  # an offer with gathered ICE candidates is a few KiB
+
+
+class WebRTCOffer(BaseModel):
+    """``POST /api/offer`` body (other fields a client library adds are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    sdp: str = Field(min_length=1, max_length=MAX_OFFER_BYTES)
+    type: Literal["offer"]
+    pc_id: str | None = Field(None, max_length=128)
+    restart_pc: bool | None = None
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """``ValueError`` unless the SDP parses and offers audio the peer connection can take (what aiortc would refuse
+    only after a slot and a peer connection were spent on it)."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        description = SessionDescription.parse(sdp)
+    except (Exception, AssertionError) as e:  # the parser asserts on some malformed lines
+        raise ValueError(f"the SDP does not parse ({type(e).__name__}: {str(e)[:80]})") from None
+    audio = [m for m in description.media if m.kind == "audio"]
+    if not audio:
+        raise ValueError("the SDP offers no audio (it needs an m=audio line)")
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise ValueError("the SDP has no ICE credentials (a=ice-ufrag, a=ice-pwd)")
+        if not media.dtls.fingerprints:
+            raise ValueError("the SDP has no DTLS fingerprint (a=fingerprint)")
+        if media.kind in ("audio", "video") and not media.rtcp_mux:
+            raise ValueError("the SDP does not enable RTCP mux (a=rtcp-mux)")
+
+
+async def _read_offer(request: Request) -> Any:
     from pipecat.transports.smallwebrtc.request_handler import SmallWebRTCRequest
 
+    body = await read_json_body(request, MAX_OFFER_BYTES)
+    try:
+        offer = WebRTCOffer.model_validate(body)
+        check_offer_sdp(offer.sdp)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        usage = 'send JSON {"sdp": ..., "type": "offer"}'
+        raise ApiError(400, "INVALID_REQUEST", f"{usage} ({where}: {err['msg']})") from None
+    except ValueError as e:
+        raise ApiError(400, "INVALID_SDP", str(e)) from None
+    return SmallWebRTCRequest(sdp=offer.sdp, type=offer.type, pc_id=offer.pc_id, restart_pc=offer.restart_pc)
+
+
+@router.post("/api/offer")
+async def webrtc_offer(request: Request) -> JSONResponse:
+    """SDP offer -> answer; starts a voice session on the new peer connection. The offer is checked before a slot
+    is taken; a peer that never connects is ended by the session's connect timeout, which frees its slot."""
     ctx = get_context(request)
     check_auth(request, ctx.auth_token)
-    try:
-        body = await request.json()
-        offer = SmallWebRTCRequest(
-            sdp=str(body["sdp"]), type=str(body["type"]), pc_id=body.get("pc_id"), restart_pc=body.get("restart_pc")
-        )
-    except Exception:
-        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"sdp": ..., "type": "offer"}') from None
+    if (why := _pipeline_unavailable(ctx)) is not None:
+        raise ApiError(503, why[0], why[1], {"Retry-After": "5"})
+    offer = await _read_offer(request)
     handler = _webrtc_handler(request)
     is_new = not (offer.pc_id and offer.pc_id in handler._pcs_map)
     slot = None
     voice = voice_id = warning = None
     if is_new:
-        if (why := _pipeline_unavailable(ctx)) is not None:
-            raise ApiError(503, why[0], why[1], {"Retry-After": "5"})
         slot = ctx.sessions.try_acquire(WEBRTC_KIND)
         if slot is None:
             ctx.metrics.errors.inc(kind=WEBRTC_KIND, code="RATE_LIMITED")
@@ -365,6 +411,11 @@ async def webrtc_offer(request: Request) -> JSONResponse:
 
     try:
         answer = await handler.handle_web_request(offer, on_connection)
+    except HTTPException:
+        raise
+    except Exception as e:  # what the checks above cannot see (e.g. no codec in common): the offer's fault
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        raise ApiError(400, "INVALID_SDP", f"the offer cannot be answered: {why}") from None
     finally:
         if slot is not None and not started:
             slot.release()
@@ -373,14 +424,26 @@ async def webrtc_offer(request: Request) -> JSONResponse:
 
 @router.patch("/api/offer")
 async def webrtc_ice(request: Request) -> dict[str, str]:
+    from aiortc.sdp import candidate_from_sdp
     from pipecat.transports.smallwebrtc.request_handler import IceCandidate, SmallWebRTCPatchRequest
 
     ctx = get_context(request)
     check_auth(request, ctx.auth_token)
+    body = await read_json_body(request, MAX_OFFER_BYTES)
     try:
-        body = await request.json()
         patch = SmallWebRTCPatchRequest(pc_id=body["pc_id"], candidates=[IceCandidate(**c) for c in body["candidates"]])
+        if not isinstance(patch.pc_id, str):
+            raise TypeError("pc_id")
+        for c in patch.candidates:
+            if not isinstance(c.sdp_mid, str) or not isinstance(c.sdp_mline_index, int):
+                raise TypeError("sdp_mid, sdp_mline_index")
+            if c.candidate:
+                candidate_from_sdp(c.candidate)
     except Exception:
-        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"pc_id": ..., "candidates": [...]}') from None
+        raise ApiError(
+            400,
+            "INVALID_REQUEST",
+            'send JSON {"pc_id": ..., "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}',
+        ) from None
     await _webrtc_handler(request).handle_patch_request(patch)
     return {"status": "ok"}

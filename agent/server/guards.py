@@ -172,3 +172,26 @@ def client_json(raw: str | bytes) -> Any:
         raise ValueError("malformed JSON: not UTF-8") from None
     except RecursionError:  # the parser recurses once per nesting level (about 1000 levels)
         raise ValueError("malformed JSON: nested too deeply") from None
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """A small JSON request body, refused before it is read when it is not JSON (415) or too large (413: by its
+    ``Content-Length``, or while it streams in without one); malformed JSON is a 400."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON (Content-Type: application/json)")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "INVALID_REQUEST", f"bad Content-Length {length[:20]!r}")
+        if int(length) > max_bytes:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the limit of {max_bytes} bytes")
+    try:
+        return client_json(bytes(body))
+    except ValueError as e:
+        raise ApiError(400, "INVALID_REQUEST", str(e)) from None
