@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
 UPLOAD_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the audio part
+MAX_CONCURRENT_UPLOADS = 2  # voice uploads read and decoded at once (each holds up to 20 MiB + 30 s of audio)
+UPLOAD_WAIT_S = 30.0  # an upload waits this long for its turn, then 503
 
 
 class ApiError(Exception):
