@@ -230,7 +230,7 @@ class Qwen3TTSEngine:
         before encoding, so its last phoneme does not leak into the first generated word.
         """
         try:
-            audio = load_audio(ref_audio, max_seconds=REFERENCE_MAX_SECONDS)
+            audio = load_audio(ref_audio)
             check_duration(audio, REFERENCE_MIN_SECONDS, REFERENCE_MAX_SECONDS, "reference audio")
         except AudioError as e:
             raise VoiceError(str(e)) from e
