@@ -346,8 +346,14 @@ def check_offer_sdp(sdp: str) -> None:
 
     try:
         description = SessionDescription.parse(sdp)
-    except (Exception, AssertionError) as e:  # the parser asserts on some malformed lines
+        _check_media(description)
+    except ValueError:
+        raise
+    except (Exception, AssertionError) as e:  # the parser asserts on some malformed lines, or leaves parts unset
         raise ValueError(f"the SDP does not parse ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _check_media(description: Any) -> None:
     audio = [m for m in description.media if m.kind == "audio"]
     if not audio:
         raise ValueError("the SDP offers no audio (it needs an m=audio line)")
@@ -358,6 +364,16 @@ def check_offer_sdp(sdp: str) -> None:
             raise ValueError("the SDP has no DTLS fingerprint (a=fingerprint)")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise ValueError("the SDP does not enable RTCP mux (a=rtcp-mux)")
+        if not media.rtp.muxId:
+            raise ValueError(f"an m={media.kind} line has no a=mid")
+        if media.kind in ("audio", "video") and media.direction is None:
+            raise ValueError(f"an m={media.kind} line has no direction (a=sendrecv, a=recvonly...)")
+    mids = [m.rtp.muxId for m in description.media]
+    if len(set(mids)) != len(mids):
+        raise ValueError("two m= lines share an a=mid")
+    for group in description.group:
+        if not set(group.items) <= set(mids):
+            raise ValueError(f"a=group:{group.semantic} names an a=mid no m= line has")
 
 
 async def _read_offer(request: Request) -> Any:
@@ -411,8 +427,8 @@ async def webrtc_offer(request: Request) -> JSONResponse:
 
     try:
         answer = await handler.handle_web_request(offer, on_connection)
-    except HTTPException:
-        raise
+    except HTTPException as e:
+        raise ApiError(e.status_code, "INVALID_REQUEST", str(e.detail)) from None
     except Exception as e:  # what the checks above cannot see (e.g. no codec in common): the offer's fault
         why = f"{type(e).__name__}: {str(e)[:120]}"
         raise ApiError(400, "INVALID_SDP", f"the offer cannot be answered: {why}") from None
@@ -445,5 +461,11 @@ async def webrtc_ice(request: Request) -> dict[str, str]:
             "INVALID_REQUEST",
             'send JSON {"pc_id": ..., "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}',
         ) from None
-    await _webrtc_handler(request).handle_patch_request(patch)
+    handler = _webrtc_handler(request)
+    if patch.pc_id not in handler._pcs_map:
+        raise ApiError(404, "NOT_FOUND", f"no peer connection {patch.pc_id[:64]!r}")
+    try:
+        await handler.handle_patch_request(patch)
+    except Exception as e:
+        raise ApiError(400, "INVALID_REQUEST", f"the candidates cannot be used: {type(e).__name__}") from None
     return {"status": "ok"}
