@@ -12,6 +12,7 @@ BENCHMARKS = {
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
     "memory": "benchmarks.session_memory",
+    "soak": "benchmarks.soak",
 }
 
 

@@ -312,7 +312,7 @@ async def _run_webrtc_session(
         async def _gone(_transport: Any, _client: Any) -> None:
             await agent.worker.cancel()
 
-        await run_voice_session(ctx, agent, kind=WEBRTC_KIND)
+        await run_voice_session(ctx, agent, kind=WEBRTC_KIND, end=SessionEnd(send_event))
     except Exception:
         log.exception("WebRTC session failed")
         ctx.metrics.errors.inc(kind=WEBRTC_KIND, code="SESSION_ERROR")
