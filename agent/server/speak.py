@@ -10,6 +10,11 @@ the reader sets the speak's event and, holding the send lock, sends ``CANCELLED`
 the same lock before every frame, so no frame of a cancelled speak follows its ``CANCELLED`` error, and the engine
 stops within one step. The worker (``processors.threads.ThreadedStream``) is always joined before the session
 releases its slot, so a client that disconnects mid-stream leaves no thread behind.
+
+What a client may hold: nothing before it authenticates (with auth on, a connection without the token waits, with no
+slot and no ``ready``, for a ``start`` carrying it); then one slot, at most ``MAX_QUEUED_SPEAKS`` speaks, each at most
+``max_speak_audio_s`` of audio, ``MAX_BUFFERED_CHUNKS`` engine chunks ahead of the socket, and sends that complete
+within ``send_timeout_s`` (a client that stops reading is closed once the socket's buffers are full).
 """
 
 from __future__ import annotations
