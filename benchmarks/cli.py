@@ -1,4 +1,5 @@
-"""``duplex bench {tts,...}``: benchmarks print a table and write it into docs/benchmarks.md."""
+"""``duplex bench {tts,...}``: benchmarks print a table; with ``--write`` they also write it into docs/benchmarks.md
+(never by default, so a user's run leaves the checkout clean)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import importlib
 
 BENCHMARKS = {
     "tts": "benchmarks.tts",
+    "tts-gpu": "benchmarks.tts_gpu",
     "espeak": "benchmarks.espeak_tts",
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
     "memory": "benchmarks.session_memory",
     "soak": "benchmarks.soak",
+    "scale": "benchmarks.scale",
 }
 
 

@@ -1,6 +1,6 @@
 """Voice-session memory: server RSS per session over many sequential sessions, fallback engines.
 
-    duplex bench memory [--sessions 200] [--empty 20] [--speed 2] [--no-write]
+    duplex bench memory [--sessions 200] [--empty 20] [--speed 2] [--write]
 
 The server is ``duplex serve`` in its own process (espeak, pocketsphinx, the bundled SmolLM2 with short replies), so
 its RSS, threads and file descriptors are its own. Clients (``testkit.voice_clients``) run one at a time:
@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--empty", type=int, default=20, help="empty /ws sessions and empty Twilio calls, each")
     p.add_argument("--speed", type=float, default=2.0, help="send the user's speech this many times real time")
     p.add_argument("--max-tokens", type=int, default=16, help="LLM reply length")
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 async def measure(server, sessions: int, empty: int, speed: float, log=print) -> dict:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         result = asyncio.run(measure(server, args.sessions, args.empty, args.speed))
     body = report(result, args)
     print(body)
-    if not args.no_write:
+    if args.write:
         from benchmarks.report import write_section
 
         print("wrote", write_section("session-memory", body))

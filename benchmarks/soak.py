@@ -1,6 +1,6 @@
 """Soak: concurrent speak and voice sessions against one server for N minutes: errors, first audio, RSS/threads/fds.
 
-    duplex bench soak --minutes 30 [--speak-clients 4] [--voice-clients 2] [--twilio-clients 1] [--no-write]
+    duplex bench soak --minutes 30 [--speak-clients 4] [--voice-clients 2] [--twilio-clients 1] [--write]
 
 The server is ``duplex serve`` in its own process with the fallback engines (espeak, pocketsphinx, the bundled SmolLM2
 with short replies). Scripted clients run concurrently the whole time, each opening session after session:
@@ -54,7 +54,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice-clients", type=int, default=2, help="/ws clients speaking real audio")
     p.add_argument("--twilio-clients", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=16, help="LLM reply length")
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
+    p.add_argument("--server-log", default=None, help="write the server's log (level info) to this file")
 
 
 @dataclass
@@ -167,11 +168,12 @@ def run(args: argparse.Namespace) -> int:
 
     env = {"DUPLEX_LLM__MAX_TOKENS": str(args.max_tokens), "DUPLEX_LLM__TEMPERATURE": "0"}
     load_before = os.getloadavg()
-    with ServerProcess(env=env) as server:
+    verbose = ("--log-level", "info") if args.server_log else ()
+    with ServerProcess(*verbose, env=env, log_path=args.server_log) as server:
         tally = asyncio.run(soak(server, args))
     body = report(tally, args, load_before, os.getloadavg())
     print(body)
-    if not args.no_write:
+    if args.write:
         from benchmarks.report import write_section
 
         print("wrote", write_section("soak", body))
@@ -206,7 +208,8 @@ def report(t: Tally, args: argparse.Namespace, load_before: tuple, load_after: t
     lines = [
         "## Soak (`duplex bench soak`)",
         "",
-        f"{args.minutes:g} minutes; `duplex serve` in its own process (espeak, pocketsphinx, SmolLM2 with "
+        f"{args.minutes:g} minute{'s' if args.minutes != 1 else ''}; `duplex serve` in its own process (espeak, "
+        f"pocketsphinx, SmolLM2 with "
         f"{args.max_tokens}-token replies); concurrently {args.speak_clients} speak clients (five speaks per session, "
         f"one cancelled), {args.voice_clients} `/ws` and {args.twilio_clients} Twilio clients speaking flite questions "
         f"in real time, each reconnecting after every session. {platform.processor() or platform.machine()}, "
@@ -223,7 +226,7 @@ def report(t: Tally, args: argparse.Namespace, load_before: tuple, load_after: t
             [[f"{m:.1f}", f"{r:.0f}", th, fd, s] for m, r, th, fd, s in curve],
         ),
         "",
-        f"RSS min/max {min(rss):.0f}/{max(rss):.0f} MB; after the first {min(5.0, args.minutes / 3):g} minutes "
+        f"RSS min/max {min(rss):.0f}/{max(rss):.0f} MB; after the first {min(5.0, args.minutes / 3):.1f} minutes "
         f"{min(settled or rss):.0f}-{max(settled or rss):.0f} MB.",
     ]
     if t.error_examples:

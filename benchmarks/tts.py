@@ -34,20 +34,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench",
     )
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
     p.add_argument("--side", choices=["upstream", "stream", "lean", "bandwidth", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     tts_lean.add_arguments(p)
 
 
 def _model_dir(cache: Path, size: str) -> Path:
-    from testkit.qwen3_tts_model import build_random_model_dir
+    from testkit.qwen3_tts_model import cached_random_model_dir
 
-    path = cache / f"qwen3-tts-{size}-random-noeos"
-    if not (path / "config.json").exists():
-        print(f"building a random {size} Qwen3-TTS model in {path} ...", flush=True)
-        build_random_model_dir(path, preset=size, seed=0, never_eos=True)
-    return path
+    return cached_random_model_dir(cache, size, never_eos=True)
 
 
 def _measure_side(args: argparse.Namespace) -> dict:
@@ -222,6 +218,6 @@ def run(args: argparse.Namespace) -> int:
     if lean_body:
         body += "\n" + lean_body
     print("\n" + body)
-    if not args.no_write:
+    if args.write:
         print(f"written to {write_section('tts', body)}")
     return 0

@@ -121,10 +121,8 @@ def _record_codes(engine, sink: list) -> None:
 
 
 class _Forced:
-    """Sub-talker 'sampler' for teacher forcing: records its own greedy pick, returns the reference code."""
-
-    sub_greedy = False
-    sub_key = None
+    """Sub-talker picks for teacher forcing (stands in for ``LeanTalker.pick_sub``): records its own greedy pick,
+    returns the reference code."""
 
     def __init__(self):
         self.codes = None
@@ -132,7 +130,7 @@ class _Forced:
         self.hits = 0
         self.total = 0
 
-    def sub_token(self, logits):
+    def pick(self, n, logits, static=False):
         import torch
 
         pick = int(logits.float().argmax(-1))
@@ -150,7 +148,7 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
     import torch
 
     from benchmarks.tts_work import GREEDY, TEXT
-    from processors.qwen3_tts.frame_loop import capture_prompt
+    from processors.qwen3_tts.frame_loop import _processors, capture_prompt
     from processors.qwen3_tts.lean_loop import LeanTalker, StreamSampler
     from processors.qwen3_tts.voice import to_model_device
 
@@ -164,25 +162,32 @@ def teacher_forced(engine, voice, ref_codes) -> dict:
         **GREEDY,
     )
     lean = LeanTalker(engine.tts_model.model.talker)
-    sampler = StreamSampler(prompt, n, lean.device)
+    sampler = StreamSampler(prompt)
+    s = sampler.talker
+    procs = _processors(do_sample=False, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                        repetition_penalty=s.repetition_penalty, min_new_tokens=s.min_new_tokens, eos=sampler.eos,
+                        suppress=list(sampler.suppress), device=lean.device)  # fmt: skip
     forced = _Forced()
+    lean.pick_sub = forced.pick
     L = prompt.inputs_embeds.shape[1]
     hits0 = 0
+    generated = torch.zeros(1, 0, dtype=torch.long, device=lean.device)
     logits0 = np.zeros((n, lean.logits0.shape[1]), dtype=np.float32)
     with torch.inference_mode():
-        hidden, logits = lean.prefill(0, prompt.inputs_embeds, L + n + 1)
+        lean.join(0, sampler)
+        _, logits = lean.prefill(0, prompt.inputs_embeds, L + n + 1)
         for f in range(n):
-            scores = sampler.talker_procs(sampler.generated[:, : sampler.n_generated], logits.float())
+            scores = procs(generated, logits.float())
             logits0[f] = scores[0].float().clamp(min=-1e4).numpy()
             ref0 = int(ref_codes[f, 0])
             hits0 += int(scores.argmax(-1)) == ref0
-            sampler.generated[0, sampler.n_generated] = ref0
-            sampler.n_generated += 1
+            generated = torch.cat([generated, torch.tensor([[ref0]], device=lean.device)], dim=1)
+            lean.tok0[0] = ref0
             forced.codes, forced.group = ref_codes[f], 1
-            lean.predict(1, hidden, torch.tensor([ref0]), [forced])
+            lean.predict(1)
             lean.next_inputs(1, [sampler.text_row(f)])
             lean.pos[0] = L + f
-            hidden, logits = lean.step(1, [L + f])
+            _, logits = lean.step(1, [L + f])
     return dict(tf_cb0=hits0 / n, tf_sub=forced.hits / max(forced.total, 1), tf_logits0=logits0)
 
 

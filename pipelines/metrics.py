@@ -88,7 +88,8 @@ class TurnMetrics:
     user_turn_start: float
     vad_start: float | None = None
     speech_start: float | None = None
-    vad_stop: float | None = None
+    vad_stop: float | None = None  # the last VAD stop of the turn
+    vad_stop_secs: float = 0.0  # the VAD's stop_secs: ``vad_stop - vad_stop_secs`` is where it heard speech end
     speech_end: float | None = None
     user_turn_end: float | None = None
     transcript_at: float | None = None
@@ -200,11 +201,15 @@ class VoiceMetricsObserver(BaseObserver):
     def _on_user(self, frame, t: float) -> None:
         turn = self.current
         if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._vad_start = (t, frame.start_secs or 0.0)
+            # a VAD start inside an open turn (speech resumed before the turn ended) belongs to that turn; only one
+            # outside a turn can start the next turn
+            if turn is None or turn.user_turn_end is not None:
+                self._vad_start = (t, frame.start_secs or 0.0)
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             if turn is not None and turn.user_turn_end is None:
                 turn.vad_stop = t
-                turn.speech_end = t - (frame.stop_secs or 0.0)
+                turn.vad_stop_secs = frame.stop_secs or 0.0
+                turn.speech_end = t - turn.vad_stop_secs
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._start_turn(t)
         elif isinstance(frame, InterruptionFrame):
@@ -275,6 +280,7 @@ class VoiceMetricsObserver(BaseObserver):
         if self._vad_start is not None and t - self._vad_start[0] < 5.0:
             turn.vad_start = self._vad_start[0]
             turn.speech_start = self._vad_start[0] - self._vad_start[1]
+        self._vad_start = None  # one VAD start opens at most one turn (a turn started by a late transcript has none)
         turn.interrupted_bot = self._bot_speaking
         if self._bot_speaking:
             vad = turn.vad_start if turn.vad_start is not None else t
@@ -312,17 +318,24 @@ class VoiceMetricsObserver(BaseObserver):
 def apply_ground_truth(turns: Sequence[TurnMetrics], speech: Iterable[tuple], max_lead_s: float = 1.5) -> None:
     """Replace the VAD-estimated speech start/end (and barge-in onset) with true ones.
 
-    ``speech``: ``(start, end, ...)`` per user utterance on the pipeline clock, e.g. ``VirtualTransport.user_speech``.
-    A turn gets the last utterance that started before its VAD start (at most ``max_lead_s`` before it)."""
+    ``speech``: ``(start, end, ...)`` per stretch of user speech on the pipeline clock: voiced stretches
+    (``VirtualTransport.user_segments``) or whole utterances (``VirtualTransport.user_speech``). A turn's speech start
+    is the last stretch that started before its VAD start (at most ``max_lead_s`` before it); its speech end is the
+    end of the last stretch that had started by the time the VAD heard speech end (``vad_stop - vad_stop_secs``),
+    so a turn that ends at a pause inside a longer utterance gets the end of the speech before the pause, never the
+    utterance's end (capped at the VAD stop)."""
     spans = sorted((float(s[0]), float(s[1])) for s in speech)
     for turn in turns:
         ref = turn.vad_start if turn.vad_start is not None else turn.user_turn_start
         candidates = [s for s in spans if s[0] <= ref + 0.02 and ref - s[0] <= max_lead_s]
         if not candidates:
             continue
-        start, end = candidates[-1]
+        start = candidates[-1][0]
         turn.speech_start = start
-        if turn.vad_stop is not None:
-            turn.speech_end = end
         if turn.barge_in is not None:
             turn.barge_in.speech_onset = start
+        if turn.vad_stop is not None:
+            heard_end = turn.vad_stop - turn.vad_stop_secs
+            before = [s for s in spans if start <= s[0] <= heard_end + 0.02]
+            if before:
+                turn.speech_end = min(before[-1][1], turn.vad_stop)

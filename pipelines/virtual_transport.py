@@ -1,11 +1,14 @@
 """A virtual pipecat transport: scripted user audio in, every output frame recorded with its time.
 
-``VirtualTransport(schedule)`` is a ``BaseTransport``. Its input feeds ``InputAudioRawFrame``s of 20 ms (silence
-between utterances, and after the last one until the pipeline stops) and its output "plays" bot audio at the
-speed of the clock (a chunk's write returns when the chunk has played), recording:
+``VirtualTransport(schedule, background=...)`` is a ``BaseTransport``. Its input feeds ``InputAudioRawFrame``s of
+20 ms (silence between utterances, and after the last one until the pipeline stops; ``BackgroundTrack``s — room
+tone, street, a TV — mixed under all of it) and its output "plays" bot audio at the speed of the clock (a chunk's
+write returns when the chunk has played), recording:
 
 * ``received``  — every downstream frame that reached the output, ``(time, frame)``;
 * ``audio``     — every bot audio chunk written, ``AudioChunk(start, end, pcm, sample_rate)``;
+* ``user_speech`` / ``user_segments`` — ground truth from the utterances' own audio (before any background is mixed
+  in): each utterance's voiced span, and each voiced stretch (``voiced_segments``, or the utterance's labels);
 * ``events``    — a timeline: ``user_speech_start`` / ``user_speech_end`` (the utterance's voiced span, ground truth),
   ``bot_started_speaking`` / ``bot_stopped_speaking`` (what the output pushes), ``interruption`` (an
   ``InterruptionFrame`` reaching the output, i.e. the client).
@@ -72,24 +75,69 @@ class PipelineClock:
             await asyncio.sleep(delay)
 
 
-def voiced_span(
-    audio: np.ndarray, sample_rate: int, rel_db: float = -30.0, window_s: float = 0.01
-) -> tuple[float, float]:
-    """(start, end) seconds of the part of ``audio`` louder than ``rel_db`` below its loudest 10 ms window."""
-    n = max(1, int(sample_rate * window_s))
+def voiced_segments(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    range_db: float = 30.0,
+    floor_margin_db: float = 10.0,
+    max_gap_s: float = 0.2,
+    min_segment_s: float = 0.03,
+    window_s: float = 0.01,
+) -> list[tuple[float, float]]:
+    """The voiced stretches of ``audio`` as ``[(start, end), ...]`` seconds, robust to a steady noise floor.
+
+    Energy in 10 ms windows: a window is voiced when it is within ``range_db`` of the loudest window and
+    ``floor_margin_db`` above the noise floor (the 10th percentile of the windows, taken no higher than
+    ``2 * floor_margin_db`` below the peak, so that audio voiced throughout, or very noisy, still gives spans).
+    Gaps shorter than ``max_gap_s`` (stops, the silences between words: shorter than the VAD's default stop_secs,
+    so they never end a VAD segment either) are closed; stretches shorter than ``min_segment_s`` (clicks) are
+    dropped, and so are those shorter than 0.1 s that stay 20 dB below the peak and lie 0.1 s or more apart from
+    louder speech (a breath, a lip smack, a codec's start-up transient). Room tone, hiss or hum under the speech
+    therefore does not count as speech; noise that is not steady (a TV, a street) does: give labels for such audio."""
+    n = max(1, int(round(sample_rate * window_s)))
     frames = len(audio) // n
     if frames == 0:
-        return 0.0, len(audio) / sample_rate
-    rms = np.sqrt(np.mean(audio[: frames * n].reshape(frames, n) ** 2, axis=1))
-    loud = np.flatnonzero(rms >= rms.max() * 10 ** (rel_db / 20)) if rms.max() > 0 else np.array([], dtype=int)
-    if loud.size == 0:
-        return 0.0, 0.0
-    return float(loud[0] * window_s), float((loud[-1] + 1) * window_s)
+        return []
+    power = np.mean(np.asarray(audio[: frames * n], dtype=np.float64).reshape(frames, n) ** 2, axis=1)
+    db = 10 * np.log10(np.maximum(power, 1e-10))
+    peak = float(db.max())
+    if peak <= -99.0:
+        return []
+    floor = float(np.percentile(db, 10))
+    threshold = max(peak - range_db, min(floor + floor_margin_db, peak - floor_margin_db))
+    voiced = db >= threshold
+    # runs of voiced windows; isolated faint blips dropped; gaps closed; clicks dropped
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    max_gap = int(round(max_gap_s / window_s))
+    short = int(round(0.1 / window_s))  # a faint blip: shorter than this, 20 dB below the peak, this far from speech
+    faint = [b - a < short and db[a:b].max() < peak - 20.0 for a, b in runs]
+    strong = [r for r, f in zip(runs, faint) if not f]
+    kept = [
+        (a, b) for (a, b), f in zip(runs, faint) if not f or any(a - sb < short and sa - b < short for sa, sb in strong)
+    ]
+    merged: list[list[int]] = []
+    for a, b in kept:
+        if merged and a - merged[-1][1] < max_gap:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    min_len = int(round(min_segment_s / window_s))
+    return [(a * window_s, b * window_s) for a, b in merged if b - a >= min_len]
+
+
+def voiced_span(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """(start, end) seconds from the first voiced stretch's start to the last one's end (``voiced_segments``);
+    (0, 0) for silence."""
+    segments = voiced_segments(audio, sample_rate)
+    return (segments[0][0], segments[-1][1]) if segments else (0.0, 0.0)
 
 
 @dataclass
 class UserUtterance:
-    """One stretch of user audio (float32 mono) and when it starts."""
+    """One stretch of user audio (float32 mono) and when it starts. ``segments``: its voiced stretches as
+    ``[(start, end), ...]`` seconds from its first sample, when known (labels); None = ``voiced_segments``."""
 
     audio: np.ndarray
     sample_rate: int = STT_SAMPLE_RATE
@@ -97,9 +145,50 @@ class UserUtterance:
     after: Anchor = "previous_end"
     offset_s: float = 0.0
     label: str = ""
+    segments: Sequence[tuple[float, float]] | None = None
 
     def __post_init__(self):
         self.audio = np.asarray(self.audio, dtype=np.float32).reshape(-1)
+
+
+@dataclass
+class BackgroundTrack:
+    """Sound under the whole conversation (room tone, street, a TV), mixed into the input stream from ``start_s``
+    (seconds from the start of feeding) until ``end_s`` (None: until the transport stops); ``loop`` repeats it."""
+
+    audio: np.ndarray
+    sample_rate: int = STT_SAMPLE_RATE
+    start_s: float = 0.0
+    end_s: float | None = None
+    loop: bool = True
+    label: str = ""
+
+    def __post_init__(self):
+        self.audio = np.asarray(self.audio, dtype=np.float32).reshape(-1)
+
+    def at_rate(self, rate: int) -> BackgroundTrack:
+        if rate == self.sample_rate:
+            return self
+        audio = resample(self.audio, self.sample_rate, rate)
+        return BackgroundTrack(audio, rate, self.start_s, self.end_s, self.loop, self.label)
+
+    def samples(self, first: int, n: int) -> np.ndarray:
+        """Samples ``first .. first + n`` of the feed timeline (at this track's rate): zeros outside the track."""
+        out = np.zeros(n, dtype=np.float32)
+        start = int(round(self.start_s * self.sample_rate))
+        end = None if self.end_s is None else int(round(self.end_s * self.sample_rate))
+        idx = np.arange(first, first + n) - start
+        live = idx >= 0
+        if end is not None:
+            live &= idx < end - start
+        if len(self.audio) == 0:
+            return out
+        if self.loop:
+            idx = idx % len(self.audio)
+        else:
+            live &= idx < len(self.audio)
+        out[live] = self.audio[idx[live]]
+        return out
 
 
 @dataclass
@@ -150,12 +239,12 @@ class VirtualInputTransport(BaseInputTransport):
         rate = self.sample_rate
         step = TRANSPORT_FRAME_MS / 1000
         n = int(rate * step)
-        silence = bytes(2 * n)
+        background = [track.at_rate(rate) for track in vt.background]
         idx = 0  # next utterance in vt.schedule (utterances may be added while feeding)
         t0 = clock.now()
         vt.feed_started_at = t0
         prev_end = t0
-        current: tuple[UserUtterance, bytes, float, float] | None = None
+        current: _Prepared | None = None
         pos, started, k = 0, t0, 0
         while True:
             tick = t0 + k * step
@@ -165,29 +254,47 @@ class VirtualInputTransport(BaseInputTransport):
                 if start is not None and tick >= start - 1e-9:
                     current, pos, started = self._prepare(vt.schedule[idx], rate), 0, tick
                     idx += 1
-                    vt.record(started + current[2], "user_speech_start", current[0].label)
+                    vt.record(started + current.span[0], "user_speech_start", current.utterance.label)
+            chunk = np.zeros(n, dtype=np.float32)
             if current is not None:
-                utt, pcm, v0, v1 = current
-                chunk = pcm[pos : pos + 2 * n]
-                pos += 2 * n
-                if pos >= len(pcm):
-                    vt.record(started + v1, "user_speech_end", utt.label)
-                    vt.user_speech.append((started + v0, started + v1, utt.label))
-                    prev_end = started + len(pcm) / 2 / rate
+                part = current.audio[pos : pos + n]
+                chunk[: len(part)] = part
+                pos += n
+                if pos >= len(current.audio):
+                    label = current.utterance.label
+                    vt.record(started + current.span[1], "user_speech_end", label)
+                    vt.user_speech.append((started + current.span[0], started + current.span[1], label))
+                    vt.user_segments.extend((started + a, started + b, label) for a, b in current.segments)
+                    prev_end = started + len(current.audio) / rate
                     current = None
                     if idx >= len(vt.schedule):
                         vt.schedule_done.set()
-                chunk = chunk + bytes(2 * n - len(chunk))
-            else:
-                chunk = silence
-            await self.push_audio_frame(InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1))
+            for track in background:
+                chunk += track.samples(k * n, n)
+            await self.push_audio_frame(
+                InputAudioRawFrame(audio=float_to_pcm16(chunk), sample_rate=rate, num_channels=1)
+            )
             k += 1
 
     @staticmethod
-    def _prepare(utt: UserUtterance, rate: int) -> tuple[UserUtterance, bytes, float, float]:
+    def _prepare(utt: UserUtterance, rate: int) -> _Prepared:
         audio = resample(utt.audio, utt.sample_rate, rate) if utt.sample_rate != rate else utt.audio
-        v0, v1 = voiced_span(audio, rate)
-        return utt, float_to_pcm16(audio), v0, v1
+        if utt.segments is not None:
+            segments = sorted((float(a), float(b)) for a, b in utt.segments)
+        else:
+            segments = voiced_segments(audio, rate)
+        span = (segments[0][0], segments[-1][1]) if segments else (0.0, 0.0)
+        return _Prepared(utt, audio, segments, span)
+
+
+@dataclass
+class _Prepared:
+    """An utterance at the transport rate, with its voiced stretches (seconds from its first sample)."""
+
+    utterance: UserUtterance
+    audio: np.ndarray
+    segments: list[tuple[float, float]]
+    span: tuple[float, float]
 
 
 class VirtualOutputTransport(BaseOutputTransport):
@@ -236,6 +343,7 @@ class VirtualTransport(BaseTransport):
         self,
         schedule: Sequence[UserUtterance] = (),
         *,
+        background: Sequence[BackgroundTrack] = (),
         params: TransportParams | None = None,
         clock: MediaClock | None = None,
         **kwargs: Any,
@@ -243,13 +351,15 @@ class VirtualTransport(BaseTransport):
         super().__init__(**kwargs)
         self.params = params or TransportParams(audio_in_enabled=True, audio_out_enabled=True)
         self.schedule = list(schedule)
+        self.background = list(background)
         self._clock = clock
         self._input: VirtualInputTransport | None = None
         self._output: VirtualOutputTransport | None = None
         self.received: list[tuple[float, Frame]] = []
         self.audio: list[AudioChunk] = []
         self.events: list[TimelineEvent] = []
-        self.user_speech: list[tuple[float, float, str]] = []  # (voiced start, voiced end, label) as fed
+        self.user_speech: list[tuple[float, float, str]] = []  # (voiced start, voiced end, label) per utterance
+        self.user_segments: list[tuple[float, float, str]] = []  # (start, end, label) per voiced stretch
         self.schedule_done = asyncio.Event()
         self.feed_started_at: float | None = None
         if not self.schedule:

@@ -32,11 +32,11 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregator,
 )
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
+from processors.segmented_stt import EngineSTTService
 
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
@@ -145,8 +145,8 @@ def build_voice_agent(
         stt, llm, tts = create_services(options, stt=stt, llm=llm, tts=tts)
 
     context = context or LLMContext()
-    # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
-    stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
+    # EngineSTTService says when each segment is transcribed, words or not: false-interruption decisions wait for it
+    stt_name = stt.name if isinstance(stt, EngineSTTService) else None
     user, assistant = LLMContextAggregatorPair(
         context, user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name)
     )

@@ -16,7 +16,10 @@ usually reach us travelling upstream), pads the segment with ``trailing_silence_
   interruption policy can act on words rather than VAD alone. A pass is skipped while the previous one still
   runs, results that arrive after the VAD stop are dropped (the final transcript supersedes them), and passes stop
   once the utterance exceeds ``interim_max_s`` (each pass re-reads the whole utterance);
-* errors (bad audio, engine failures) become non-fatal ``ErrorFrame``s naming the engine; the service stays usable.
+* errors (bad audio, engine failures) become non-fatal ``ErrorFrame``s naming the engine; the service stays usable;
+* after each segment, words or not, error or not, a ``SegmentTranscribedFrame`` follows its transcript downstream, in
+  order with it: whoever must wait for the STT's verdict on a stretch of speech (false-interruption recovery) knows
+  when it has it, however late the transcript travels behind queued frames.
 
 Engines serialise their own calls, so a final pass waits for at most one running interim pass.
 """
@@ -26,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
+    DataFrame,
     EndFrame,
     ErrorFrame,
     Frame,
@@ -58,6 +63,14 @@ from processors.audio import (
     resample,
 )
 from processors.stt_engine import STTEngine, STTError, STTInputError, Transcript, transcribe_long
+
+
+@dataclass
+class SegmentTranscribedFrame(DataFrame):
+    """The STT has finished one VAD-bounded segment: pushed after its ``TranscriptionFrame`` (if it heard words), in
+    the same ordered stream, so a processor that sees this has seen the segment's transcript."""
+
+    words: int = 0
 
 
 def frame_language(code: str | None) -> Language | None:
@@ -258,14 +271,17 @@ class EngineSTTService(SegmentedSTTService):
         except STTInputError as e:
             await self.stop_processing_metrics()
             yield ErrorFrame(error=f"{name} STT: unusable audio: {e}", exception=e, category=ErrorCategory.APPLICATION)
+            yield SegmentTranscribedFrame()
             return
         except Exception as e:
             await self.stop_processing_metrics()
             yield ErrorFrame(error=f"{name} STT failed: {e}", exception=e, category=ErrorCategory.UNKNOWN)
+            yield SegmentTranscribedFrame()
             return
         await self.stop_processing_metrics()
         if transcript.is_empty:
             logger.debug(f"{self}: no words in {transcript.audio_seconds:.2f} s segment")
+            yield SegmentTranscribedFrame()
             return
         language = frame_language(transcript.language)
         await self._handle_transcription(transcript.text, True, language)
@@ -280,3 +296,4 @@ class EngineSTTService(SegmentedSTTService):
             language=language,
             result=transcript,
         )
+        yield SegmentTranscribedFrame(words=len(transcript.text.split()))

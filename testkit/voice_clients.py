@@ -219,7 +219,10 @@ async def twilio_call(
                     await ws.send(twilio_media(sid, silence, seq))
                     await pacer.tick()
                 if result.first_audio_s is None:
-                    result.error = "no reply"
+                    gone = (
+                        f"the server closed the call ({ws.close_code}, {ws.close_reason!r})" if read_task.done() else ""
+                    )
+                    result.error = f"no reply within {reply_timeout_s:g} s" if not gone else f"no reply: {gone}"
             await ws.send(json.dumps({"event": "stop", "sequenceNumber": str(seq + 1), "streamSid": sid}))
         finally:
             read_task.cancel()

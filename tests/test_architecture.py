@@ -137,19 +137,9 @@ def _without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
 
 
-# Cycles being removed by work in progress; each entry must go when its cycle does (the test fails either way).
-KNOWN_CYCLES = [
-    ["processors.qwen3_tts.cuda_graphs", "processors.qwen3_tts.lean_loop"],
-    ["agent.replay.report", "agent.replay.runner"],
-]
-
-
 def test_no_import_cycles():
     cycles = _cycles(_without_package_inits(GRAPH))
-    new = [c for c in cycles if c not in KNOWN_CYCLES]
-    gone = [c for c in KNOWN_CYCLES if c not in cycles]
-    assert not new, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in new)
-    assert not gone, "remove from KNOWN_CYCLES (fixed):\n" + "\n".join(" <-> ".join(c) for c in gone)
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def test_the_checks_catch_what_they_look_for():

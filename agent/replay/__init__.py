@@ -4,10 +4,12 @@
     result = replay("examples/replay/barge_in.yaml")        # raises AssertionError listing failed expectations
     result.turns[0].transcript, result.turns[1].interrupted, result.turns[0].latencies()
 
-``duplex replay SCENARIO.yaml [--realtime] [--out DIR]`` is the command; docs/replay.md documents the format.
+``duplex replay SCENARIO.yaml [--realtime] [--out DIR] [--inherit-env]`` is the command; docs/replay.md documents
+the format.
 """
 
-from .runner import ReplayResult, TurnResult, replay, run_scenario
+from .result import ReplayResult, TurnResult
+from .runner import replay, run_scenario
 from .scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 __all__ = [

@@ -1,10 +1,13 @@
-"""``duplex replay SCENARIO.yaml [--realtime] [--out DIR]``: run a scenario, print what happened, write the reports;
-exit status 1 when an expectation failed, 2 when the scenario file is invalid."""
+"""``duplex replay SCENARIO.yaml [--realtime] [--out DIR] [--inherit-env]``: run scenarios, print what happened,
+write the reports. Exit status: 0 every expectation held, 1 an expectation failed, 2 a scenario or its input is
+unusable (invalid file, audio that is not audio), 3 the replay itself crashed (a bug: the traceback is printed)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CRASHED = 0, 1, 2, 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,11 +23,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write timeline.json, conversation.wav, timeline.png here (one subfolder per scenario "
         "when several are given)",
     )
+    parser.add_argument(
+        "--inherit-env",
+        action="store_true",
+        help="read DUPLEX_* environment variables under each scenario's settings, as `duplex serve` does "
+        "(default: defaults plus the scenario, so the shell cannot change a result)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the pipeline's log (default: warnings only)")
 
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import traceback
     from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,23 +46,35 @@ def run(args: argparse.Namespace) -> int:
     from .runner import replay
     from .scenario import ScenarioError, load_scenario
 
-    status = 0
+    status = EXIT_OK
     for path in args.scenario:
         try:
             scenario = load_scenario(path)
         except ScenarioError as e:
             print(f"error: {e}", file=sys.stderr)
-            status = max(status, 2)
+            status = max(status, EXIT_INVALID)
             continue
         out = None
         if args.out:
             out = Path(args.out) / Path(path).stem if len(args.scenario) > 1 else Path(args.out)
-        result = replay(scenario, realtime=args.realtime, out=out, check=False)
+        try:
+            result = replay(
+                scenario, realtime=args.realtime, out=out, check=False, inherit_env=args.inherit_env or None
+            )
+        except ScenarioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = max(status, EXIT_INVALID)
+            continue
+        except Exception:
+            traceback.print_exc()
+            print(f"error: {path}: the replay crashed (above)", file=sys.stderr)
+            status = max(status, EXIT_CRASHED)
+            continue
         print(result.summary())
         if out is not None:
             print(f"  reports: {out}/timeline.json, conversation.wav, timeline.png")
         if result.failures:
-            status = max(status, 1)
+            status = max(status, EXIT_FAILED)
             print(f"FAILED ({len(result.failures)}):")
             for f in result.failures:
                 print(f"  - {f}")

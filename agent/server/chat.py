@@ -1,24 +1,32 @@
 """Browser voice chat: the page at ``/``, WebRTC through pipecat's SmallWebRTC (``POST /api/offer``) and a WebSocket
 fallback (``/ws``). Each connection is one ``build_voice_agent`` session on the shared engines, holding a session
-slot until the client goes away.
+slot until the client goes away. ``GET /api/config`` gives the page what it needs first (the ICE servers, STUN/TURN
+with credentials, and the limits); it needs the token when auth is on.
 
 ``/ws`` protocol (documented in docs/server.md), kept as plain as a browser or a script can speak it:
 
-* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (up to 1 s each; 20 ms is usual);
-  text ``{"type": "stop"}`` ends the session (answered with ``{"type": "stopped", "reason"}``, then close 1000).
-  Other text, odd-sized or longer frames: ``{"type": "error", "code": "INVALID_MESSAGE"}``, dropped, session goes on.
+* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (up to 1 s each; 20 ms is usual); text
+  messages (``agent.server.chat_protocol``): ``{"type": "text", "text"}`` a typed turn, ``{"type": "stop"}`` ends the
+  session (answered with ``{"type": "stopped", "reason"}``, then close 1000). A bad text message, an odd-sized or
+  longer binary frame: ``{"type": "error", "code": "INVALID_MESSAGE", "recoverable": true}``, dropped, session goes on.
+  Query: ``?voice=<id>``, ``?language=<name>`` (the bot speaks and answers in it), ``?token=``.
 * server -> client: text ``{"type": "ready", "sessionId", "inputSampleRate": 16000, "outputSampleRate": 24000,
-  "encoding": "pcm16", "voice", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the bot's voice,
-  40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
-  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's ``clear``).
-  Errors: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
-  ``UNAUTHORIZED``: 1008; ``TIMEOUT``: no audio within the connect timeout or for the idle timeout, 1000).
+  "encoding": "pcm16", "voice", "language", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the
+  bot's voice, 40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
+  ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's
+  ``clear`` —, ``warning``, and ``error`` with ``recoverable: true`` when a step fails mid-session).
+  Refusals: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
+  ``UNAUTHORIZED``: 1008; ``TIMEOUT``: no input within the connect timeout or for the idle timeout, 1000).
 
 WebRTC: the page posts its offer (``{"sdp", "type": "offer", "pc_id"?}``, JSON, at most 64 KiB; non-trickle: ICE
-gathered first) to ``/api/offer`` with ``?voice=<id>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. An
-offer that is not JSON (415), too large (413), malformed (400 ``INVALID_REQUEST``) or whose SDP does not parse or
-offers no audio (400 ``INVALID_SDP``) is refused before it takes a session slot. Events travel as JSON on the page's
-data channel; ``PATCH /api/offer`` takes trickled ICE candidates (pipecat's format) for clients that trickle.
+gathered first) to ``/api/offer`` with ``?voice=<id>&language=<name>``; the answer comes back as ``{"sdp", "type",
+"pc_id"}``. An offer that is not JSON (415), too large (413), malformed (400 ``INVALID_REQUEST``) or whose SDP does
+not parse or offers no audio (400 ``INVALID_SDP``) is refused before it takes a session slot. Events travel as JSON on
+the page's data channel, and the page's typed turns go the other way on it; ``PATCH /api/offer`` takes trickled ICE
+candidates (pipecat's format) for clients that trickle. The server's peer uses the configured ICE servers too. The
+same session speaks RTVI (messages labelled ``rtvi-ai``) on that channel, so pipecat's client SDKs
+(``@pipecat-ai/client-js`` with ``@pipecat-ai/small-webrtc-transport``, voice-ui-kit) connect to ``/api/offer`` as
+they connect to pipecat's own runner; the page ignores those messages, RTVI clients ignore the page's.
 """
 
 from __future__ import annotations
@@ -48,8 +56,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
-from .guards import ApiError, check_auth, client_json, presented_token, read_json_body, token_matches
-from .sessions import SessionEnd, SessionEvents, build_session_agent, resolve_voice, run_voice_session
+from .guards import ApiError, check_auth, presented_token, read_json_body, token_matches
+from .sessions import (
+    SessionEnd,
+    SessionEvents,
+    SessionInput,
+    build_session_agent,
+    resolve_language,
+    resolve_voice,
+    run_voice_session,
+)
 
 log = logging.getLogger("duplex.server")
 
@@ -61,35 +77,27 @@ router = APIRouter()
 
 
 MAX_WS_AUDIO_FRAME_S = 1.0  # longer binary frames are refused: a client streams its microphone in small frames
-MAX_WS_TEXT_BYTES = 4096  # control messages are tiny
-
-
-class WsStopMessage(BaseModel):
-    """``/ws`` client -> server text: ``{"type": "stop"}`` ends the session."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["stop"]
-    reason: str | None = Field(None, max_length=500)
 
 
 class RawPCMSerializer(FrameSerializer):
     """``/ws`` wire format: binary = raw PCM16 mono (in at the pipeline's input rate, out at its output rate); text =
     JSON control/event messages. An ``InterruptionFrame`` becomes ``{"type": "interrupted"}`` so the client drops
-    what it still buffers. Text from the client goes to ``on_text``; a binary frame that is not PCM16 or is longer
-    than ``MAX_WS_AUDIO_FRAME_S`` goes to ``on_bad_audio`` and is dropped."""
+    what it still buffers. Text from the client goes to ``on_message``; a binary frame that is not PCM16 or is
+    longer than ``MAX_WS_AUDIO_FRAME_S`` goes to ``on_bad_audio`` and is dropped."""
 
     def __init__(
         self,
         sample_rate: int = STT_SAMPLE_RATE,
         *,
-        on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_message: Callable[[str], Awaitable[None]] | None = None,
         on_bad_audio: Callable[[str], Awaitable[None]] | None = None,
         **kwargs: Any,
     ):
+        """``on_message``: called with each text frame from the client (``SessionInput.handle``)."""
         super().__init__(**kwargs)
         self._in_rate = sample_rate
-        self._on_text = on_text
-        self._on_bad_audio = on_bad_audio
+        self.on_message = on_message
+        self.on_bad_audio = on_bad_audio
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
@@ -110,12 +118,12 @@ class RawPCMSerializer(FrameSerializer):
             elif len(data) > 2 * self._in_rate * MAX_WS_AUDIO_FRAME_S:
                 why = f"audio frames must be at most {MAX_WS_AUDIO_FRAME_S:g} s ({len(data)} bytes given)"
             if why is not None:
-                if self._on_bad_audio is not None:
-                    await self._on_bad_audio(why)
+                if self.on_bad_audio is not None:
+                    await self.on_bad_audio(why)
                 return None  # dropped: the session goes on
             return InputAudioRawFrame(audio=data, sample_rate=self._in_rate, num_channels=1)
-        if self._on_text is not None:
-            await self._on_text(data)
+        if self.on_message is not None:
+            await self.on_message(data)
         return None
 
 
@@ -125,10 +133,34 @@ def _pipeline_unavailable(ctx: ServerContext) -> tuple[str, str] | None:
         return None
     if state == "failed":
         return "MODEL_LOADING", f"the voice pipeline cannot start: {ctx.engines.pipeline_error}"
-    return "MODEL_LOADING", "the models are still loading; retry in a moment"
+    loading = [
+        f"{kind.upper()} {info['engine']}" + (f" ({info['model']})" if info.get("model") else "")
+        for kind, info in ctx.engines.describe().items()
+        if info["state"] != "ready"
+    ]
+    still = f" ({', '.join(loading)})" if loading else ""
+    return "MODEL_LOADING", f"the models are still loading{still}; retry in a moment"
 
 
 # --- page ----------------------------------------------------------------------------------------------------------
+@router.get("/api/config")
+async def client_config(request: Request) -> dict[str, Any]:
+    """What the page needs before it connects: the ICE servers (STUN/TURN, with credentials) and the limits. Needs
+    the token when auth is on, so the page also uses it to check a token the person typed."""
+    ctx = get_context(request)
+    check_auth(request, ctx.auth_token)
+    return {
+        "iceServers": [server.browser() for server in ctx.settings.server.ice_servers],
+        "maxTextChars": ctx.settings.server.max_text_chars,
+        "language": ctx.settings.tts.language,
+    }
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -163,40 +195,23 @@ async def ws_chat(websocket: WebSocket) -> None:
     if slot is None:
         return await refuse("RATE_LIMITED", "the server is at its session limit", 1013)
     events: SessionEvents | None = None
+    client_input: SessionInput | None = None
     try:
         voice, voice_id, warning = await resolve_voice(ctx, websocket.query_params.get("voice"))
+        language, language_warning = resolve_language(ctx, websocket.query_params.get("language"))
 
         async def send_event(event: dict[str, Any]) -> None:
             await websocket.send_text(json.dumps(event))
 
         end = SessionEnd(send_event)
-        reported: set[str] = set()
-
-        async def invalid(message: str) -> None:
-            ctx.metrics.errors.inc(kind=WS_KIND, code="INVALID_MESSAGE")
-            if message not in reported and len(reported) < 8:  # say it once, not once per frame of a flood
-                reported.add(message)
-                await send_event({"type": "error", "code": "INVALID_MESSAGE", "message": message})
-
-        async def on_text(text: str) -> None:
-            try:
-                if len(text) > MAX_WS_TEXT_BYTES:
-                    raise ValueError(f"text messages must be at most {MAX_WS_TEXT_BYTES} bytes")
-                stop = WsStopMessage.model_validate(client_json(text))
-            except ValueError as e:  # pydantic's ValidationError is a ValueError
-                detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else 'expected {"type": "stop"}'
-                await invalid(f"ignored a text message: {detail}")
-                return
-            reason = stop.reason or "client requested stop"
-            end.end_soon("STOPPED", reason, {"type": "stopped", "reason": reason})
-
+        serializer = RawPCMSerializer(STT_SAMPLE_RATE)
         transport = FastAPIWebsocketTransport(
             websocket,
             FastAPIWebsocketParams(
                 audio_in_enabled=True,
                 audio_out_enabled=True,
                 add_wav_header=False,
-                serializer=RawPCMSerializer(STT_SAMPLE_RATE, on_text=on_text, on_bad_audio=invalid),
+                serializer=serializer,
                 allowed_origins=[],
             ),
         )
@@ -209,7 +224,11 @@ async def ws_chat(websocket: WebSocket) -> None:
             audio_out_sample_rate=TTS_SAMPLE_RATE,
             voice=voice,
             events=events,
+            language=language,
+            kind=WS_KIND,
         )
+        client_input = SessionInput(ctx, agent, events, kind=WS_KIND, end=end)
+        serializer.on_message, serializer.on_bad_audio = client_input.handle, client_input.invalid
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:
@@ -225,12 +244,14 @@ async def ws_chat(websocket: WebSocket) -> None:
                     "outputSampleRate": TTS_SAMPLE_RATE,
                     "encoding": "pcm16",
                     "voice": voice_id,
+                    "language": language or ctx.settings.tts.language,
                     "engines": ctx.engines.describe(),
                 }
             )
         )
-        if warning:
-            await send_event({"type": "warning", "message": warning})
+        for message in (warning, language_warning):
+            if message:
+                await send_event({"type": "warning", "message": message})
         await run_voice_session(ctx, agent, kind=WS_KIND, end=end)
     except WebSocketDisconnect:
         pass
@@ -245,6 +266,8 @@ async def ws_chat(websocket: WebSocket) -> None:
     finally:
         if events is not None:
             events.close()
+        if client_input is not None:
+            client_input.close()
         slot.release()
 
 
@@ -254,7 +277,11 @@ def _webrtc_handler(request: Request) -> Any:
 
     state = request.app.state
     if getattr(state, "duplex_webrtc", None) is None:
-        handler = SmallWebRTCRequestHandler()
+        from pipecat.transports.smallwebrtc.connection import IceServer
+
+        servers = get_context(request).settings.server.ice_servers
+        ice = [IceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers]
+        handler = SmallWebRTCRequestHandler(ice_servers=ice or None)
         tasks: set[asyncio.Task] = set()
         state.duplex_webrtc, state.duplex_webrtc_tasks = handler, tasks
 
@@ -270,11 +297,18 @@ def _webrtc_handler(request: Request) -> Any:
 
 
 async def _run_webrtc_session(
-    ctx: ServerContext, connection: Any, voice: Any, voice_id: str, warning: str | None, slot: Any
+    ctx: ServerContext,
+    connection: Any,
+    voice: Any,
+    voice_id: str,
+    warnings: list[str],
+    slot: Any,
+    language: str | None = None,
 ) -> None:
     from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
     events: SessionEvents | None = None
+    client_input: SessionInput | None = None
     try:
 
         async def send_event(event: dict[str, Any]) -> None:
@@ -293,7 +327,12 @@ async def _run_webrtc_session(
             audio_out_sample_rate=TTS_SAMPLE_RATE,
             voice=voice,
             events=events,
+            language=language,
+            kind=WEBRTC_KIND,
+            rtvi=True,  # pipecat's client SDKs (client-js + small-webrtc-transport) talk RTVI on the data channel
         )
+        end = SessionEnd(send_event)
+        client_input = SessionInput(ctx, agent, events, kind=WEBRTC_KIND, end=end)
 
         @transport.event_handler("on_client_connected")
         async def _hello(_transport: Any, _client: Any) -> None:
@@ -301,24 +340,31 @@ async def _run_webrtc_session(
                 {
                     "type": "ready",
                     "voice": voice_id,
+                    "language": language or ctx.settings.tts.language,
                     "engines": ctx.engines.describe(),
                     "outputSampleRate": TTS_SAMPLE_RATE,
                 }
             )
-            if warning:
-                await send_event({"type": "warning", "message": warning})
+            for message in warnings:
+                await send_event({"type": "warning", "message": message})
+
+        @transport.event_handler("on_app_message")
+        async def _message(_transport: Any, message: Any, _sender: Any) -> None:
+            await client_input.handle(message)
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:
             await agent.worker.cancel()
 
-        await run_voice_session(ctx, agent, kind=WEBRTC_KIND, end=SessionEnd(send_event))
+        await run_voice_session(ctx, agent, kind=WEBRTC_KIND, end=end)
     except Exception:
         log.exception("WebRTC session failed")
         ctx.metrics.errors.inc(kind=WEBRTC_KIND, code="SESSION_ERROR")
     finally:
         if events is not None:
             events.close()
+        if client_input is not None:
+            client_input.close()
         slot.release()
         try:
             await connection.disconnect()
@@ -405,7 +451,8 @@ async def webrtc_offer(request: Request) -> JSONResponse:
     handler = _webrtc_handler(request)
     is_new = not (offer.pc_id and offer.pc_id in handler._pcs_map)
     slot = None
-    voice = voice_id = warning = None
+    voice = voice_id = warning = language = None
+    warnings: list[str] = []
     if is_new:
         slot = ctx.sessions.try_acquire(WEBRTC_KIND)
         if slot is None:
@@ -413,14 +460,16 @@ async def webrtc_offer(request: Request) -> JSONResponse:
             raise ApiError(429, "RATE_LIMITED", "the server is at its session limit")
         try:
             voice, voice_id, warning = await resolve_voice(ctx, request.query_params.get("voice"))
+            language, language_warning = resolve_language(ctx, request.query_params.get("language"))
         except Exception:
             slot.release()
             raise
+        warnings = [w for w in (warning, language_warning) if w]
     started = False
 
     async def on_connection(connection: Any) -> None:
         nonlocal started
-        task = asyncio.create_task(_run_webrtc_session(ctx, connection, voice, voice_id, warning, slot))
+        task = asyncio.create_task(_run_webrtc_session(ctx, connection, voice, voice_id, warnings, slot, language))
         request.app.state.duplex_webrtc_tasks.add(task)
         task.add_done_callback(request.app.state.duplex_webrtc_tasks.discard)
         started = True

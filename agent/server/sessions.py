@@ -22,10 +22,15 @@ from typing import Any
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    ErrorFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMMessagesAppendFrame,
     TranscriptionFrame,
+    TTSSpeakFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -36,13 +41,20 @@ from pipecat.transports.base_transport import BaseTransport
 
 from pipelines.engines import session_services
 from pipelines.voice_agent import VoiceAgent, build_voice_agent
+from processors.threads import run_in_thread
+from processors.tts_engine import UnsupportedLanguageError
+from processors.tts_engine import resolve_language as check_language
 from voices.registry import VoiceNotFoundError
 
+from .chat_protocol import TextMessage, parse_chat_message
 from .context import ServerContext
+from .protocol import ProtocolError
 
 log = logging.getLogger("duplex.server")
 
 EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
+APOLOGY_GAP_S = 10.0
 
 
 class SessionEvents(BaseObserver):
@@ -52,7 +64,9 @@ class SessionEvents(BaseObserver):
     ``{"type": "transcript", "role": "user", "text", "final"}`` (interim and final STT results),
     ``{"type": "transcript", "role": "bot", "text"}`` (each word as its audio is played),
     ``{"type": "interrupted"}`` (barge-in: the client drops audio it still buffers),
-    ``{"type": "latency", "turn", "voiceToVoiceMs", "breakdownMs"}`` once a reply starts playing.
+    ``{"type": "latency", "turn", "voiceToVoiceMs", "breakdownMs"}`` once a reply starts playing,
+    ``{"type": "error", "code", "message", "recoverable": true}`` when a step of the pipeline fails (``error``).
+    A state is sent once: not again while it holds.
     """
 
     def __init__(self, send: EventSink, *, interruptions: bool = True, **kwargs: Any):
@@ -66,15 +80,44 @@ class SessionEvents(BaseObserver):
         self.agent: VoiceAgent | None = None
         self._reported: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._last_state: dict[str, Any] | None = None
 
     def _first(self, frame: Any) -> bool:
+        """True the first time a frame is seen. A broadcast frame travels as two siblings (one upstream, one
+        downstream, different ids): the sibling counts as the same frame."""
         if frame.id in self._seen_set:
             return False
-        if len(self._seen) == self._seen.maxlen:
-            self._seen_set.discard(self._seen[0])
-        self._seen.append(frame.id)
-        self._seen_set.add(frame.id)
+        for frame_id in (frame.id, getattr(frame, "broadcast_sibling_id", None)):
+            if frame_id is None or frame_id in self._seen_set:
+                continue
+            if len(self._seen) == self._seen.maxlen:
+                self._seen_set.discard(self._seen[0])
+            self._seen.append(frame_id)
+            self._seen_set.add(frame_id)
         return True
+
+    async def _state(self, state: str, **extra: Any) -> None:
+        """A state event, unless it repeats the last one."""
+        event = {"type": "state", "state": state, **extra}
+        if event == self._last_state:
+            return
+        self._last_state = event
+        await self._emit(event)
+
+    async def error(self, code: str, message: str) -> None:
+        """A failure the person should see (``{"type": "error", "code", "message", "recoverable": true}``); the
+        session goes on listening."""
+        await self._emit({"type": "error", "code": code, "message": message, "recoverable": True})
+        await self._state("listening")
+
+    async def typed(self, text: str) -> None:
+        """A typed turn was taken: shown like a final transcript, and the bot is thinking."""
+        await self._emit({"type": "transcript", "role": "user", "text": text, "final": True, "typed": True})
+        await self._state("thinking")
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        """Send one event to the client (errors of a client gone mid-send are left to the transport)."""
+        await self._emit(event)
 
     async def _emit(self, event: dict[str, Any]) -> None:
         try:
@@ -109,14 +152,14 @@ class SessionEvents(BaseObserver):
         elif isinstance(frame, InterimTranscriptionFrame):
             await self._emit({"type": "transcript", "role": "user", "text": frame.text, "final": False})
         elif isinstance(frame, UserStartedSpeakingFrame):
-            await self._emit({"type": "state", "state": "listening", "userSpeaking": True})
+            await self._state("listening", userSpeaking=True)
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            await self._emit({"type": "state", "state": "thinking"})
+            await self._state("thinking")
         elif isinstance(frame, BotStartedSpeakingFrame):
-            await self._emit({"type": "state", "state": "speaking"})
+            await self._state("speaking")
             self._later(self._report_latencies())
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            await self._emit({"type": "state", "state": "listening"})
+            await self._state("listening")
             self._later(self._report_latencies())
         elif isinstance(frame, InterruptionFrame) and self._interruptions:
             await self._emit({"type": "interrupted"})
@@ -171,6 +214,131 @@ async def resolve_voice(ctx: ServerContext, voice_id: str | None) -> tuple[Any, 
         )
 
 
+def resolve_language(ctx: ServerContext, language: str | None) -> tuple[str | None, str | None]:
+    """(language for the session or None for the server's default, warning) for a client's ``?language=``."""
+    if not language:
+        return None, None
+    engine = ctx.engines.tts
+    try:
+        return check_language(language, engine.languages if engine is not None else (), allow_auto=False), None
+    except UnsupportedLanguageError as e:
+        return None, f"{e}; using {ctx.settings.tts.language}"
+
+
+def session_options(ctx: ServerContext, language: str | None) -> Any:
+    """The server's settings for one session: in another language the TTS speaks it and the LLM is asked to answer
+    in it (the STT engines recognise English)."""
+    settings = ctx.settings
+    if not language or language == settings.tts.language:
+        return settings
+    tts = settings.tts.model_copy(update={"language": language})
+    prompt = f"{settings.llm.system_prompt} Always answer in {language}."
+    llm = settings.llm.model_copy(update={"system_prompt": prompt})
+    return settings.model_copy(update={"tts": tts, "llm": llm})
+
+
+def watch_errors(
+    ctx: ServerContext, agent: VoiceAgent, *, kind: str, events: SessionEvents | None, apology: str | None
+) -> None:
+    """Pipeline errors reach the person: an ``error`` event to clients that show events, and for callers who only
+    hear (telephony) a short spoken ``apology``, at most one per ``APOLOGY_GAP_S``. The session goes on."""
+    stages = {id(agent.stt): "STT", id(agent.llm): "LLM", id(agent.tts): "TTS"}
+    last_apology = [float("-inf")]
+
+    @agent.worker.event_handler("on_pipeline_error")
+    async def _on_error(_worker: Any, frame: ErrorFrame) -> None:
+        stage = stages.get(id(frame.processor))
+        code = f"{stage}_ERROR" if stage else "PIPELINE_ERROR"
+        message = f"the {stage} step failed: {frame.error}" if stage else f"the pipeline failed: {frame.error}"
+        log.warning("%s session: %s", kind, message)
+        ctx.metrics.errors.inc(kind=kind, code=code)
+        if events is not None:
+            await events.error(code, message)
+        now = time.monotonic()
+        if apology and stage != "TTS" and now - last_apology[0] > APOLOGY_GAP_S:
+            last_apology[0] = now
+            await agent.worker.queue_frame(TTSSpeakFrame(apology))
+
+
+async def take_text_turn(agent: VoiceAgent, text: str, events: SessionEvents | None = None) -> None:
+    """A typed turn through the same pipeline as speech, after the STT: the bot stops if it is speaking (its context
+    keeps the words it played), the text joins the context as the user's, and the LLM answers aloud."""
+    await agent.worker.queue_frame(InterruptionFrame())
+    await agent.worker.flush_pipeline(timeout=2.0)  # the interrupted reply is committed before the new turn
+    if events is not None:
+        await events.typed(text)
+    await agent.worker.queue_frame(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
+
+
+class SessionInput:
+    """A client's JSON messages for one session (``agent.server.chat_protocol``): typed turns and stop.
+
+    Typed turns are taken one at a time, in order, by one task off the transport's receive loop (the flush in
+    ``take_text_turn`` waits for frames that loop may have to deliver); at most ``MAX_PENDING_TEXT`` wait, and a
+    client that types faster than that gets ``RATE_LIMITED`` errors, not a task per message. ``stop`` ends the
+    session through ``end`` (the client gets ``{"type": "stopped"}`` first) or, without one, cancels the worker.
+    A flood of bad messages is answered once per distinct reason (``MAX_REPORTED``), and counted every time.
+    ``close`` at the end of the session."""
+
+    MAX_PENDING_TEXT = 4
+    MAX_REPORTED = 8
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        agent: VoiceAgent,
+        events: SessionEvents | None,
+        *,
+        kind: str,
+        end: SessionEnd | None = None,
+    ):
+        self._ctx, self._agent, self._events, self._kind, self._end = ctx, agent, events, kind, end
+        self._pending: asyncio.Queue[str] = asyncio.Queue(self.MAX_PENDING_TEXT)
+        self._taker: asyncio.Task | None = None
+        self._reported: set[str] = set()
+
+    async def _refuse(self, code: str, message: str) -> None:
+        self._ctx.metrics.errors.inc(kind=self._kind, code=code)
+        if code == "INVALID_MESSAGE":  # say it once, not once per message of a flood
+            if message in self._reported or len(self._reported) >= self.MAX_REPORTED:
+                return
+            self._reported.add(message)
+        if self._events is not None:
+            await self._events.emit({"type": "error", "code": code, "message": message, "recoverable": True})
+
+    async def invalid(self, message: str) -> None:
+        """A client frame the session dropped (bad audio): ``INVALID_MESSAGE``, the session goes on."""
+        await self._refuse("INVALID_MESSAGE", message)
+
+    async def handle(self, raw: str | bytes | dict[str, Any]) -> None:
+        if isinstance(raw, dict) and raw.get("label") == "rtvi-ai":
+            return  # an RTVI client's message on the same data channel: pipecat's RTVIProcessor answers it
+        try:
+            message = parse_chat_message(raw, max_text_chars=self._ctx.settings.server.max_text_chars)
+        except ProtocolError as e:
+            return await self._refuse(e.code, e.message)
+        if isinstance(message, TextMessage):
+            try:
+                self._pending.put_nowait(message.text)
+            except asyncio.QueueFull:
+                return await self._refuse("RATE_LIMITED", "typed turns come faster than the bot can take them")
+            if self._taker is None or self._taker.done():
+                self._taker = asyncio.get_running_loop().create_task(self._take_turns())
+        elif self._end is not None:
+            reason = message.reason or "client requested stop"
+            self._end.end_soon("STOPPED", reason, {"type": "stopped", "reason": reason})
+        else:
+            await self._agent.worker.cancel()
+
+    async def _take_turns(self) -> None:
+        while not self._pending.empty():
+            await take_text_turn(self._agent, self._pending.get_nowait(), self._events)
+
+    def close(self) -> None:
+        if self._taker is not None:
+            self._taker.cancel()
+
+
 async def build_session_agent(
     ctx: ServerContext,
     transport: BaseTransport,
@@ -179,22 +347,31 @@ async def build_session_agent(
     audio_in_sample_rate: int,
     audio_out_sample_rate: int,
     voice: Any,
-    events: SessionEvents | None = None,
+    events: BaseObserver | None = None,
+    rtvi: bool = False,
+    language: str | None = None,
+    kind: str = "voice",
 ) -> VoiceAgent:
     """A voice agent on the shared engines (``voice``: the TTS engine's voice object). Runtime voice switches go
-    through the server's registry and voice cache."""
+    through the server's registry and voice cache. ``events``: an observer of the session's frames
+    (``SessionEvents`` or a protocol's own; its ``agent`` attribute is set). ``rtvi``: speak pipecat's client protocol
+    (RTVI) on the transport's message channel: pipecat's ``RTVIProcessor`` heads the pipeline and its
+    ``RTVIObserver`` reports transcripts, speaking state, metrics and errors; the turn policy is unchanged.
+    ``language``: the session's (``resolve_language``), None for the server's. Pipeline errors reach the client
+    (``watch_errors``; telephony callers hear an apology)."""
     engines = ctx.engines
-    stt_engine = engines.session_stt()
+    options = session_options(ctx, language)
+    stt_engine = await run_in_thread(engines.session_stt, name="duplex-stt-load")
     stt, llm, tts = session_services(
         engines,
-        ctx.settings,
+        options,
         stt_engine=stt_engine,
         voice=voice,
         voices=ctx.voices.resolver(ctx.registry, engines.tts),
     )
     agent = build_voice_agent(
         transport,
-        ctx.settings,
+        options,
         stt=stt,
         llm=llm,
         tts=tts,
@@ -202,22 +379,30 @@ async def build_session_agent(
         audio_in_sample_rate=audio_in_sample_rate,
         audio_out_sample_rate=audio_out_sample_rate,
         observers=[events] if events is not None else None,
+        enable_rtvi=rtvi,
     )
     if events is not None:
         events.agent = agent
+    watch_errors(ctx, agent, kind=kind, events=events, apology=APOLOGY if telephony else None)
     return agent
 
 
 async def run_voice_session(
-    ctx: ServerContext, agent: VoiceAgent, *, kind: str, end: SessionEnd | None = None
+    ctx: ServerContext,
+    agent: VoiceAgent,
+    *,
+    kind: str,
+    end: SessionEnd | None = None,
+    activity: SessionActivity | None = None,
 ) -> SessionEnd:
     """Run the worker to its end (the transport's disconnect handler cancels it, or ``end``) and record the turns.
 
-    An idle watchdog ends a session whose client sends no audio (``SessionActivity``); ``end`` (made here when not
-    given) says why the server ended it, and sends the client its last event first when given a sink."""
+    An idle watchdog ends a session whose client sends no input (``SessionActivity``; a protocol whose client
+    events do not all become pipeline frames passes its own and calls ``heard`` on each); ``end`` (made here when
+    not given) says why the server ended it, and sends the client its last event first when given a sink."""
     end = end if end is not None else SessionEnd()
     end.bind(agent, ctx, kind)
-    activity = SessionActivity()
+    activity = activity if activity is not None else SessionActivity()
     agent.worker.add_observer(activity)
     watchdog = asyncio.create_task(_watch(ctx, activity, end), name="duplex-voice-watchdog")
     ctx.voice_sessions[id(agent)] = agent
@@ -244,37 +429,49 @@ class SessionActivity(BaseObserver):
     Idle means no audio frames at all. A client on an open call sends audio all the time, silence included (Twilio,
     Telnyx and Plivo stream 20 ms of media whether anyone speaks or not; browsers send their microphone, muted or
     not); a quiet user is not idle. No frames means the client stopped streaming or never started (a WebRTC peer
-    that never connects, a script that opened the socket and went away without closing it)."""
+    that never connects, a script that opened the socket and went away without closing it). A typed turn
+    (``take_text_turn``) is input too: a client that only types is idle when it stops typing. While the LLM works
+    on a reply (its start to its end frame, which pipecat's and our LLM services push on every way out) or the bot
+    speaks, it is the server's turn: the client is waiting, not idle."""
 
     def __init__(self) -> None:
         super().__init__(observe_every_push=False)
         self.started = self.last_bot = time.monotonic()
-        self.last_audio: float | None = None
+        self.last_input: float | None = None
         self.bot_speaking = False
+        self.thinking = False
 
     async def on_push_frame(self, data: FramePushed) -> None:
         frame = data.frame
-        if isinstance(frame, InputAudioRawFrame):
-            self.last_audio = time.monotonic()
+        if isinstance(frame, (InputAudioRawFrame, LLMMessagesAppendFrame)):
+            self.last_input = time.monotonic()
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self.thinking = True
+        elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):  # a reply cut short may end unsaid
+            self.thinking, self.last_bot = False, time.monotonic()
         elif isinstance(frame, BotStartedSpeakingFrame):
             self.bot_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self.bot_speaking, self.last_bot = False, time.monotonic()
 
+    def heard(self) -> None:
+        """The client sent input that does not reach the pipeline as a frame (a protocol event, held audio)."""
+        self.last_input = time.monotonic()
+
     def pause(self, seconds: float) -> None:
         """The server's own event loop was busy for ``seconds`` (a model holding the GIL): no client was idle then."""
         self.started += seconds
         self.last_bot += seconds
-        if self.last_audio is not None:
-            self.last_audio += seconds
+        if self.last_input is not None:
+            self.last_input += seconds
 
     def idle(self, now: float, connect_s: float, idle_s: float) -> str | None:
-        """Why the session is idle at ``now`` (None: it is not). The bot speaking is never idle."""
-        if self.bot_speaking:
+        """Why the session is idle at ``now`` (None: it is not). The bot thinking or speaking is never idle."""
+        if self.bot_speaking or self.thinking:
             return None
-        if self.last_audio is None:
+        if self.last_input is None:
             return f"no audio from the client within {connect_s:g} s" if now - self.started > connect_s else None
-        if now - max(self.last_audio, self.last_bot) > idle_s:
+        if now - max(self.last_input, self.last_bot) > idle_s:
             return f"no audio from the client for {idle_s:g} s"
         return None
 

@@ -1,18 +1,24 @@
 """Batching across sessions: one worker steps every active Qwen3-TTS stream together, so each weight is read once per
 step for all of them (decoding is memory-bound: n streams cost far less than n times one stream).
 
-``BatchScheduler(talker, max_batch)`` owns a ``LeanTalker`` with ``max_batch`` cache slots and a worker thread.
-``submit(prompt, max_frames, cancel)`` returns a ``BatchedStream`` with ``FrameLoop``'s interface (``frames(cancel)``,
-``hit_budget``, ``cancelled``, ``timings``), so the engine can use it in place of its own loop
-(``Qwen3TTSEngine(..., scheduler=BatchScheduler(...))``).
+``BatchScheduler(talker, max_batch)`` owns a ``LeanTalker`` (``CudaGraphTalker`` on a GPU) with ``max_batch`` cache
+slots and a worker thread. ``submit(prompt, max_frames, cancel)`` returns a ``BatchedStream`` with ``FrameLoop``'s
+interface (``frames(cancel)``, ``hit_budget``, ``cancelled``, ``timings``), so the engine can use it in place of its
+own loop (``Qwen3TTSEngine(..., scheduler=BatchScheduler(...))``).
 
 Per step: new streams are prefilled one by one into free slots (their prompts differ in length; a prefill pauses the
-batch for its duration), then codebook 0 of every active stream -> one batched 15-step code predictor -> frames are
-handed out -> one batched talker step (each stream attends to its own prefix). Streams that stop (EOS, budget,
-cancel) leave at the step boundary and streams from the end move into the gaps, so active streams are always
-slots ``0..n-1``. Greedy output per stream equals the unbatched lean loop's (tests); batched linears round differently
-from M=1 ones in the last bits, and with sampling the streams share the global RNG, so seeded sampled runs differ
-from unbatched ones.
+batch for its duration); then the batched code predictor (on a GPU queued before the host waits), one host sync that
+reads every stream's codebook-0 token, the stop decisions (end token, budget, cancel, non-finite logits), frames
+handed out, one batched talker step and the batched codebook-0 sampling. Streams join and leave only at these step
+boundaries; streams from the end move into the gaps, so active streams are always slots ``0..n-1``. Each stream
+samples with its own settings (``sampling.py``), so a greedy stream gives its solo output even beside sampled ones
+(tests). Batched linears may round differently from M=1 ones in the last bits on some kernels, and with sampling
+the streams share the global RNG, so seeded sampled runs differ from unbatched ones.
+
+Failures are loud: a stream whose own setup fails (bad settings, a prompt over the cache cap) raises alone; an
+exception in a batched step fails every stream in that step, each raising it from ``frames()``, and the worker goes
+on with the streams that come next (they start from fresh slots; if the fault persists, they raise too). Nothing ends
+silently as cancelled except by ``cancel`` or ``close()``.
 """
 
 from __future__ import annotations
@@ -20,17 +26,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterator
 
 import torch
 
+from processors.tts_engine import TTSError
+
+from .cuda_graphs import build_lean_talker
 from .frame_loop import TalkerPrompt
-from .lean_loop import LeanTalker, StreamSampler, build_lean_talker, frame_limit
+from .lean_loop import LeanTalker, StreamSampler, frame_limit, numerical_error
 
 log = logging.getLogger("duplex.qwen3_tts")
 
 _DONE = object()
+
+
+class BatchWorkerError(TTSError):
+    """A batched step failed; the cause is chained."""
 
 
 class BatchedStream:
@@ -46,7 +58,7 @@ class BatchedStream:
         self.hit_budget = False
         self.cancelled = False
         self.error: BaseException | None = None
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {"prefill_s": 0.0, "talker_s": 0.0, "predictor_s": 0.0}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._started = False
         # worker-side state
@@ -54,14 +66,14 @@ class BatchedStream:
         self.sampler: StreamSampler | None = None
         self.frame = 0
         self.prompt_len = prompt.inputs_embeds.shape[1]
-        self.token: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
 
     def frames(self, cancel: threading.Event | None = None) -> Iterator[torch.Tensor]:
         """Frames as the scheduler makes them, until EOS, the budget or cancel (``cancel`` or the submit-time one).
 
         After cancel nothing more is delivered, and the worker generates at most one more frame for this stream (it
-        checks cancel at every step)."""
+        checks cancel at every step). Raises when the stream failed (its own setup, a failed batched step, non-finite
+        logits, a closed scheduler)."""
         if self._started:
             raise RuntimeError("a BatchedStream can be iterated once")
         self._started = True
@@ -70,7 +82,7 @@ class BatchedStream:
             while True:
                 if cancel is not None and cancel.is_set():
                     self.cancel_event.set()
-                if self.cancel_event.is_set():
+                if self.cancel_event.is_set() and self.error is None:
                     self.cancelled = True  # frames already queued are dropped: nothing is delivered after cancel
                     break
                 try:
@@ -83,9 +95,15 @@ class BatchedStream:
         finally:
             self.cancel_event.set()  # a closed generator stops its stream at the next step
         if self.error is not None:
-            raise RuntimeError("batched Qwen3-TTS worker failed") from self.error
+            if isinstance(self.error, (TTSError, ValueError)):
+                raise self.error
+            raise BatchWorkerError(
+                f"Qwen3-TTS batch step failed: {type(self.error).__name__}: {self.error}"
+            ) from self.error
 
-    def _finish(self, **flags: bool) -> None:
+    def _finish(self, error: BaseException | None = None, **flags: bool) -> None:
+        if error is not None:
+            self.error = error
         for k, v in flags.items():
             setattr(self, k, v)
         self._queue.put(_DONE)
@@ -104,11 +122,13 @@ class BatchScheduler:
         self._waiting: list[BatchedStream] = []
         self._active: list[BatchedStream] = []
         self._cv = threading.Condition()
+        self._step_lock = threading.Lock()  # the worker's steps and ``warmup`` never use the talker at once
         self._closed = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # batched steps run (for tests and benchmarks)
         self.frames_out = 0
         self.max_active = 0
+        self.failures = 0  # batched steps that raised
 
     # --- public ---------------------------------------------------------------------------------------------------
     def submit(self, prompt: TalkerPrompt, max_frames: int, cancel: threading.Event | None = None) -> BatchedStream:
@@ -117,8 +137,13 @@ class BatchScheduler:
             raise ValueError("one prompt per stream")
         return BatchedStream(self, prompt, max_frames, cancel)
 
+    def warmup(self) -> int:
+        """Prepare the talker (CUDA graphs on a GPU) before the first stream; returns the graphs captured."""
+        with self._step_lock:
+            return self.lean.warmup()
+
     def close(self) -> None:
-        """Stop the worker; streams still running end as cancelled."""
+        """Stop the worker; streams still running end as cancelled, streams submitted later raise."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
@@ -135,7 +160,7 @@ class BatchScheduler:
     def _admit(self, stream: BatchedStream) -> None:
         with self._cv:
             if self._closed:
-                stream._finish(cancelled=True)
+                stream._finish(TTSError("the Qwen3-TTS batch scheduler is closed"))
                 return
             self._waiting.append(stream)
             if self._thread is None:
@@ -156,117 +181,150 @@ class BatchScheduler:
                             break
                         room = self.max_batch - len(self._active)
                         joining, self._waiting = self._waiting[:room], self._waiting[room:]
-                    for s in joining:
-                        self._prefill(s)
-                    if self._active:
-                        self._step()
-        except BaseException as e:
-            log.exception("Qwen3-TTS batch worker failed")
+                    with self._step_lock:
+                        try:
+                            for s in joining:
+                                self._join(s)
+                            if self._active:
+                                self._step()
+                        except Exception as e:
+                            self.failures += 1
+                            log.exception("Qwen3-TTS: a batched step failed; its %d stream(s) end with the error",
+                                          len(self._active))  # fmt: skip
+                            self._fail_active(e)
+        except BaseException as e:  # the worker itself is going away: nobody may wait forever
             with self._cv:
-                streams = self._active + self._waiting
-                self._active, self._waiting = [], []
                 self._closed = True
-            for s in streams:
-                s.error = e
-                s._finish()
-            return
-        for s in self._active + self._waiting:
+            self._fail_active(e)
+            self._fail_waiting(e)
+            raise
+        with self._cv:
+            streams, self._waiting = self._active + self._waiting, []
+            self._active = []
+        for s in streams:
             s._finish(cancelled=True)
 
-    def _prefill(self, s: BatchedStream) -> None:
+    def _fail_active(self, error: BaseException) -> None:
+        """Every stream of the failed step raises ``error``; the slots start clean for the streams that follow."""
+        streams, self._active = self._active, []
+        for s in streams:
+            self._done(s, error)
+        try:
+            for slot in range(self.max_batch):
+                self.lean.clear_slot(slot)
+                self.lean.free_slot(slot)
+            self.lean.release(0, 0)
+        except Exception:  # a dead device fails here too; the next streams will say so loudly
+            log.exception("Qwen3-TTS: could not reset the batch slots after a failed step")
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        with self._cv:
+            streams, self._waiting = self._waiting, []
+        for s in streams:
+            s._finish(error)
+
+    def _done(self, s: BatchedStream, error: BaseException | None = None, **flags: bool) -> None:
+        try:
+            self.lean.timer.resolve(wait=True)  # its timings are final before its consumer reads them
+        except Exception:  # a failed device: the stream still ends, with its error
+            log.debug("Qwen3-TTS: timings unavailable", exc_info=True)
+        s._finish(error, **flags)
+
+    def _join(self, s: BatchedStream) -> None:
+        """Prefill a new stream into the next free slot; a failure here is that stream's alone."""
         lean = self.lean
-        t = time.perf_counter()
-        s.slot = len(self._active)
-        s.sampler = StreamSampler(s.prompt, s.max_frames, lean.device)
-        s.out = torch.empty(s.max_frames + 1, lean.num_code_groups, dtype=torch.long, device=lean.device)
-        hidden, logits = lean.prefill(s.slot, s.prompt.inputs_embeds, s.prompt_len + s.max_frames + 1)
-        self._hidden_rows()[s.slot].copy_(hidden[0])
-        lean.pos[s.slot] = s.prompt_len  # position of the stream's first talker step
-        s.token = s.sampler.talker_token(logits)
-        s.timings = {"prefill_s": time.perf_counter() - t, "talker_s": 0.0, "predictor_s": 0.0}
+        slot = len(self._active)
+        try:
+            s.sampler = StreamSampler(s.prompt)
+            s.max_frames = lean.frames_that_fit(s.prompt_len, s.max_frames)
+            lean.join(slot, s.sampler)
+            with lean.timer.span("prefill_s", s.timings):
+                lean.prefill(slot, s.prompt.inputs_embeds, s.prompt_len + s.max_frames + 1)
+                lean.pos[slot] = s.prompt_len  # position of the stream's first talker step
+                lean.sample_talker(slot, 1)
+            s.out = torch.empty(s.max_frames + 1, lean.num_code_groups, dtype=torch.long, device=lean.device)
+        except Exception as e:
+            lean.free_slot(slot)
+            self._done(s, e)
+            return
+        s.slot = slot
         self._active.append(s)
         self.max_active = max(self.max_active, len(self._active))
 
-    def _hidden_rows(self) -> torch.Tensor:
-        """The talker's last hidden state per slot (the predictor's input)."""
-        h = getattr(self, "_hidden", None)
-        if h is None:
-            lean = self.lean
-            h = self._hidden = torch.empty(self.max_batch, lean.hidden, dtype=lean.dtype, device=lean.device)
-            self._tok = torch.zeros(self.max_batch, dtype=torch.long, device=lean.device)
-        return h
-
-    def _stopped(self, s: BatchedStream) -> bool:
-        if int(s.token) == s.sampler.eos:
-            s._finish()
-            return True
-        if s.frame >= s.max_frames:
-            s._finish(hit_budget=True)
-            return True
-        if s.cancel_event.is_set():
-            s._finish(cancelled=True)
-            return True
-        return False
-
     def _remove(self, gone: list[BatchedStream]) -> None:
-        """Drop finished streams; streams beyond the new count move into the freed slots, so slots stay 0..n-1
-        (a move copies one stream's KV cache; the others stay where they are)."""
+        """Drop streams that ended (already marked); streams beyond the new count move into the freed slots, so
+        slots stay 0..n-1 (a move copies one stream's KV cache and state; the others stay where they are)."""
         if not gone:
             return
         keep = [s for s in self._active if s not in gone]
         n = len(keep)
         holes = sorted(s.slot for s in gone if s.slot < n)
-        movers = [s for s in keep if s.slot >= n]  # as many as holes
-        hidden, lean = self._hidden_rows(), self.lean
+        movers = sorted((s for s in keep if s.slot >= n), key=lambda s: s.slot)  # as many as holes
+        lean = self.lean
+        for s in gone:
+            if s.error is not None:
+                lean.clear_slot(s.slot)  # it may have left NaN behind
         for hole, s in zip(holes, movers):
-            lean.stack.copy_slot(s.slot, hole, s.prompt_len + s.frame)
-            hidden[hole].copy_(hidden[s.slot])
-            lean.pos[hole] = lean.pos[s.slot]
-            # this frame's codes and their embeddings (the next talker input sums them when removal follows the
-            # code predictor)
-            lean.code_emb[hole].copy_(lean.code_emb[s.slot])
-            lean.codes[hole].copy_(lean.codes[s.slot])
+            lean.move_slot(s.slot, hole, s.prompt_len + s.frame)
             s.slot = hole
+        for slot in range(n, n + len(gone)):
+            lean.free_slot(slot)
         self._active = sorted(keep, key=lambda s: s.slot)
+        lean.release(n, max((s.prompt_len + s.max_frames + 1 for s in keep), default=0))
+        for s in gone:
+            self._done(s, s.error, hit_budget=s.hit_budget, cancelled=s.cancelled)
 
     def _step(self) -> None:
         lean = self.lean
-        self._remove([s for s in self._active if self._stopped(s)])
-        n = len(self._active)
+        active = self._active
+        n = len(active)
+        # the code predictor for this frame, queued before the host waits (a GPU keeps working meanwhile)
+        queued = lean.overlap and any(s.frame < s.max_frames and not s.cancel_event.is_set() for s in active)
+        if queued:
+            with lean.timer.span("predictor_s", *[s.timings for s in active]):
+                lean.predict(n)
+        status = lean.read_status(n)  # the one host sync per step
+        lean.timer.resolve()
+        gone = []
+        for s, (token, fault) in zip(active, status):
+            if fault:
+                s.error = numerical_error(s.frame)
+            elif token == s.sampler.eos:
+                pass
+            elif s.frame >= s.max_frames:
+                s.hit_budget = True
+            elif s.cancel_event.is_set():
+                s.cancelled = True
+            else:
+                continue
+            gone.append(s)
+        self._remove(gone)
+        active = self._active
+        n = len(active)
         if n == 0:
             return
-        active = self._active
-        tokens = self._tok[:n]
-        for b, s in enumerate(active):
-            tokens[b : b + 1].copy_(s.token)
-
-        t = time.perf_counter()
-        codes = lean.predict(n, self._hidden_rows()[:n], tokens, [s.sampler for s in active])
-        t_pred = time.perf_counter() - t
+        if not queued:
+            with lean.timer.span("predictor_s", *[s.timings for s in active]):
+                lean.predict(n)
+        codes = lean.codes
         for b, s in enumerate(active):
             s.out[s.frame].copy_(codes[b])
             s._queue.put(s.out[s.frame])
-            s.timings["predictor_s"] += t_pred / n
         self.frames_out += n
         # streams cancelled while their frame was handed out stop here, like the single-stream loop
         cancelled = [s for s in active if s.cancel_event.is_set()]
         for s in cancelled:
-            s._finish(cancelled=True)
+            s.cancelled = True
         self._remove(cancelled)
         active = self._active
         n = len(active)
         if n == 0:
             return
-        t = time.perf_counter()
-        lean.next_inputs(n, [s.sampler.text_row(s.frame) for s in active])
-        starts = [s.prompt_len + s.frame for s in active]  # == lean.pos[:n]
-        hidden, logits = lean.step(n, starts)
-        self._hidden_rows()[:n].copy_(hidden)
-        lean.pos[:n].add_(1)
-        for b, s in enumerate(active):
-            s.token = s.sampler.talker_token(logits[b : b + 1])
-            s.frame += 1
-        t_talk = time.perf_counter() - t
+        with lean.timer.span("talker_s", *[s.timings for s in active]):
+            lean.next_inputs(n, [s.sampler.text_row(s.frame) for s in active])
+            lean.step(n, [s.prompt_len + s.frame for s in active])  # == lean.pos[:n]
+            lean.pos[:n].add_(1)
+            lean.sample_talker(0, n)
         for s in active:
-            s.timings["talker_s"] += t_talk / n
+            s.frame += 1
         self.steps += 1

@@ -2,13 +2,18 @@
 
 Upstream ``qwen-tts`` returns a waveform only when the whole utterance is done. Here the talker/code-predictor loop
 runs one 80 ms codec frame at a time (``frame_loop.py``) and new frames are decoded exactly and incrementally
-(``codec_stream.py``), so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops
-within one frame of ``cancel`` being set.
+(``codec_stream.py``: the whole-sequence decode at any length, where upstream windows utterances past 300 frames),
+so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops within one frame of
+``cancel`` being set.
 
 Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
 patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
 its first frame until the generator finishes or is closed. A second stream, from any thread, waits. Close
-abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock.
+abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock. With a
+``batching.BatchScheduler`` streams run concurrently and the lock is held only while a prompt is built.
+
+On a GPU the frame loop replays CUDA graphs (``cuda_graphs.py``); call ``warmup()`` once after loading so they are
+captured before the first request rather than during it.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ from processors.tts_engine import (
 )
 
 from .codec_stream import StreamingCodecDecoder
+from .cuda_graphs import build_lean_talker
 from .frame_loop import FrameLoop, capture_prompt
-from .lean_loop import LeanFrameLoop, build_lean_talker
+from .lean_loop import LeanFrameLoop
 from .options import DEFAULT_MODEL
-from .precision import prepare_talker
+from .precision import QUANTIZE_MODES, prepare_talker
 from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
 
 log = logging.getLogger("duplex.qwen3_tts")
@@ -69,6 +75,9 @@ SUPPORTED_LANGUAGES = (
     "Italian",
 )
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+REQUIRED_FILES = ("config.json", "model.safetensors")  # what a usable model directory or cached snapshot holds
 
 
 class ModelUnavailableError(TTSError):
@@ -179,6 +188,19 @@ class Qwen3TTSEngine:
         see ``precision.py``. With ``quantize="int8"`` and no dtype the model loads in bf16 where supported.
         ``decoder_dtype``: the codec decoder's dtype when it should differ from ``dtype`` (bf16 halves its cost on
         AMX CPUs; see docs/benchmarks.md for its drift)."""
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, not {quantize!r}")
+        if quantize and pick_device(device, dtype)[0].startswith("cuda"):
+            # refused before loading (the int8 kernels are CPU-only), not after minutes of loading
+            raise ValueError(
+                f"quantize={quantize!r} is CPU-only (fbgemm, _weight_int8pack_mm); on a GPU use dtype=bfloat16"
+            )
+        from processors.hub import HubModelError, fetch
+
+        try:  # at once when it cannot be had: before the hub client's minute of retries, and before importing qwen_tts
+            path = fetch(model, what="the Qwen3-TTS model", required=REQUIRED_FILES)
+        except HubModelError as e:
+            raise ModelUnavailableError(str(e)) from None
         ensure_qwen_tts_importable()
         from qwen_tts import Qwen3TTSModel
 
@@ -190,16 +212,11 @@ class Qwen3TTSEngine:
         log.info("Qwen3-TTS: loading %s on %s as %s", model, device, str(torch_dtype).replace("torch.", ""))
         t0 = time.perf_counter()
         try:
-            tts_model = Qwen3TTSModel.from_pretrained(str(model), device_map=device, dtype=torch_dtype)
-        except Exception as e:  # OSError, HF hub errors, safetensors errors...
-            hint = (
-                "it is not in the local Hugging Face cache and could not be downloaded (offline?); "
-                "use a local directory, or the espeak fallback (--tts espeak)"
-            )
-            if Path(str(model)).exists():
-                hint = "the directory is not a complete Qwen3-TTS model"
+            tts_model = Qwen3TTSModel.from_pretrained(str(path), device_map=device, dtype=torch_dtype)
+        except Exception as e:  # missing or corrupt files, safetensors errors...
             raise ModelUnavailableError(
-                f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})"
+                f"cannot load the Qwen3-TTS model {str(model)!r}: {path} is not a complete Qwen3-TTS model "
+                f"({type(e).__name__}: {e})"
             ) from e
         tts_model.model.eval()
         prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU
@@ -213,6 +230,27 @@ class Qwen3TTSEngine:
     @property
     def languages(self) -> tuple[str, ...]:
         return self._languages
+
+    def warmup(self) -> dict[str, float]:
+        """Prepare generation before the first request: on a GPU, capture every CUDA graph the frame loop needs
+        (``cuda_graphs.py``), so no capture pauses a live stream or races other threads' GPU work; on a CPU it only
+        builds the lean loop's runner (cheap). Call it once after loading; safe to call again.
+
+        Returns what it did: graphs captured and seconds taken."""
+        t = time.perf_counter()
+        if self.loop == "reference" and self.scheduler is None:
+            return {"graphs": 0, "seconds": 0.0}
+        if self.scheduler is not None:
+            graphs = self.scheduler.warmup()
+        else:
+            with self._lock:
+                if self._lean is None:
+                    self._lean = build_lean_talker(self.tts_model.model.talker)
+                graphs = self._lean.warmup()
+        took = time.perf_counter() - t
+        if graphs:
+            log.info("Qwen3-TTS: captured %d CUDA graphs in %.1f s", graphs, took)
+        return {"graphs": graphs, "seconds": took}
 
     # --- voices ------------------------------------------------------------------------------------
     def create_voice(

@@ -11,8 +11,9 @@ upstream's own, byte for byte) by intercepting the call to ``talker.generate``, 
 
 Sampling applies the same HF logits processors, in the same order, as upstream's ``generate`` calls (repetition
 penalty, min-new-tokens EOS guard, suppressed control codes; then temperature, top-k, top-p), and draws with
-``torch.multinomial`` like HF, so greedy decoding reproduces upstream codes exactly. Issue 7 replaces this loop
-with a lean one (static caches); this one trades speed for obviously-upstream semantics.
+``torch.multinomial`` like HF, so greedy decoding reproduces upstream codes exactly. The engine's default is the
+lean loop (``lean_loop.py``: static caches, batched per-stream sampling); this one trades speed for
+obviously-upstream semantics and is the reference the lean loop is tested against.
 """
 
 from __future__ import annotations

@@ -7,44 +7,63 @@ runs on plain tensors:
 
 * weights are upstream's own tensors (no copy); bf16 and int8 linears are swapped in at load time by
   ``precision.prepare_talker``, so every loop runs the same kernels;
-* talker and code predictor each get a static KV cache ``(batch, positions, kv_heads, head_dim)`` written in place
-  (the talker's grows in steps of 256 positions when an utterance needs more, once, before its first frame);
+* talker and code predictor each get a static KV cache ``(batch, kv_heads, positions, head_dim)`` written in place.
+  The talker's has a base size that it keeps; an utterance that needs more (up to ``max_positions``) gets a larger
+  cache for as long as it runs, and the base one is used again when no stream needs more;
 * activations live in preallocated per-shape workspaces; fp32 linears and the elementwise ops write into them
   (``out=``); what still allocates per step is SDPA's output, the outputs of the bf16/int8 kernels (they have no
-  ``out=``) and the sampling processors' temporaries, all a few KB;
+  ``out=``) and the samplers' temporaries, all a few KB;
 * q, k (and v) of a layer sit side by side, so q and k are normalised and rotated in one go;
 * the 15 predictor steps are a plain Python loop over the same layer code;
+* per-stream state lives in per-slot buffers (last hidden state, codebook-0 token, sampling settings: ``sampling.py``),
+  so one step serves any set of streams and CUDA graphs (``cuda_graphs.py``) can replay it;
+* one host sync per frame (per batched step): ``read_status`` reads every stream's codebook-0 token and its
+  non-finite flag at once. On a GPU the code predictor for the frame is queued before that read (``overlap``), so
+  the device works while the host waits; the predictor's work for a stream that turns out to have ended is dropped;
 * threads: ``torch.get_num_threads()`` as set by the process (``Qwen3TTSEngine(threads=...)`` sets it per
-  generation). On this 2-core shared box 1 thread is the robust choice: 2 threads only pay off when the other core
-  is idle and fall apart when it is not (docs/benchmarks.md).
+  generation). On a small shared CPU 1 thread is the robust choice: 2 threads only pay off when the other core is idle
+  (docs/benchmarks.md).
 
-Exactness: every op is the one upstream runs, on the same shapes, in the same order (RMSNorm as pow/mean/rsqrt/mul,
-RoPE as ``q*cos + rotate_half(q)*sin``, SDPA with ``enable_gqa``, heads over all prompt rows like upstream), so output
-is upstream's bit for bit at any precision, greedy or seeded sampling (checked on the full-size model too);
-``tests/qwen3_tts/test_streaming_parity.py`` and ``test_lean_loop.py`` guard it. Sampling uses ``frame_loop``'s
-processors and ``torch.multinomial`` in upstream's order. Batched steps (M > 1) round differently in the last bits.
+Exactness on a CPU: every op is the one upstream runs, on the same shapes, in the same order (RMSNorm as
+pow/mean/rsqrt/mul, RoPE as ``q*cos + rotate_half(q)*sin``, SDPA, heads over all prompt rows like upstream; sampling
+is HF's arithmetic per row, ``sampling.py``), so output equals upstream's bit for bit at any precision, greedy or seeded
+sampling; ``tests/processors/qwen3_tts/test_streaming_parity.py`` and ``test_lean_loop.py`` guard it. Batched steps
+(M > 1) may round differently in the last bits on other kernels. On a GPU the graph path runs the masked attention
+below and CUDA's kernels, so its output is close to upstream's but not bit-identical (bf16 especially): GPU checks
+compare graphs with the eager loop on the same device, not with a CPU run.
 
 Batching: one ``LeanTalker`` serves up to ``max_batch`` streams in slots ``0..n-1``; linears then run with M = n, so
 each weight is read once per step for all streams (``batching.py`` schedules them). Attention is per stream
-(``attention="sliced"``: each stream attends to exactly its own prefix) or, for CUDA graphs, one call over the whole
-static cache with a position mask (``attention="masked"``, fixed shapes; ``cuda_graphs.py``).
+(``attention="sliced"``: each stream attends to exactly its own prefix) or, for CUDA graphs, one call over a window
+of the static cache with a position mask (``attention="masked"``, fixed shapes). The masked call is laid out for
+the fused kernels: the query heads that share a KV head become that head's query rows ``(batch, kv_heads, group,
+head_dim)``, so no ``enable_gqa`` is needed, and the mask is an additive float tensor in the model dtype; the window
+is the smallest power-of-two multiple of ``CACHE_GRANULE`` that covers the furthest stream, so a long utterance
+does not slow the frames of later short ones.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .frame_loop import StopPolicy, TalkerPrompt, _pick, _processors
-from .precision import make_linear
+from processors.tts_engine import TTSError
 
-CACHE_GRANULE = 256  # talker cache capacity grows in steps of this many positions
+from .frame_loop import StopPolicy, TalkerPrompt
+from .precision import make_linear
+from .sampling import NumericalError, RowSampler, SamplingSettings
+from .timing import StepTimer
+
+log = logging.getLogger("duplex.qwen3_tts")
+
+CACHE_GRANULE = 256  # talker cache sizes and attention windows come in multiples of this many positions
+MAX_POSITIONS = 8192  # talker cache cap per stream: prompt + frames (8192 positions: over 10 minutes of audio)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -95,6 +114,9 @@ class _Work:
         self.q4 = self.qk_emb[:, :, :H].transpose(1, 2)  # (batch, H, tokens, D) for SDPA
         self.k = self.qk_emb[:, :, H:]  # (batch, tokens, KV, D)
         self.attn = e(batch, tokens, H, D)
+        if tokens == 1:  # decode: the query heads of each KV head as its query rows (masked attention)
+            self.q_grouped = self.qk_emb[:, 0, :H].view(batch, KV, H // KV, D)
+            self.attn_grouped = self.attn.view(batch, KV, H // KV, D)
         self.attn2d = self.attn.view(rows, H * D)
         self.o = e(rows, hidden)
         self.g = e(rows, inter)
@@ -102,7 +124,6 @@ class _Work:
         self.d = e(rows, hidden)
         self.cos = e(batch, head_dim)
         self.sin = e(batch, head_dim)
-        self.mask = torch.empty(batch, 1, dtype=torch.bool, device=device)  # resized on use (masked attention)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, out: torch.Tensor, sq: torch.Tensor, var: torch.Tensor):
@@ -136,7 +157,10 @@ def _into(y: torch.Tensor, out: torch.Tensor) -> None:
 
 
 class DecoderStack:
-    """The layers of a Qwen3 decoder (talker or code predictor) with a static KV cache for ``max_batch`` streams."""
+    """The layers of a Qwen3 decoder (talker or code predictor) with a static KV cache for ``max_batch`` streams.
+
+    Everything a step reads besides the caches (RoPE tables, slot indices, position range, attention mask) is
+    allocated once for ``max_positions`` and sliced, so its memory never moves (CUDA graphs keep raw pointers)."""
 
     def __init__(
         self,
@@ -144,7 +168,8 @@ class DecoderStack:
         rope_table: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
         max_batch: int,
         attention: str,
-        quantized_ok: bool = True,
+        max_positions: int = MAX_POSITIONS,
+        granule: int = CACHE_GRANULE,
     ):
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
@@ -169,37 +194,82 @@ class DecoderStack:
         self.norm = model.norm.weight
         self.dtype = self.norm.dtype
         self.device = self.norm.device
-        self._rope_table = rope_table
-        self.cos = self.sin = None
         self.max_batch = max_batch
         if attention not in ("sliced", "masked"):
             raise ValueError("attention must be 'sliced' or 'masked'")
         self.attention = attention
+        self.max_positions = max_positions
+        self.granule = granule  # cache sizes and attention windows are multiples of it
+        self.cos, self.sin = rope_table(max_positions)
+        self.slots = torch.arange(max_batch, device=self.device)
+        if attention == "masked":
+            self._positions = torch.arange(max_positions, device=self.device)
+            self._hidden = torch.zeros(max_batch, max_positions, dtype=torch.bool, device=self.device)
+            self._mask = torch.zeros(max_batch, max_positions, dtype=self.dtype, device=self.device)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.capacity = 0
+        self.base_capacity = 0  # the first cache allocated is kept for good; larger ones only while needed
+        self.tier = 0  # 0: the base cache; another number per larger cache allocated since
+        self._base: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._tiers = 0
         self._work: dict[tuple[int, int], _Work] = {}
-        self._arange = None
 
     # --- buffers --------------------------------------------------------------------------------------------------
-    def ensure_capacity(self, positions: int, granule: int = 1) -> None:
-        """Caches and RoPE tables for at least ``positions`` positions (kept on growth; untouched pages cost no RSS)."""
+    def ensure_capacity(self, positions: int, granule: int = 1) -> bool:
+        """Caches for at least ``positions`` positions (contents kept); True when a new cache was allocated.
+
+        The first allocation is the base cache, kept for good; a larger one replaces the current one (the base is
+        kept aside) until ``restore_base``. Masked attention reads whole windows, so its caches start zeroed (an
+        unwritten NaN times a zero weight is NaN); sliced attention reads only written positions, and untouched
+        pages of an empty CPU buffer cost no memory."""
         if positions <= self.capacity:
-            return
-        cap = -(-positions // granule) * granule
-        shape = (self.max_batch, cap, self.n_kv, self.head_dim)
-        # masked attention reads every position (masked ones with weight 0, but 0 * NaN garbage is NaN): zero them;
-        # sliced attention reads only written positions, and untouched pages of an empty buffer cost no memory
+            return False
+        if positions > self.max_positions:
+            raise ValueError(f"{positions} positions exceed this cache's cap of {self.max_positions}")
+        cap = min(-(-positions // granule) * granule, self.max_positions)
+        shape = (self.max_batch, self.n_kv, cap, self.head_dim)
         alloc = torch.zeros if self.attention == "masked" else torch.empty
         new_k = [alloc(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         new_v = [alloc(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         for old, new in ((self.k_cache, new_k), (self.v_cache, new_v)):
             for o, n in zip(old, new):
-                n[:, : self.capacity].copy_(o)
-        self.k_cache, self.v_cache = new_k, new_v
-        self.cos, self.sin = self._rope_table(cap)
-        self._arange = torch.arange(cap, device=self.device)
-        self.capacity = cap
+                n[:, :, : self.capacity].copy_(o)
+        if self._base is None:
+            self._base, self.base_capacity, self.tier = (new_k, new_v), cap, 0
+        else:
+            self._tiers += 1
+            self.tier = self._tiers
+        self.k_cache, self.v_cache, self.capacity = new_k, new_v, cap
+        return True
+
+    def restore_base(self, slots: int, positions: int) -> bool:
+        """Back to the base cache when streams ``0..slots-1`` need at most ``positions`` positions (their first
+        ``positions`` are copied over); the larger cache is freed. True when it switched."""
+        if self.tier == 0 or self._base is None or positions > self.base_capacity:
+            return False
+        base_k, base_v = self._base
+        for cur, base in ((self.k_cache, base_k), (self.v_cache, base_v)):
+            for c, b in zip(cur, base):
+                b[:slots, :, :positions].copy_(c[:slots, :, :positions])
+        self.k_cache, self.v_cache, self.capacity, self.tier = base_k, base_v, self.base_capacity, 0
+        return True
+
+    def window_for(self, positions: int) -> int:
+        """Attention window (masked attention) covering ``positions``: the granule times a power of two, at most the
+        capacity; few distinct windows, so few CUDA graphs."""
+        w = self.granule
+        while w < positions:
+            w *= 2
+        return min(w, self.capacity)
+
+    def windows(self) -> list[int]:
+        """Every window ``window_for`` can return at the current capacity."""
+        out, w = [], self.granule
+        while w < self.capacity:
+            out.append(w)
+            w *= 2
+        return [*out, self.capacity]
 
     def work(self, batch: int, tokens: int, keep: bool = True) -> _Work:
         w = self._work.get((batch, tokens))
@@ -213,38 +283,50 @@ class DecoderStack:
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Move one stream's cache (first ``length`` positions) from slot ``src`` to slot ``dst``."""
         for c in self.k_cache + self.v_cache:
-            c[dst, :length].copy_(c[src, :length])
+            c[dst, :, :length].copy_(c[src, :, :length])
 
     # --- forward --------------------------------------------------------------------------------------------------
     def forward(
-        self, w: _Work, batch: int, tokens: int, starts: list[int], pos: torch.Tensor | None = None, slot: int = 0
+        self,
+        w: _Work,
+        batch: int,
+        tokens: int,
+        starts: list[int] | None,
+        pos: torch.Tensor | None = None,
+        slot: int = 0,
+        window: int | None = None,
     ) -> torch.Tensor:
         """Run all layers on ``w.x`` ((batch*tokens, hidden), row b*tokens + t = stream b, position starts[b] + t).
 
         Streams occupy cache slots ``slot .. slot+batch-1``. ``tokens > 1`` only at a stream's start (prefill: all
-        starts 0, causal attention). ``pos`` (batch,) LongTensor holds ``starts`` on the device: needed when starts
-        differ and for masked attention. Returns the final-normed hidden states (a workspace buffer, valid until the
-        next call)."""
-        same = all(s == starts[0] for s in starts)
+        starts 0, causal attention). ``pos`` (batch,) LongTensor holds the positions on the device: needed when
+        starts differ and for masked attention, which reads the cache window ``window`` (default: the one covering
+        ``max(starts) + 1``; with an explicit window ``starts`` may be None). Returns the final-normed hidden states
+        (a workspace buffer, valid until the next call)."""
         D = self.head_dim
         masked = self.attention == "masked" and tokens == 1
-        if same and not masked:
+        same = starts is not None and all(s == starts[0] for s in starts)
+        if masked:
+            if pos is None:
+                raise ValueError("masked attention needs `pos`")
+            window = window or self.window_for(max(starts) + 1)
+            cos = torch.index_select(self.cos, 0, pos, out=w.cos).view(batch, 1, 1, D)
+            sin = torch.index_select(self.sin, 0, pos, out=w.sin).view(batch, 1, 1, D)
+            hidden = self._hidden[:batch, :window]
+            torch.gt(self._positions[:window].unsqueeze(0), pos.unsqueeze(1), out=hidden)  # key j hidden iff j > pos[b]
+            mask = self._mask[:batch, :window]
+            mask.zero_().masked_fill_(hidden, float("-inf"))
+            mask = mask.view(batch, 1, 1, window)
+            rows = self.slots[slot : slot + batch]
+        elif same:
             s0 = starts[0]
             cos = self.cos[s0 : s0 + tokens].view(1, tokens, 1, D)
             sin = self.sin[s0 : s0 + tokens].view(1, tokens, 1, D)
         else:
             if tokens != 1 or pos is None:
-                raise ValueError(
-                    "streams at different positions (and masked attention) step one token at a time, with `pos`"
-                )
+                raise ValueError("streams at different positions step one token at a time, with `pos`")
             cos = torch.index_select(self.cos, 0, pos, out=w.cos).view(batch, 1, 1, D)
             sin = torch.index_select(self.sin, 0, pos, out=w.sin).view(batch, 1, 1, D)
-        if masked:
-            if w.mask.shape != (batch, self.capacity):
-                w.mask = torch.empty(batch, self.capacity, dtype=torch.bool, device=self.device)
-            torch.le(self._arange.unsqueeze(0), pos.unsqueeze(1), out=w.mask)  # key j visible iff j <= pos[b]
-            mask = w.mask.view(batch, 1, 1, self.capacity)
-            rows = self._bidx(batch) + slot
         x = w.x
         cslice = slice(slot, slot + batch)
         q4, k, v, attn = w.q4, w.k, w.v, w.attn
@@ -257,26 +339,21 @@ class DecoderStack:
             _rope(qk, cos, sin, w.qk_rot, w.qk_emb)  # -> q4 (batch, H, tokens, D), k (batch, tokens, KV, D)
             kc, vc = self.k_cache[li], self.v_cache[li]
             if masked:
-                kc.index_put_((rows, pos), k[:, 0])
-                vc.index_put_((rows, pos), v[:, 0])
+                kc.transpose(1, 2).index_put_((rows, pos), k[:, 0])
+                vc.transpose(1, 2).index_put_((rows, pos), v[:, 0])
                 out = F.scaled_dot_product_attention(
-                    q4,
-                    kc[cslice].transpose(1, 2),
-                    vc[cslice].transpose(1, 2),
-                    attn_mask=mask,
-                    scale=self.scale,
-                    enable_gqa=True,
+                    w.q_grouped, kc[cslice, :, :window], vc[cslice, :, :window], attn_mask=mask, scale=self.scale
                 )
-                attn.copy_(out.transpose(1, 2))
+                w.attn_grouped.copy_(out)
             elif same:
                 s0 = starts[0]
                 end = s0 + tokens
-                kc[cslice, s0:end].copy_(k)
-                vc[cslice, s0:end].copy_(v)
+                kc[cslice, :, s0:end].copy_(k.transpose(1, 2))
+                vc[cslice, :, s0:end].copy_(v.transpose(1, 2))
                 out = F.scaled_dot_product_attention(
                     q4,
-                    kc[cslice, :end].transpose(1, 2),
-                    vc[cslice, :end].transpose(1, 2),
+                    kc[cslice, :, :end],
+                    vc[cslice, :, :end],
                     scale=self.scale,
                     is_causal=tokens > 1,
                     enable_gqa=True,
@@ -285,12 +362,12 @@ class DecoderStack:
             else:
                 for b, s in enumerate(starts):
                     c = slot + b
-                    kc[c, s].copy_(k[b, 0])
-                    vc[c, s].copy_(v[b, 0])
+                    kc[c, :, s].copy_(k[b, 0])
+                    vc[c, :, s].copy_(v[b, 0])
                     out = F.scaled_dot_product_attention(
                         q4[b : b + 1],
-                        kc[c : c + 1, : s + 1].transpose(1, 2),
-                        vc[c : c + 1, : s + 1].transpose(1, 2),
+                        kc[c : c + 1, :, : s + 1],
+                        vc[c : c + 1, :, : s + 1],
                         scale=self.scale,
                         enable_gqa=True,
                     )
@@ -301,12 +378,6 @@ class DecoderStack:
             g.mul_(L.up(h, w.u))
             x.add_(L.down(g, w.d))
         return _rms(x, self.norm, self.eps, w.h, w.sq, w.var)
-
-    def _bidx(self, batch: int) -> torch.Tensor:
-        b = getattr(self, "_bidx_cache", None)
-        if b is None or b.numel() != batch:
-            b = self._bidx_cache = torch.arange(batch, device=self.device)
-        return b
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -345,21 +416,37 @@ def _predictor_rope(predictor) -> Callable[[int], tuple[torch.Tensor, torch.Tens
 class LeanTalker:
     """Talker + code predictor on static caches for up to ``max_batch`` streams (slots 0..n-1).
 
+    ``base_positions`` (default: one granule): the talker cache kept for good; longer utterances get a larger one
+    while they run. Per slot it holds a stream's state between calls: the talker's last hidden state
+    (``hidden_rows``), its codebook-0 token and non-finite flag (``status``), its position (``pos``) and its sampling
+    settings. A frame is ``predict`` (codebooks 0..15 into ``codes``), ``next_inputs``, ``step`` (talker),
+    ``sample_talker`` (next codebook-0 token), with one ``read_status`` for the host's stop decisions.
+
     Shares upstream's weights (read-only), so several ``LeanTalker`` objects may serve one model from different
     threads; one object is used by one thread at a time.
     """
 
-    cache_granule = CACHE_GRANULE
-
-    def __init__(self, talker: torch.nn.Module, max_batch: int = 1, attention: str = "sliced"):
+    def __init__(
+        self,
+        talker: torch.nn.Module,
+        max_batch: int = 1,
+        attention: str = "sliced",
+        *,
+        max_positions: int = MAX_POSITIONS,
+        granule: int = CACHE_GRANULE,
+        base_positions: int | None = None,
+    ):
         self.talker = talker
+        self.cache_granule = granule  # multiple of 16: the memory-efficient attention kernel's key alignment
         self.max_batch = max_batch
         cfg = talker.config
         self.num_code_groups = int(cfg.num_code_groups)
         predictor = talker.code_predictor
-        self.stack = DecoderStack(talker.model, _talker_rope(talker), max_batch, attention)
-        self.pred = DecoderStack(predictor.model, _predictor_rope(predictor), max_batch, "sliced")  # static anyway
+        self.stack = DecoderStack(talker.model, _talker_rope(talker), max_batch, attention, max_positions, granule)
+        self.pred = DecoderStack(predictor.model, _predictor_rope(predictor), max_batch, "sliced",
+                                 self.num_code_groups + 1)  # fmt: skip
         self.pred.ensure_capacity(self.num_code_groups + 1)
+        self.stack.ensure_capacity(min(base_positions or granule, max_positions), granule)  # the base cache
         self.codec_head = make_linear(talker.codec_head)
         self.lm_heads = [make_linear(h) for h in predictor.lm_head]
         proj = predictor.small_to_mtp_projection
@@ -371,40 +458,132 @@ class LeanTalker:
         self.device = self.stack.device
         n, G, Hd = max_batch, self.num_code_groups, self.hidden
         self.codes = torch.zeros(n, G, dtype=torch.long, device=self.device)
-        self.code_emb = torch.empty(n, G, Hd, dtype=self.dtype, device=self.device)  # the 16 code embeddings
-        self.emb_sum = torch.empty(n, 1, Hd, dtype=self.dtype, device=self.device)
-        self.logits0 = torch.empty(n, cfg.vocab_size, dtype=self.dtype, device=self.device)
+        self.code_emb = torch.zeros(n, G, Hd, dtype=self.dtype, device=self.device)  # the 16 code embeddings
+        self.emb_sum = torch.zeros(n, 1, Hd, dtype=self.dtype, device=self.device)
+        self.logits0 = torch.zeros(n, cfg.vocab_size, dtype=self.dtype, device=self.device)
+        self.hidden_rows = torch.zeros(n, Hd, dtype=self.dtype, device=self.device)  # the predictor's input
         self.pos = torch.zeros(n, dtype=torch.long, device=self.device)
-        self._sub_tok = torch.zeros(n, dtype=torch.long, device=self.device)
+        # per slot: codebook-0 token and non-finite flag, side by side so one read brings both to the host
+        self.status = torch.zeros(n, 2, dtype=torch.long, device=self.device)
+        self.tok0, self.fault = self.status[:, 0], self.status[:, 1]
+        self.talker_sampling = RowSampler(n, cfg.vocab_size, self.device, track=True)
+        self.sub_sampling = RowSampler(n, int(predictor.config.vocab_size), self.device)
+        # queue the code predictor before the host waits for the token (pays on a GPU, where ops are asynchronous;
+        # on a CPU it would only add one wasted predictor run per utterance)
+        self.overlap = self.device.type == "cuda"
+        self.timer = StepTimer(self.device)
         self.timings = {"prefill_s": 0.0, "talker_s": 0.0, "predictor_s": 0.0}
 
+    # --- streams and slots ----------------------------------------------------------------------------------------
+    def join(self, slot: int, sampler: StreamSampler) -> None:
+        """A stream takes ``slot``: its sampling settings, no tokens yet, no fault."""
+        self.talker_sampling.set_row(slot, sampler.talker, suppress=sampler.suppress, eos=sampler.eos)
+        self.sub_sampling.set_row(slot, sampler.sub)
+        self.status[slot] = 0
+        self.pos[slot] = 0
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Move a stream from slot ``src`` to ``dst``: its first ``length`` cache positions and all its state."""
+        self.stack.copy_slot(src, dst, length)
+        for t in (self.hidden_rows, self.pos, self.status, self.codes, self.code_emb, self.emb_sum, self.logits0):
+            t[dst].copy_(t[src])
+        self.talker_sampling.move_row(src, dst)
+        self.sub_sampling.move_row(src, dst)
+
+    def clear_slot(self, slot: int) -> None:
+        """Zero a slot's cache and state after a stream with non-finite values left it: masked attention reads
+        whole windows (hidden positions with weight 0, and 0 * NaN is NaN), so NaN left behind would poison the
+        next stream in this slot."""
+        for c in self.stack.k_cache + self.stack.v_cache:
+            c[slot].zero_()
+        for t in (self.hidden_rows, self.emb_sum, self.code_emb, self.logits0):
+            t[slot].zero_()
+
+    def free_slot(self, slot: int) -> None:
+        """A slot nobody uses: position 0, so padded graph rows (``cuda_graphs.py``) write inside any cache."""
+        self.pos[slot] = 0
+
+    def frames_that_fit(self, prompt_len: int, max_frames: int) -> int:
+        """``max_frames`` cut to what the cache cap holds for a prompt of ``prompt_len`` positions."""
+        room = self.stack.max_positions - prompt_len - 1
+        if room < 0:
+            raise TTSError(
+                f"the prompt has {prompt_len} positions; the talker cache holds at most {self.stack.max_positions}"
+            )
+        if max_frames > room:
+            log.warning(
+                "Qwen3-TTS: %d frames requested after a %d-position prompt; the talker cache holds %d positions, "
+                "so the utterance ends after %d frames",
+                max_frames,
+                prompt_len,
+                self.stack.max_positions,
+                room,
+            )
+        return min(max_frames, room)
+
+    def reserve(self, positions: int) -> None:
+        """Cache room for ``positions`` positions (before a prefill)."""
+        self.stack.ensure_capacity(positions, self.cache_granule)
+
+    def release(self, slots: int, positions: int) -> None:
+        """Streams ``0..slots-1`` now need at most ``positions`` positions: back to the base cache if that fits."""
+        self.stack.restore_base(slots, positions)
+
+    def warmup(self) -> int:
+        """Nothing to prepare for eager steps (``cuda_graphs.CudaGraphTalker`` captures its graphs here); returns
+        how many graphs were captured."""
+        return 0
+
     # --- talker ---------------------------------------------------------------------------------------------------
-    def prefill(self, slot: int, inputs_embeds: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run a stream's prompt (1, L, hidden) into cache slot ``slot``; returns (last hidden (1, H), logits (1, V)).
+    def prefill(
+        self, slot: int, inputs_embeds: torch.Tensor, capacity: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run a stream's prompt (1, L, hidden) into cache slot ``slot``; fills ``hidden_rows[slot]`` and
+        ``logits0[slot]`` and returns them ((1, H), (1, V) views). ``capacity``: positions to reserve first.
 
         Like upstream, the codec head runs over every prompt row (the row count changes kernels' rounding)."""
-        t = time.perf_counter()
-        L = inputs_embeds.shape[1]
-        self.stack.ensure_capacity(max(capacity, L + 1), self.cache_granule)
-        w = self.stack.work(1, L, keep=False)
-        w.x.copy_(inputs_embeds[0])
-        hidden = self.stack.forward(w, 1, L, [0], slot=slot)
-        logits = self.codec_head(hidden, None)
-        self.timings["prefill_s"] += time.perf_counter() - t
-        return hidden[-1:].clone(), logits[-1:]
+        with self.timer.span("prefill_s", self.timings):
+            L = inputs_embeds.shape[1]
+            self.reserve(max(capacity or 0, L + 1))
+            w = self.stack.work(1, L, keep=False)
+            w.x.copy_(inputs_embeds[0])
+            hidden = self.stack.forward(w, 1, L, [0], slot=slot)
+            logits = self.codec_head(hidden, None)
+            self.hidden_rows[slot].copy_(hidden[-1])
+            self.logits0[slot].copy_(logits[-1])
+        return self.hidden_rows[slot : slot + 1], self.logits0[slot : slot + 1]
 
     def step(self, n: int, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One talker step for streams 0..n-1 on ``self.emb_sum[:n]`` (already holding the next input embeddings).
 
-        ``starts``: each stream's position; ``self.pos[:n]`` must hold the same values. Returns (hidden (n, H),
-        logits (n, V)), workspace buffers valid until the next step."""
-        t = time.perf_counter()
+        ``starts``: each stream's position; ``self.pos[:n]`` must hold the same values. Fills and returns
+        (``hidden_rows[:n]``, ``logits0[:n]``)."""
+        with self.timer.span("talker_s", self.timings):
+            window = self.stack.window_for(max(starts) + 1) if self.stack.attention == "masked" else None
+            self._talker_step(n, starts, window)
+        return self.hidden_rows[:n], self.logits0[:n]
+
+    def _talker_step(self, n: int, starts: list[int] | None, window: int | None) -> None:
         w = self.stack.work(n, 1)
         w.x.copy_(self.emb_sum[:n, 0])
-        hidden = self.stack.forward(w, n, 1, starts, self.pos[:n])
-        logits = self.codec_head(hidden, self.logits0[:n])
-        self.timings["talker_s"] += time.perf_counter() - t
-        return hidden, logits
+        hidden = self.stack.forward(w, n, 1, starts, self.pos[:n], window=window)
+        self.hidden_rows[:n].copy_(hidden)
+        _into(self.codec_head(hidden, self.logits0[:n]), self.logits0[:n])
+
+    def sample_talker(self, start: int, n: int) -> torch.Tensor:
+        """Codebook-0 tokens for slots ``start..start+n`` from ``logits0`` (each with its stream's settings) into
+        ``tok0``; rows with non-finite logits set their ``fault`` flag. Eager (the repetition penalty follows each
+        stream's tokens)."""
+        r = slice(start, start + n)
+        with self.timer.span("talker_s", self.timings):
+            tok, bad = self.talker_sampling.sample(self.logits0[r], start, n)
+            self.tok0[r].copy_(tok)
+            self.fault[r].logical_or_(bad)
+        return self.tok0[r]
+
+    def read_status(self, n: int) -> list[list[int]]:
+        """``[codebook-0 token, non-finite flag]`` of slots 0..n-1: the one host sync per step."""
+        return self.status[:n].tolist()
 
     def next_inputs(self, n: int, text_rows: list[torch.Tensor]) -> None:
         """``emb_sum[b] = sum of stream b's 16 code embeddings + text_rows[b]`` (upstream's next talker input)."""
@@ -413,33 +592,29 @@ class LeanTalker:
             self.emb_sum[b].add_(row)
 
     # --- code predictor -------------------------------------------------------------------------------------------
-    def pick_sub(self, samplers: list[StreamSampler], logits: torch.Tensor) -> torch.Tensor:
-        """Tokens (n,) of one sub-talker step from logits (n, V), each row with its stream's processors."""
-        if all(s.sub_greedy for s in samplers):
-            return torch.argmax(logits, dim=-1)  # what every row's (empty) processor list + argmax picks, in one call
-        if len(samplers) == 1:
-            return samplers[0].sub_token(logits)
-        out = self._sub_tok[: len(samplers)]
-        for b, s in enumerate(samplers):
-            out[b : b + 1].copy_(s.sub_token(logits[b : b + 1]))
-        return out
+    def pick_sub(self, n: int, logits: torch.Tensor, static: bool = False) -> torch.Tensor:
+        """Tokens (n,) of one sub-talker step from logits (n, V), each row with its stream's settings; rows with
+        non-finite logits set their ``fault`` flag."""
+        tok, bad = self.sub_sampling.sample(logits, 0, n, static=static)
+        self.fault[:n].logical_or_(bad)
+        return tok
 
-    def predict(
-        self, n: int, hidden: torch.Tensor, token0: torch.Tensor, samplers: list[StreamSampler]
-    ) -> torch.Tensor:
-        """Codebooks 1..15 for streams 0..n-1 given the talker's last hidden (n, H) and codebook-0 tokens (n,).
+    def predict(self, n: int) -> torch.Tensor:
+        """Codebooks 0..15 of streams 0..n-1 from ``hidden_rows[:n]`` and ``tok0[:n]``: fills and returns
+        ``self.codes[:n]`` (and ``self.code_emb[:n]``, the embeddings the next talker input sums)."""
+        with self.timer.span("predictor_s", self.timings):
+            self._predict(n)
+        return self.codes[:n]
 
-        Each row samples with its stream's sub-talker processors (``samplers[b]``). Fills ``self.codes[:n]`` and
-        ``self.code_emb[:n]`` (the embeddings the next talker input sums) and returns ``self.codes[:n]``."""
-        t = time.perf_counter()
+    def _predict(self, n: int, static: bool = False) -> None:
         G, p = self.num_code_groups, self.pred
-        codes, emb = self.codes[:n], self.code_emb[:n]
+        codes, emb, token0 = self.codes[:n], self.code_emb[:n], self.tok0[:n]
         codes[:, 0].copy_(token0)
         torch.index_select(self.embed0, 0, token0, out=emb[:, 0])
         # prefill: [past_hidden, embed(code 0)] at positions 0, 1
         w2 = p.work(n, 2)
         x2 = w2.x.view(n, 2, -1)
-        x2[:, 0].copy_(hidden)
+        x2[:, 0].copy_(self.hidden_rows[:n])
         x2[:, 1].copy_(emb[:, 0])
         if self.mtp_proj is not None:
             w2.x.copy_(self.mtp_proj(w2.x, None))
@@ -447,7 +622,7 @@ class LeanTalker:
         logits = self.lm_heads[0](h, None).view(n, 2, -1)[:, -1]
         w1 = p.work(n, 1)
         for g in range(1, G):
-            tok = self.pick_sub(samplers, logits)
+            tok = self.pick_sub(n, logits, static)
             codes[:, g].copy_(tok)
             torch.index_select(self.embeds[g - 1], 0, codes[:, g], out=emb[:, g])
             if g == G - 1:
@@ -458,8 +633,6 @@ class LeanTalker:
                 w1.x.copy_(self.mtp_proj(emb[:, g], None))
             h = p.forward(w1, n, 1, [g + 1] * n)
             logits = self.lm_heads[g](h, None)
-        self.timings["predictor_s"] += time.perf_counter() - t
-        return codes
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -467,47 +640,17 @@ class LeanTalker:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
 class StreamSampler:
-    """One stream's sampling state: upstream's processors for codebook 0 and for the sub-talker, and the tokens so
-    far (the repetition penalty and the min-new-tokens EOS guard read them), in a preallocated buffer."""
+    """One stream's sampling: its settings for codebook 0 and the sub-talker, end token and suppressed ids (from
+    upstream's options), and the text row each frame adds."""
 
-    prompt: TalkerPrompt
-    max_frames: int
-    device: torch.device
-    eos: int = 0
-    generated: torch.Tensor = field(init=False)
-    n_generated: int = 0
-
-    def __post_init__(self):
-        o = self.prompt.options
+    def __init__(self, prompt: TalkerPrompt):
+        o = prompt.options
+        self.prompt = prompt
         self.eos = int(o["eos_token_id"])
-        self.talker_procs = _processors(
-            do_sample=bool(o["do_sample"]), temperature=o["temperature"], top_k=o["top_k"], top_p=o["top_p"],
-            repetition_penalty=o["repetition_penalty"], min_new_tokens=int(o.get("min_new_tokens", 0)),
-            eos=self.eos, suppress=list(o.get("suppress_tokens") or []), device=self.device,
-        )  # fmt: skip
-        self.talker_sample = bool(o["do_sample"])
-        self.sub_procs = _processors(
-            do_sample=bool(o["subtalker_dosample"]), temperature=o["subtalker_temperature"],
-            top_k=o["subtalker_top_k"], top_p=o["subtalker_top_p"], device=self.device,
-        )  # fmt: skip
-        self.sub_sample = bool(o["subtalker_dosample"])
-        self.sub_greedy = not self.sub_sample and len(self.sub_procs) == 0
-        # what the sub-talker's sampling depends on (CUDA graphs are captured per combination)
-        self.sub_key = (self.sub_sample, o["subtalker_temperature"], o["subtalker_top_k"], o["subtalker_top_p"])
-        self.generated = torch.zeros(1, self.max_frames + 2, dtype=torch.long, device=self.device)
-        self._no_ids = self.generated[:, :0]
-
-    def talker_token(self, logits: torch.Tensor) -> torch.Tensor:
-        """Codebook-0 token (1,) from logits (1, V); appended to the generated tokens."""
-        tok = _pick(self.talker_procs(self.generated[:, : self.n_generated], logits.float()), self.talker_sample)
-        self.generated[0, self.n_generated] = tok[0]
-        self.n_generated += 1
-        return tok
-
-    def sub_token(self, logits: torch.Tensor) -> torch.Tensor:
-        return _pick(self.sub_procs(self._no_ids, logits.float()), self.sub_sample)
+        self.talker = SamplingSettings.talker(o)
+        self.sub = SamplingSettings.sub_talker(o)
+        self.suppress = tuple(int(i) for i in (o.get("suppress_tokens") or ()))
 
     def text_row(self, frame: int) -> torch.Tensor:
         """What upstream adds to frame ``frame``'s talker input: the next text embedding, then ``tts_pad``."""
@@ -518,6 +661,12 @@ class StreamSampler:
 def frame_limit(prompt: TalkerPrompt, max_frames: int) -> int:
     """upstream's generate samples max_new_tokens tokens, so it emits at most max_new_tokens - 1 frames."""
     return max(0, min(max_frames, int(prompt.options["max_new_tokens"]) - 1))
+
+
+def numerical_error(frame: int) -> NumericalError:
+    return NumericalError(
+        f"Qwen3-TTS produced non-finite logits (NaN or inf) at frame {frame}; the utterance was stopped"
+    )
 
 
 class LeanFrameLoop(StopPolicy):
@@ -533,7 +682,8 @@ class LeanFrameLoop(StopPolicy):
 
     @torch.inference_mode()
     def frames(self, cancel: threading.Event | None = None) -> Iterator[torch.Tensor]:
-        """Yields LongTensor (16,) per frame (rows of one per-utterance buffer) until EOS, the budget, or ``cancel``."""
+        """Yields LongTensor (16,) per frame (rows of one per-utterance buffer) until EOS, the budget, or ``cancel``.
+        Raises ``NumericalError`` when the model's logits turn non-finite."""
         if self.threads:
             torch.set_num_threads(self.threads)
         lean = self.lean
@@ -542,35 +692,38 @@ class LeanFrameLoop(StopPolicy):
         try:
             yield from self._frames(lean, cancel)
         finally:
+            lean.release(0, 0)
+            lean.timer.resolve(wait=True)
             self.timings = dict(lean.timings)
 
     def _frames(self, lean: LeanTalker, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
         prompt = self.prompt
         L = prompt.inputs_embeds.shape[1]
-        sampler = StreamSampler(prompt, self.max_frames, lean.device)
+        sampler = StreamSampler(prompt)
+        self.max_frames = lean.frames_that_fit(L, self.max_frames)
+        lean.join(0, sampler)
+        lean.prefill(0, prompt.inputs_embeds, L + self.max_frames + 1)
+        lean.sample_talker(0, 1)
         out = torch.empty(self.max_frames + 1, lean.num_code_groups, dtype=torch.long, device=lean.device)
-        hidden, logits = lean.prefill(0, prompt.inputs_embeds, L + self.max_frames + 1)
-        token = sampler.talker_token(logits)
         frame = 0
-        samplers = [sampler]
-        while not self.stop_before_frame(token, sampler.eos, frame, cancel):
-            codes = lean.predict(1, hidden, token, samplers)
-            out[frame].copy_(codes[0])
+        while True:
+            queued = lean.overlap and frame < self.max_frames and not (cancel is not None and cancel.is_set())
+            if queued:
+                lean.predict(1)
+            token, fault = lean.read_status(1)[0]
+            if fault:
+                lean.clear_slot(0)
+                raise numerical_error(frame)
+            if self.stop_before_frame(token, sampler.eos, frame, cancel):
+                return
+            if not queued:
+                lean.predict(1)
+            out[frame].copy_(lean.codes[0])
             yield out[frame]
             if self.stop_if_cancelled(cancel):
                 return
             lean.next_inputs(1, [sampler.text_row(frame)])
             lean.pos[0] = L + frame
-            hidden, logits = lean.step(1, [L + frame])
-            token = sampler.talker_token(logits)
+            lean.step(1, [L + frame])
+            lean.sample_talker(0, 1)
             frame += 1
-
-
-def build_lean_talker(talker: torch.nn.Module, max_batch: int = 1) -> LeanTalker:
-    """The runner for the talker's device: CUDA graphs on a GPU (``cuda_graphs.py``), eager static caches on CPU."""
-    device = next(talker.parameters()).device
-    if device.type == "cuda":
-        from .cuda_graphs import CudaGraphTalker
-
-        return CudaGraphTalker(talker, max_batch=max_batch)
-    return LeanTalker(talker, max_batch=max_batch)

@@ -1,24 +1,22 @@
 """Every scenario in examples/replay/ runs through the real pipeline on the virtual clock and meets its expectations;
-a broken expectation fails with a readable message; the reports are written; replays are deterministic."""
+a broken expectation fails with a readable message; the examples fail without the policy they are about."""
 
 from __future__ import annotations
 
-import json
 import time
-import wave
 from pathlib import Path
 
 import pytest
 
-from agent.replay import ScenarioError, load_scenario, parse_scenario, replay
+from agent.replay import load_scenario, parse_scenario, replay
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples" / "replay").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example(path):
+def test_example(path, replayed):
     t0 = time.perf_counter()
-    result = replay(path)  # raises AssertionError listing the failed expectations
+    result = replayed(path.stem)  # raises AssertionError listing the failed expectations
     wall = time.perf_counter() - t0
     print(f"\n{result.summary()}\n  ({wall:.1f} s wall)")
     assert result.scenario.expect, "an example without expectations proves nothing"
@@ -55,57 +53,22 @@ def test_failing_expectation_is_readable():
     assert "timeline:" in message and "bot_started_speaking" in message
 
 
-def test_reports_and_determinism(tmp_path):
-    """``out`` gets the three reports; the same scenario twice gives the same timeline on the virtual clock."""
-    path = EXAMPLES[0].parent / "barge_in.yaml"
-    a = replay(path, out=tmp_path)
-    b = replay(path)
-    # same events in the same order at the same times; the only slack is the bot's espeak audio, whose length varies
-    # by a few samples between calls (one 40 ms output chunk at worst)
-    assert [e["kind"] for e in a.events] == [e["kind"] for e in b.events]
-    assert max(abs(x["t"] - y["t"]) for x, y in zip(a.events, b.events)) <= 0.045
-    data = json.loads((tmp_path / "timeline.json").read_text())
-    assert data["clock"] == "virtual" and data["turns"][1]["interrupted"] is True
-    assert {"interruption", "bot_started_speaking", "vad_start"} <= {e["kind"] for e in data["events"]}
-    with wave.open(str(tmp_path / "conversation.wav")) as w:
-        assert w.getnchannels() == 2 and w.getframerate() == 16000
-        assert abs(w.getnframes() / 16000 - a.duration_s) < 0.2
-    assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
-    # what the user heard stops at the barge-in: no bot audio long after the interruption reached the client
-    interruption = a.events_of("interruption")[0]
-    second_reply = a.events_of("bot_started_speaking")[1]
-    assert not [s for s, _ in a.bot_audio if interruption + 0.05 < s < second_reply]
+def test_virtual_clock_jumps_over_silence(monkeypatch):
+    """Eight seconds of silence between turns cost (almost) nothing on the virtual clock: time jumps over them instead
+    of being waited out. Counted in virtual seconds the loop skipped, not in wall time (which depends on the load of
+    the machine running the test)."""
+    from agent.replay.clock import VirtualTimeLoop
 
+    jumped = []
+    advance = VirtualTimeLoop.advance
 
-def test_virtual_clock_is_faster_than_real_time():
-    """Eight seconds of silence between turns cost (almost) nothing on the virtual clock."""
-    t0 = time.perf_counter()
+    def counting(self, seconds):
+        jumped.append(max(0.0, seconds))
+        advance(self, seconds)
+
+    monkeypatch.setattr(VirtualTimeLoop, "advance", counting)
     result = replay(EXAMPLES[0].parent / "long_pause.yaml")
-    wall = time.perf_counter() - t0
-    assert result.duration_s > 15 and wall < result.duration_s / 2, (result.duration_s, wall)
-
-
-def test_invalid_scenarios_name_the_field(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("turns:\n  - text: hi\n    after: bot_said_hello\nexpect:\n  - turn: nope\n")
-    with pytest.raises(ScenarioError) as info:
-        load_scenario(bad)
-    assert "turns.0.after" in str(info.value) and "bad.yaml" in str(info.value)
-    bad.write_text("settings: {turn: {stop_secs: -1}}\nturns:\n  - text: hi\n")
-    with pytest.raises(ScenarioError, match=r"settings: .*turn.stop_secs"):
-        load_scenario(bad)
-    bad.write_text("turns:\n  - text: hi\n    audio: x.wav\n")
-    with pytest.raises(ScenarioError, match="exactly one of 'audio' or 'text'"):
-        load_scenario(bad)
-    bad.write_text("turns:\n  - audio: missing.wav\n")
-    with pytest.raises(ScenarioError, match="turns.0.audio: no such file"):
-        load_scenario(bad)
-    bad.write_text("turns:\n  - text: hi\nexpect:\n  - turn: 3\n    answered: true\n")
-    with pytest.raises(ScenarioError, match="expect.0.turn: no turn 3"):
-        load_scenario(bad)
-    bad.write_text("turns: [\n")
-    with pytest.raises(ScenarioError, match="not valid YAML"):
-        load_scenario(bad)
+    assert result.duration_s > 15 and sum(jumped) > 0.95 * result.duration_s, (result.duration_s, sum(jumped))
 
 
 async def test_replay_from_a_running_event_loop():
@@ -129,15 +92,29 @@ def test_realtime_mode():
 @pytest.mark.parametrize(
     "name, change, broken",
     [
-        ("backchannel", {"turn": {"echo_guard": "off"}}, "turn 'yeah': expected interrupted=false, got true"),
-        ("cough", {"turn": {"false_interruption_timeout_s": None}}, "turn 'cough': expected resumed=true, got false"),
+        (
+            "backchannel",
+            {"turn": {"echo_guard": "off"}},
+            [
+                "none of 2 alternatives held: (1) turn 'yeah': expected interrupted=false, got true",
+                "turn 'yeah': context roles should be [], were ['user', 'assistant']",
+                "expected 1 llm_request event(s), got 2",
+            ],
+        ),
+        (
+            "cough",
+            {"turn": {"false_interruption_timeout_s": None}},
+            ["turn 'cough': expected resumed=true, got false"],
+        ),
     ],
 )
 def test_examples_fail_without_the_feature_they_test(name, change, broken):
-    """The backchannel example fails with the echo guard off, the cough example without false-interruption resume:
-    they pass because of the policy they are about, not by accident."""
+    """The backchannel example fails with the echo guard off (the "yeah" cuts the answer and gets an answer of its
+    own), the cough example without false-interruption resume: they pass because of the policy they are about, not
+    by accident."""
     scenario = load_scenario(EXAMPLES[0].parent / f"{name}.yaml")
     data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
     data["settings"]["turn"] = {**data["settings"].get("turn", {}), **change["turn"]}
     result = replay(parse_scenario(data, base_dir=scenario.base_dir), check=False)
-    assert broken in result.failures, result.failures
+    for line in broken:
+        assert any(f == line or f.startswith(line) for f in result.failures), (line, result.failures)

@@ -11,6 +11,7 @@ a check of what it may answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -58,6 +59,24 @@ def ws_reply(reply) -> str | None:
     return why
 
 
+REALTIME_EVENTS = ("session.", "input_audio_buffer.", "conversation.", "response.")
+
+
+def realtime_reply(reply) -> str | None:
+    if isinstance(reply, bytes):
+        return "a binary reply on /v1/realtime"
+    try:
+        data = json.loads(reply)
+        kind = data["type"]
+    except Exception:
+        return f"not an event: {reply[:80]!r}"
+    if kind == "error":
+        error = data.get("error")
+        ok = isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)
+        return None if ok else f"malformed error event {data}"
+    return None if kind.startswith(REALTIME_EVENTS) else f"undefined event {kind!r}"
+
+
 def carrier_reply(*events: str):
     return lambda reply: json_reply(reply, "event", set(events))[1]
 
@@ -97,6 +116,33 @@ def media_seeds() -> list:
         {"event": "media", "media": {"track": "inbound", "payload": PAYLOAD}},
         {"event": "dtmf", "dtmf": {"digit": "1"}},
     ]
+
+
+def realtime_seeds() -> list:
+    audio = base64.b64encode(float_to_pcm16(np.zeros(480, np.float32))).decode()
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]}
+    return [
+        {"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}},
+        {"type": "session.update", "session": {"turn_detection": None, "input_audio_format": "g711_ulaw"}},
+        {"type": "input_audio_buffer.append", "audio": audio},
+        {"type": "input_audio_buffer.commit"},
+        {"type": "input_audio_buffer.clear"},
+        {"type": "conversation.item.create", "item": item},
+        {"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0, "audio_end_ms": 10},
+        {"type": "conversation.item.delete", "item_id": "nope"},
+        {"type": "response.create"},
+        {"type": "response.cancel"},
+    ]
+
+
+def rtvi_seeds() -> list:
+    from pipecat.frames.protobufs import frames_pb2
+
+    audio = frames_pb2.Frame(audio=frames_pb2.AudioRawFrame(audio=PCM, sample_rate=16000, num_channels=1))
+    ready = {"label": "rtvi-ai", "type": "client-ready", "id": "1", "data": {"version": "1.0.0"}}
+    message = frames_pb2.Frame(message=frames_pb2.MessageFrame(data=json.dumps(ready)))
+    text = frames_pb2.Frame(text=frames_pb2.TextFrame(text="hello"))
+    return [audio.SerializeToString(), message.SerializeToString(), text.SerializeToString(), "hello"]
 
 
 _OFFER_SDP: list[str] = []  # made by the test before the fuzzing starts (ICE gathering takes seconds)
@@ -172,6 +218,16 @@ TARGETS = [
         opening=lambda rng: [json.dumps({"event": "start", "start": {"streamId": "st", "callId": "c"}})],
     ),
     Target("offer", "/api/offer", "http", offer_seeds, http_error),
+    Target("realtime", "/v1/realtime", "ws", realtime_seeds, realtime_reply),
+    Target("rtvi", "/rtvi/ws", "ws", rtvi_seeds),  # protobuf replies: what counts is no crash, no leak
+    Target(
+        "speech",
+        "/v1/audio/speech",
+        "http",
+        lambda: [("POST", "application/json", {"model": "tts-1", "input": "Hi.", "voice": "default"})],
+        http_error,
+        http_statuses=frozenset({200, 400, 401, 404, 405, 408, 411, 413, 429, 503}),
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from agent.server.redaction import TokenRedactionFilter, redact
+from testkit.local_servers import ChatEndpoint
 from testkit.server_process import ServerProcess
 
 TOKEN = "S3cret-Value-42"
@@ -18,15 +19,16 @@ TOKEN = "S3cret-Value-42"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """``duplex serve`` with a token, logging at info (request lines and WebSocket accepts) into a file. The LLM is an
-    endpoint nobody answers: nothing here needs a reply, and no model loads."""
+    """``duplex serve`` with a token, logging at info (request lines and WebSocket accepts) into a file. The LLM is a
+    scripted OpenAI-compatible endpoint on loopback: no model loads."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    engines = ("--tts", "espeak", "--stt", "pocketsphinx", "--llm", "http://127.0.0.1:9/v1", "--llm-model", "none")
-    server = ServerProcess(
-        "--auth-token", TOKEN, "--log-level", "info", "--voices-dir", str(log.parent), engines=engines, log_path=log
-    ).start()
-    yield server, log
-    server.stop()
+    with ChatEndpoint(models=["scripted"]) as llm:
+        engines = ("--tts", "espeak", "--stt", "pocketsphinx", "--llm", llm.url, "--llm-model", "scripted")
+        server = ServerProcess(
+            "--auth-token", TOKEN, "--log-level", "info", "--voices-dir", str(log.parent), engines=engines, log_path=log
+        ).start()
+        yield server, log
+        server.stop()
 
 
 async def test_token_never_reaches_the_log(served):

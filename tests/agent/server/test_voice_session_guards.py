@@ -100,7 +100,7 @@ async def test_ws_quiet_user_stays_and_a_stalled_stream_is_ended(server):
         stalled = time.monotonic()
         got = await read_until_closed(ws, IDLE_S + 5)
         assert any(isinstance(m, dict) and m.get("code") == "TIMEOUT" and "for 3 s" in m["message"] for m in got)
-        assert IDLE_S <= time.monotonic() - stalled < IDLE_S + 3
+        assert IDLE_S - 0.1 <= time.monotonic() - stalled < IDLE_S + 3  # the last frame left just before
     await free(server)
 
 
@@ -109,12 +109,12 @@ async def test_ws_quiet_user_stays_and_a_stalled_stream_is_ended(server):
     [
         (b"\x01\x02\x03", "not PCM16"),
         (b"\0\0" * 16000 * 2, "at most 1 s"),
-        ("hello", "ignored a text message"),
-        ('{"type": "dance"}', "ignored a text message"),
+        ("hello", "a message must be JSON"),
+        ('{"type": "dance"}', "unknown message type 'dance'"),
         ("[" * 1000 + "]" * 1000, "nested too deeply"),
-        ("{" * 3000, "malformed JSON"),
-        ('{"type": "stop", "reason": 5}', "ignored a text message"),
-        ("x" * 10_000, "at most 4096 bytes"),
+        ("{" * 3000, "a message must be JSON"),
+        ('{"type": "stop", "reason": 5}', "invalid stop message: reason"),
+        ('{"type": "text", "text": "' + "x" * 30_000 + '"}', "a message must be at most"),
     ],
 )
 async def test_ws_bad_frames_are_answered_and_the_session_goes_on(server, frame, reason):
@@ -208,4 +208,38 @@ async def test_telephony_socket_without_start_takes_no_slot(server):
         await ws.send('{"event": "start", "start": {"streamId": 5}}')  # a bad start: refused
         await read_until_closed(ws, 5)
         assert ws.close_code == 1008
+    await free(server)
+
+
+# --- OpenAI Realtime -------------------------------------------------------------------------------------------------
+async def test_realtime_socket_that_sends_nothing_is_closed(server):
+    async with websockets.connect(base(server) + "/v1/realtime") as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        assert server.ctx.sessions.active == 1
+        t0 = time.monotonic()
+        got = await read_until_closed(ws, IDLE_S + 5)
+        assert IDLE_S <= time.monotonic() - t0 < IDLE_S + 3
+        assert any(m.get("type") == "error" and m["error"]["code"] == "timeout" for m in got), got
+    await free(server)
+
+
+async def test_realtime_text_only_client_is_not_idle_while_it_talks(server):
+    """A client that types (conversation items, no audio) is heard: the connect timeout is for clients that send
+    nothing at all, and the idle timeout counts from its last event or the end of the bot's reply."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}
+    async with websockets.connect(base(server) + "/v1/realtime") as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        deadline = time.monotonic() + 60
+        while json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))["type"] != "response.done":
+            pass
+        for _ in range(3):  # past the connect timeout, still talking: the session stays
+            await asyncio.sleep(CONNECT_S * 0.6)
+            await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Be brief."}}))
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "conversation.item.added":
+            assert event["type"] != "error" or event["error"]["code"] != "timeout", event
+        got = await read_until_closed(ws, IDLE_S + 5)  # then silent: ended by the idle timeout
+        assert any(m.get("type") == "error" and m["error"]["code"] == "timeout" for m in got), got[-3:]
     await free(server)

@@ -15,6 +15,7 @@ from processors.qwen3_tts.batching import BatchScheduler
 from processors.qwen3_tts.frame_loop import capture_prompt
 from processors.qwen3_tts.lean_loop import LeanFrameLoop, LeanTalker
 from processors.qwen3_tts.voice import to_model_device
+from processors.tts_engine import TTSError
 from testkit.qwen3_tts_model import make_reference_audio
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
@@ -145,6 +146,66 @@ def test_closed_scheduler_and_bad_args(engine, prompts):
     sched = BatchScheduler(engine.tts_model.model.talker, max_batch=2)
     sched.close()
     s = sched.submit(prompts[0], 5)
-    assert list(s.frames()) == [] and s.cancelled
+    with pytest.raises(TTSError, match="closed"):  # a closed scheduler refuses loudly, never a silent empty stream
+        list(s.frames())
     with pytest.raises(RuntimeError):
         list(s.frames())  # single use
+
+
+def test_failed_batched_step_fails_current_and_later_streams_loudly(engine, prompts, solo):
+    """An exception in a batched step: the stream in it raises (with the cause), a stream submitted while the fault
+    persists raises too (no silent empty stream), and once the fault is gone the next stream gets its exact codes."""
+    talker = engine.tts_model.model.talker
+    with BatchScheduler(talker, max_batch=2) as sched:
+        boom = RuntimeError("injected fault in the talker step")
+        real_step = sched.lean.step
+
+        def broken(n, starts):
+            raise boom
+
+        sched.lean.step = broken
+        current = sched.submit(prompts[0], 10)
+        with pytest.raises(Exception) as err:
+            list(current.frames())
+        assert err.value is boom or err.value.__cause__ is boom
+        later = sched.submit(prompts[1], 5)
+        with pytest.raises(Exception) as err:
+            list(later.frames())
+        assert err.value is boom or err.value.__cause__ is boom
+        sched.lean.step = real_step
+        again = sched.submit(prompts[1], JOBS[1][2])
+        assert torch.equal(torch.stack([c.clone() for c in again.frames()]), solo[1])
+    assert sched.failures == 2
+
+
+def test_bad_settings_fail_only_their_stream(engine, voices, prompts, solo):
+    """A stream whose settings are invalid raises ValueError; the stream running beside it is untouched."""
+    bad = _prompt(engine, voices[0], JOBS[1][0], do_sample=True, temperature=0.0)
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=2) as sched:
+        good = sched.submit(prompts[0], JOBS[0][2])
+        got: list[torch.Tensor] = []
+        t = threading.Thread(target=lambda: got.extend(c.clone() for c in good.frames()))
+        t.start()
+        with pytest.raises(ValueError, match="temperature"):
+            list(sched.submit(bad, 5).frames())
+        t.join(timeout=60)
+    assert torch.equal(torch.stack(got), solo[0])
+
+
+def test_cancel_stops_delivery_within_one_frame(engine, prompts):
+    """Cancel from the consumer: nothing more is delivered, and the worker generates at most one more frame."""
+    with BatchScheduler(engine.tts_model.model.talker, max_batch=2) as sched:
+        cancel = threading.Event()
+        s = sched.submit(prompts[0], 200)
+        got = 0
+        for _ in s.frames(cancel):
+            got += 1
+            if got == 5:
+                cancel.set()
+                made = sched.frames_out
+        assert got == 5 and s.cancelled
+        for _ in range(200):  # the worker retires it at its next step
+            if not sched._active:
+                break
+            threading.Event().wait(0.01)
+        assert not sched._active and sched.frames_out <= made + 1

@@ -157,3 +157,25 @@ def test_snr_db():
     noisy = ref + 0.1 * rng.standard_normal(48000).astype(np.float32)
     assert abs(snr_db(ref, noisy) - 20.0) < 0.2  # signal power 1, noise power 0.01
     assert abs(snr_db(ref, 0.5 * ref) - 6.02) < 0.01
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
+def test_cpu_only_quantisation_on_cuda_is_refused_before_loading(tiny_qwen_dir, monkeypatch, quantize):
+    """The int8 kernels are CPU-only: asking for them on a GPU fails at once, before minutes of loading weights."""
+    from processors.compat import ensure_qwen_tts_importable
+
+    ensure_qwen_tts_importable()
+    import qwen_tts
+
+    loads = []
+
+    def no_load(cls, *args, **kwargs):
+        loads.append(args)
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(qwen_tts.Qwen3TTSModel, "from_pretrained", classmethod(no_load))
+    with pytest.raises(ValueError, match="CPU-only"):
+        Qwen3TTSEngine.from_pretrained(tiny_qwen_dir, device="cuda:0", quantize=quantize)
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        Qwen3TTSEngine.from_pretrained(tiny_qwen_dir, device="cpu", quantize="int4")
+    assert loads == []
