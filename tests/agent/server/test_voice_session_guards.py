@@ -17,6 +17,7 @@ from agent.serve import build_app
 from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
 from pipelines.engines import load_engines
 from processors.audio import float_to_pcm16
+from testkit.local_servers import ChatEndpoint
 from testkit.voice_clients import mulaw_payloads, twilio_media, twilio_start
 
 from .conftest import LiveServer, await_until
@@ -131,6 +132,37 @@ async def test_ws_bad_frames_are_answered_and_the_session_goes_on(server, frame,
     await free(server)
 
 
+async def test_a_client_waiting_for_a_slow_reply_is_not_idle(tmp_path):
+    """A typed turn, then no input while the LLM takes twice the idle timeout to answer: it is the server's turn, so
+    the session waits for the reply instead of ending."""
+    with ChatEndpoint(models=["scripted"]) as llm:
+        llm.delay_s = 2 * IDLE_S
+        settings = Settings(
+            voices_dir=tmp_path,
+            tts=TTSSettings(engine="espeak"),
+            stt=STTSettings(engine="pocketsphinx"),
+            llm=LLMSettings(backend=llm.url, model="scripted"),
+            server=ServerSettings(voice_connect_timeout_s=CONNECT_S, voice_idle_timeout_s=IDLE_S),
+        )
+        live = LiveServer(build_app(settings, load_engines(settings))).start()
+        try:
+            async with websockets.connect(base(live) + "/ws") as ws:
+                assert json.loads(await ws.recv())["type"] == "ready"
+                await ws.send(json.dumps({"type": "text", "text": "What is the weather like?"}))
+                deadline = time.monotonic() + 4 * IDLE_S + 20
+                while True:
+                    msg = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+                    if isinstance(msg, bytes):
+                        break  # the reply's audio
+                    event = json.loads(msg)
+                    assert event.get("code") != "TIMEOUT", event
+                await ws.send(json.dumps({"type": "stop"}))
+                await read_until_closed(ws, 10)
+            await free(live)
+        finally:
+            live.stop()
+
+
 # --- telephony -------------------------------------------------------------------------------------------------------
 MALFORMED_TWILIO = [
     "[1,2,3]",
@@ -234,12 +266,12 @@ async def test_realtime_text_only_client_is_not_idle_while_it_talks(server):
         deadline = time.monotonic() + 60
         while json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))["type"] != "response.done":
             pass
-        for _ in range(3):  # past the connect timeout, still talking: the session stays
-            await asyncio.sleep(CONNECT_S * 0.6)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 * IDLE_S:  # events that make no pipeline frame, well past the timeouts
             await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Be brief."}}))
-        await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
-        while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "conversation.item.added":
-            assert event["type"] != "error" or event["error"]["code"] != "timeout", event
+            while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "session.updated":
+                assert event["type"] != "error" or event["error"]["code"] != "timeout", event
+            await asyncio.sleep(IDLE_S / 3)
         got = await read_until_closed(ws, IDLE_S + 5)  # then silent: ended by the idle timeout
         assert any(m.get("type") == "error" and m["error"]["code"] == "timeout" for m in got), got[-3:]
     await free(server)
