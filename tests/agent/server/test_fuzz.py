@@ -1,9 +1,10 @@
-"""Protocol fuzzing on a real server (fallback engines, auth on): random and mutated messages on every socket and on
-``/api/offer`` (``testkit.protocol_fuzz``). Each reply must be one the protocol defines (or none: ignored), each close
-code a defined one, each HTTP status a defined 4xx; the server must log no crash, leak no slot and no thread, and a
-healthy speak session and a healthy ``/ws`` session must keep working alongside the whole time.
+"""Protocol fuzzing on a real server (fallback engines, auth on): random and mutated messages on every socket
+(speak, ``/ws``, the telephony sockets, ``/v1/realtime``, ``/rtvi/ws``) and bodies on ``/api/offer`` and
+``/v1/audio/speech`` (``testkit.protocol_fuzz``). Each reply must be one the protocol defines (or none: ignored),
+each close code a defined one, each HTTP status a defined one; the server must log no crash, leak no slot and no
+thread, and a healthy speak session and a healthy ``/ws`` session must keep working alongside the whole time.
 
-Seeded and bounded: ``DUPLEX_FUZZ_CASES`` cases per target (default 400, about 2400 in all), ``DUPLEX_FUZZ_SEED``
+Seeded and bounded: ``DUPLEX_FUZZ_CASES`` cases per target (default 400, 3600 in all), ``DUPLEX_FUZZ_SEED``
 (default 0). A new entry point is one more ``Target`` in ``TARGETS``: its path, seed messages, opening messages and
 a check of what it may answer.
 """
