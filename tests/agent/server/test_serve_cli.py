@@ -135,9 +135,9 @@ async def test_serve_fresh_offline_environment(tmp_path):
         assert voices["default"] and any(v["isDefault"] for v in voices["voices"]), voices
 
         async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/speak", max_size=None) as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
             start_msg = {"type": "start", "sampleRate": 16000, "pacing": "asap", "authToken": token}
-            await ws.send(json.dumps(start_msg))
+            await ws.send(json.dumps(start_msg))  # no token on the connection: nothing is said before this start
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "started"
             await ws.send(json.dumps({"type": "speak", "text": "Hello from a fresh machine."}))
             audio = b""
