@@ -159,8 +159,9 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def page_url(settings: Settings, port: int) -> str:
-    """The page's address as a person on this machine opens it, with the token when auth is on."""
+def page_url(settings: Settings, port: int, *, show_token: bool = True) -> str:
+    """The page's address as a person on this machine opens it, with the token when auth is on (``***`` in its place
+    unless ``show_token``: a console that is not a terminal is usually a log)."""
     from urllib.parse import quote
 
     host = settings.server.host
@@ -170,7 +171,9 @@ def page_url(settings: Settings, port: int) -> str:
         host = f"[{host}]"
     url = f"http://{host}:{port}/"
     token = settings.server.auth_token
-    return f"{url}?token={quote(token, safe='')}" if token else url
+    if not token:
+        return url
+    return f"{url}?token={quote(token, safe='') if show_token else '***'}"
 
 
 def _finish_threads(deadline_s: float) -> list[str]:
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     failure: list[str] = []
-    url = page_url(settings, port)
+    url = page_url(settings, port, show_token=sys.stderr.isatty())  # the operator's link; never into a log file
 
     def load() -> None:
         t0 = time.perf_counter()

@@ -96,6 +96,13 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=1024)
     max_upload_bytes: int = Field(20 << 20, ge=1024)
     idle_timeout_s: float = Field(300.0, gt=0.0)
+    # voice sessions (docs/server.md, "Timeouts and limits"): a client must send audio within the first, and a
+    # session with no audio frames at all (not a quiet user: an open call sends silence) for the second is ended
+    voice_connect_timeout_s: float = Field(10.0, gt=0.0)
+    voice_idle_timeout_s: float = Field(30.0, gt=0.0)
+    send_timeout_s: float = Field(10.0, gt=0.0)  # speak: a send that cannot complete this long = a client not reading
+    max_speak_audio_s: float = Field(150.0, gt=0.0)  # the audio one speak may produce
+
     ice_servers: list[IceServer] = []  # STUN/TURN for WebRTC beyond the LAN (the page and the server's peer)
 
     @field_validator("ice_servers", mode="before")

@@ -13,6 +13,8 @@ BENCHMARKS = {
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
+    "memory": "benchmarks.session_memory",
+    "soak": "benchmarks.soak",
     "scale": "benchmarks.scale",
 }
 

@@ -6,9 +6,9 @@ in this process (``catalogue.IN_PROCESS``), or on Ray Serve replicas when ``opti
 ``load_engines(options)`` chooses each kind's engine (one logged line each, with its reason), loads it and records
 it and its row on an ``Engines`` container, which a server may create empty and fill in the background
 (``duplex serve`` answers while weights download; ``/healthz`` shows the states). ``session_services`` builds one
-session's STT, LLM and TTS services on the loaded engines: the STT engine per the catalogue (shared, or fresh per
-session), the shared LLM, and the shared TTS speaking the session's voice, whose runtime voice switches go through
-the given resolver (the server's registry and voice cache).
+session's STT, LLM and TTS services on the loaded engines: the STT engine per the catalogue (shared, or a
+per-session view), the shared LLM, and the shared TTS speaking the session's voice, whose runtime voice switches go
+through the given resolver (the server's registry and voice cache).
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ class Engines:
         return catalogue.entry(kind, name)
 
     def session_stt(self) -> Any:
-        """The STT engine for a new session (blocking for engines made per session: call it off the event loop)."""
+        """The STT engine for a new session: the loaded one, or the catalogue row's per-session view of it (cheap:
+        the model stays loaded once)."""
         if self.stt is None:
             raise ModelUnavailable("no STT engine is loaded")
         return self.entry("stt").session_engine(self.stt)

@@ -21,12 +21,14 @@ either). Once speaking, every decision is pipecat's: the smoothed volume, ``stop
 
 from __future__ import annotations
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
+from .turn_models import SharedSileroVADAnalyzer
 
-class OnsetSileroVADAnalyzer(SileroVADAnalyzer):
-    """Silero VAD with a faster, dip-tolerant start rule (see the module docstring)."""
+
+class OnsetSileroVADAnalyzer(SharedSileroVADAnalyzer):
+    """Silero VAD with a faster, dip-tolerant start rule (see the module docstring), on the process's one Silero
+    model."""
 
     def __init__(
         self,

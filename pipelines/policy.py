@@ -15,8 +15,9 @@ End of the user's turn (``turn.stop_strategy``):
   ``turn.stop_secs`` after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses
   longer mid-sentence.
   ``"smart_turn"``: ``TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3)`` — the Smart Turn v3 model (ships
-  in the wheel, CPU ONNX) judges at each VAD stop whether the utterance is complete; an INCOMPLETE verdict waits up
-  to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per VAD stop (40-80 ms here).
+  in the wheel, CPU ONNX, one copy per process) judges at each VAD stop whether the utterance is complete; an
+  INCOMPLETE verdict waits up to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per
+  VAD stop (40-80 ms here).
   ``turn.user_turn_stop_timeout_s``: a turn with no stop signal at all (no transcript ever) ends after this.
 
 Start of the user's turn = barge-in (``turn.barge_in``): pipecat's ``VADUserTurnStartStrategy`` (a VAD start opens the
@@ -59,7 +60,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
@@ -77,6 +77,7 @@ from .interruptions import (
 )
 from .onset_vad import OnsetSileroVADAnalyzer
 from .playback import PlaybackHold
+from .turn_models import SharedSmartTurnAnalyzer
 
 TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage", "genesys")
 
@@ -119,9 +120,10 @@ class TurnOptions(BaseModel):
     carrier_marks: bool = True  # phone calls: the carrier confirms what it played (marks); the context holds that
 
 
-def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SileroVADAnalyzer:
-    """Silero VAD with the configured thresholds and onset rule (a fresh analyzer per session: it keeps model
-    state). The rate is the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
+def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> OnsetSileroVADAnalyzer:
+    """Silero VAD with the configured thresholds and onset rule: a fresh analyzer per session (it keeps the stream's
+    state) on the process's one Silero model (``pipelines.turn_models``). The rate is the pipeline's input rate
+    unless given (Silero takes 8 or 16 kHz)."""
     params = VADParams(
         confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume
     )
@@ -138,8 +140,8 @@ def is_telephony_transport(transport: Any) -> bool:
     params = getattr(transport, "_params", None)
     serializer = getattr(params, "serializer", None)
     if serializer is not None:
-        module = type(serializer).__module__
-        if any(f"serializers.{name}" in module for name in TELEPHONY_SERIALIZER_MODULES):
+        modules = [cls.__module__ for cls in type(serializer).__mro__]  # subclasses of a carrier's serializer count
+        if any(f"serializers.{name}" in module for name in TELEPHONY_SERIALIZER_MODULES for module in modules):
             return True
     return getattr(params, "audio_in_sample_rate", None) == TELEPHONY_SAMPLE_RATE
 
@@ -187,9 +189,8 @@ def build_user_turn_strategies(
     ]
     if turn.stop_strategy == "smart_turn":
         from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 
-        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
+        analyzer = SharedSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
         stop: list = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)]

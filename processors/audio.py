@@ -61,6 +61,16 @@ class AudioError(ValueError):
     """Audio that cannot be used: undecodable, wrong length, wrong rate. The message says why."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than a decode's ``max_seconds``: found from the file's header before decoding (``seconds`` is
+    its length), or while decoding, which stops there (``seconds`` is None: longer than the limit)."""
+
+    def __init__(self, max_seconds: float, seconds: float | None = None):
+        got = f"{seconds:.2f} s" if seconds is not None else f"more than {max_seconds:g} s"
+        super().__init__(f"audio must be at most {max_seconds:g} s long, got {got}")
+        self.max_seconds, self.seconds = max_seconds, seconds
+
+
 def to_mono_float32(audio: np.ndarray) -> np.ndarray:
     """Any numeric array (samples,) or (samples, channels) or int PCM -> float32 mono in [-1, 1]."""
     a = np.asarray(audio)
@@ -136,39 +146,71 @@ class DecodedAudio:
         return len(self.samples) / float(self.sample_rate)
 
 
-def _decode_soundfile(data: bytes) -> DecodedAudio:
+DECODE_BLOCK_SECONDS = 1.0  # decoders read this much at a time, mixed to mono at once
+SF_UNKNOWN_FRAMES = 1 << 62  # libsndfile reports an unknown length as the largest frame count
+
+
+def _decode_soundfile(data: bytes, max_seconds: float | None) -> DecodedAudio:
+    """WAV, FLAC, OGG, MP3 through libsndfile: the length from the header first (a 0.3 MB FLAC can hold 30 minutes
+    of silence), then one block at a time, mixed to mono, stopping past ``max_seconds`` (a header can lie)."""
     import soundfile as sf
 
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return DecodedAudio(to_mono_float32(samples), int(rate))
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        rate = int(f.samplerate)
+        known = 0 < f.frames < SF_UNKNOWN_FRAMES  # a FLAC stream may leave its length out of the header
+        if max_seconds is not None and known and f.frames / rate > max_seconds:
+            raise AudioTooLongError(max_seconds, f.frames / rate)
+        limit = None if max_seconds is None else int(max_seconds * rate)
+        blocks, total = [], 0
+        for block in f.blocks(blocksize=max(1, int(rate * DECODE_BLOCK_SECONDS)), dtype="float32", always_2d=True):
+            blocks.append(to_mono_float32(block))
+            total += len(block)
+            if limit is not None and total > limit:
+                raise AudioTooLongError(max_seconds)
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    return DecodedAudio(samples, rate)
 
 
-def _decode_av(data: bytes) -> DecodedAudio:
-    """Containers soundfile cannot read (webm/opus from browsers, m4a): PyAV ships with aiortc."""
+def _decode_av(data: bytes, max_seconds: float | None) -> DecodedAudio:
+    """Containers soundfile cannot read (webm/opus from browsers, m4a; FLAC streams without a length): PyAV ships
+    with aiortc. Mono (the channels' mean, as for soundfile) as it decodes, stopping past ``max_seconds``."""
     import av
 
-    chunks, rate = [], None
+    chunks, rate, total = [], None, 0
     with av.open(io.BytesIO(data)) as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise AudioError("the file has no audio stream")
-        resampler = av.AudioResampler(format="flt", layout="mono")
+        resampler = av.AudioResampler(format="flt")  # packed float32, channels kept: mixed to mono as soundfile's
         for frame in container.decode(stream):
             rate = rate or frame.sample_rate
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
+                channels = max(1, len(out.layout.channels))
+                chunk = to_mono_float32(out.to_ndarray().reshape(-1, channels))
+                chunks.append(chunk)
+                total += len(chunk)
+            if max_seconds is not None and total > max_seconds * rate:
+                raise AudioTooLongError(max_seconds)
     if not chunks or rate is None:
         raise AudioError("the file decodes to no audio")
     return DecodedAudio(np.concatenate(chunks).astype(np.float32), int(rate))
 
 
-def load_audio(source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES) -> DecodedAudio:
-    """Decode a path, encoded bytes (WAV, FLAC, OGG, MP3, WebM, M4A...) or an ``(array, rate)`` pair."""
+def load_audio(
+    source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES, max_seconds: float | None = None
+) -> DecodedAudio:
+    """Decode a path, encoded bytes (WAV, FLAC, OGG, MP3, WebM, M4A...) or an ``(array, rate)`` pair.
+
+    ``max_seconds``: refuse longer audio (``AudioTooLongError``) from the header when it says, else while
+    decoding: memory stays at about ``max_seconds`` of mono float32 whatever the file holds."""
     if isinstance(source, tuple):
         samples, rate = source
         if not isinstance(rate, (int, np.integer)) or rate <= 0:
             raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
-        return DecodedAudio(to_mono_float32(samples), int(rate))
+        decoded = DecodedAudio(to_mono_float32(samples), int(rate))
+        if max_seconds is not None and decoded.seconds > max_seconds:
+            raise AudioTooLongError(max_seconds, decoded.seconds)
+        return decoded
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -187,7 +229,7 @@ def load_audio(source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES) -> Deco
     errors = []
     for decode in (_decode_soundfile, _decode_av):
         try:
-            decoded = decode(data)
+            decoded = decode(data, max_seconds)
         except AudioError:
             raise
         except Exception as e:  # each decoder raises its own types for garbage

@@ -4,7 +4,8 @@ built how".
 A row (``EngineEntry``) says what kind of engine it is (``tts``, ``stt``, ``llm``), its name (the value of
 ``--tts`` / ``--stt``), its options model (merged into its kind's settings group, so ``DUPLEX_TTS__MODEL`` reaches
 Qwen3-TTS), how ``auto`` judges whether this machine runs it well and why, how it loads (once per process), how a
-session gets its own engine from the loaded one (shared, or fresh per session), and its pipecat service.
+session gets its own engine from the loaded one (the loaded one, or a light per-session view of it), and its pipecat
+service.
 Engine selection (``choose``), ``duplex serve``, voice sessions, replays, ``duplex speak`` and the benchmarks all read
 this table. Adding an engine = its package (a plain engine, a thin adapter, an options model) + one row here.
 
@@ -54,13 +55,15 @@ class EngineEntry:
     load: Callable[[Any, str | None], Any]  # (options, device) -> the engine a process shares
     service: Callable[..., Any]  # (engine, options, **kwargs) -> pipecat service
     options: type[BaseModel] | None = None
-    per_session: Callable[[Any], Any] | None = None  # loaded engine -> a session's own engine (None: shared)
+    # loaded engine -> a session's own engine (None: the loaded one, shared). Sessions come and go all day: make it a
+    # light view with the session's state on the loaded model, never a second copy of the model.
+    per_session: Callable[[Any], Any] | None = None
     fallback: bool = False  # runs anywhere; chosen by ``auto`` only when the rows before it cannot run here
     model: Callable[[Any], str | None] | None = None  # options -> the model it loads (shown while it loads)
     remote: bool = False  # lives elsewhere (an endpoint): checked before the local engines load
 
     def session_engine(self, loaded: Any) -> Any:
-        """The engine one session uses: the shared one, or a fresh one (call it off the event loop)."""
+        """The engine one session uses: the loaded one, or the row's per-session view of it."""
         return loaded if self.per_session is None else self.per_session(loaded)
 
 
@@ -194,10 +197,9 @@ def _pocketsphinx_load(options: Any, device: str | None) -> Any:
 
 
 def _pocketsphinx_session(loaded: Any) -> Any:
-    # the decoder carries per-speaker channel normalisation across utterances: one per session
-    from processors.pocketsphinx_stt import PocketsphinxEngine
-
-    return PocketsphinxEngine()
+    # the decoder carries per-speaker channel normalisation across utterances: each session keeps its own, on the
+    # process's one decoder (a decoder per session cost tens of MB the C allocator never gave back)
+    return loaded.session()
 
 
 def stt_service(engine: Any, options: Any, **kwargs: Any) -> Any:

@@ -159,6 +159,13 @@ class EngineSTTService(SegmentedSTTService):
         await self._cancel_interim()
         await super().cancel(frame)
 
+    async def cleanup(self):
+        # A pipeline cancelled while it starts (a client gone right after connecting) cleans the service up without
+        # calling cancel(): stop its tasks here, or the segment task stays pending with the session's state.
+        await self._cancel_interim()
+        await self._cancel_segment_task()
+        await super().cleanup()
+
     async def _cancel_interim(self) -> None:
         if self._interim_task is not None and not self._interim_task.done():
             await self.cancel_task(self._interim_task)  # the worker thread finishes; its result is dropped

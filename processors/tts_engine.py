@@ -94,9 +94,15 @@ class TimedTTSEngine(TTSEngine, Protocol):
 
 
 def validate_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
-    """The text to speak, stripped; raises InvalidTextError for empty, non-string or over-long text."""
+    """The text to speak, stripped; raises InvalidTextError for empty, non-string, over-long text, or text that is
+    not valid Unicode (a lone surrogate such as ``\ud800``, which JSON can carry but no engine can encode)."""
     if not isinstance(text, str):
         raise InvalidTextError(f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start : e.start + 1].encode("unicode_escape").decode("ascii")
+        raise InvalidTextError(f"text is not valid Unicode: a lone surrogate ({bad}) at character {e.start}") from None
     stripped = text.strip()
     if not stripped:
         raise InvalidTextError("text is empty")

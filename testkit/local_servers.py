@@ -58,11 +58,13 @@ class _Server:
 
 class ChatEndpoint(_Server):
     """``GET /v1/models`` and streaming ``POST /v1/chat/completions`` answering ``REPLY``. ``fail = True`` makes
-    completions answer HTTP 500 (an endpoint that broke after the server started); ``api_key`` demands that key."""
+    completions answer HTTP 500 (an endpoint that broke after the server started); ``delay_s`` holds each completion
+    back before its first token; ``api_key`` demands that key."""
 
     def __init__(self, models: list[str] | None = None, api_key: str | None = None, reply: list[str] = REPLY):
         self.models = list(models or ["scripted"])
         self.fail = False
+        self.delay_s = 0.0  # before a completion's first token: a slow model
         self.requests: list[dict] = []
         app = FastAPI()
 
@@ -85,6 +87,7 @@ class ChatEndpoint(_Server):
                 return JSONResponse({"error": {"message": "the model crashed"}}, status_code=500)
 
             async def events():
+                await asyncio.sleep(self.delay_s)
                 for i, text in enumerate(reply):
                     delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
                     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}

@@ -42,6 +42,7 @@ from processors.audio import (
     TTS_SAMPLE_RATE,
     AudioError,
     AudioSource,
+    AudioTooLongError,
     check_duration,
     load_audio,
     resample,
@@ -359,7 +360,8 @@ class VoiceRegistry:
     ) -> Voice:
         """Validate and store a new user voice; returns it. ``voice_id`` None -> derived from ``name`` (made unique).
 
-        The audio must decode, last 3-30 s, not be silent, and be at most ``max_bytes`` encoded. With a transcript
+        The audio must decode, last 3-30 s, not be silent, and be at most ``max_bytes`` encoded (a longer clip is
+        refused from its header, or as soon as decoding passes 30 s). With a transcript
         the engine clones in-context (better); without one it uses only the speaker embedding (``x_vector_only``).
         Raises ``InvalidVoiceError`` (bad input), ``VoiceExistsError``, ``VoiceRegistryError`` (no user dir).
         """
@@ -384,8 +386,13 @@ class VoiceRegistry:
         except ValidationError as e:
             raise InvalidVoiceError(_first_error(e)) from None
         try:
-            decoded = load_audio(audio, max_bytes=self.max_bytes)
+            decoded = load_audio(audio, max_bytes=self.max_bytes, max_seconds=REFERENCE_MAX_SECONDS)
             check_duration(decoded, REFERENCE_MIN_SECONDS, REFERENCE_MAX_SECONDS, "the reference clip")
+        except AudioTooLongError as e:
+            got = f"{e.seconds:.2f} s" if e.seconds is not None else f"more than {e.max_seconds:g} s"
+            raise InvalidVoiceAudioError(
+                f"the reference clip must be {REFERENCE_MIN_SECONDS:g}-{REFERENCE_MAX_SECONDS:g} s long, got {got}"
+            ) from None
         except AudioError as e:
             raise InvalidVoiceAudioError(str(e)) from None
         if float(np.max(np.abs(decoded.samples))) < SILENCE_PEAK:

@@ -21,9 +21,10 @@ from agent.settings import Settings
 from pipelines.engines import Engines
 from voices.registry import VoiceRegistry
 
-from . import health, openai_speech, speak, voices_api
+from . import api_docs, health, openai_speech, speak, voices_api
 from .context import ServerContext
 from .guards import ApiError, api_error_response
+from .redaction import install_token_redaction
 
 log = logging.getLogger("duplex.server")
 
@@ -82,13 +83,15 @@ def create_app(
                     log.warning("shutdown hook failed: %r", e)
             await asyncio.gather(preload, return_exceptions=True)
 
+    install_token_redaction()  # ?token= never reaches the logs
     app = FastAPI(
         title="Duplex",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # served by api_docs, behind the token
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.duplex = ctx
     if settings.server.cors_origins:  # a client app on its own origin (e.g. a pipecat client-js or voice-ui-kit page)
@@ -101,6 +104,7 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_exception_handler(ApiError, api_error_response)  # type: ignore[arg-type]
+    app.include_router(api_docs.router)
     app.include_router(health.router)
     app.include_router(voices_api.router)
     app.include_router(speak.router)

@@ -5,8 +5,10 @@ with credentials, and the limits); it needs the token when auth is on.
 
 ``/ws`` protocol (documented in docs/server.md), kept as plain as a browser or a script can speak it:
 
-* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (any length; 20 ms is usual); text
-  messages (``agent.server.chat_protocol``): ``{"type": "text", "text"}`` a typed turn, ``{"type": "stop"}``.
+* client -> server: binary frames of raw PCM16 little-endian mono at 16 kHz (up to 1 s each; 20 ms is usual); text
+  messages (``agent.server.chat_protocol``): ``{"type": "text", "text"}`` a typed turn, ``{"type": "stop"}`` ends the
+  session (answered with ``{"type": "stopped", "reason"}``, then close 1000). A bad text message, an odd-sized or
+  longer binary frame: ``{"type": "error", "code": "INVALID_MESSAGE", "recoverable": true}``, dropped, session goes on.
   Query: ``?voice=<id>``, ``?language=<name>`` (the bot speaks and answers in it), ``?token=``.
 * server -> client: text ``{"type": "ready", "sessionId", "inputSampleRate": 16000, "outputSampleRate": 24000,
   "encoding": "pcm16", "voice", "language", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the
@@ -16,10 +18,12 @@ with credentials, and the limits); it needs the token when auth is on.
   (the bot holds while it judges a sound over it: drop audio not yet played; if it plays on, the audio from where
   the page had got to comes again).
   Refusals: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
-  ``UNAUTHORIZED``: 1008).
+  ``UNAUTHORIZED``: 1008; ``TIMEOUT``: no input within the connect timeout or for the idle timeout, 1000).
 
-WebRTC: the page posts its offer (``{"sdp", "type", "pc_id"?}``, non-trickle: ICE gathered first) to ``/api/offer``
-with ``?voice=<id>&language=<name>``; the answer comes back as ``{"sdp", "type", "pc_id"}``. Events travel as JSON on
+WebRTC: the page posts its offer (``{"sdp", "type": "offer", "pc_id"?}``, JSON, at most 64 KiB; non-trickle: ICE
+gathered first) to ``/api/offer`` with ``?voice=<id>&language=<name>``; the answer comes back as ``{"sdp", "type",
+"pc_id"}``. An offer that is not JSON (415), too large (413), malformed (400 ``INVALID_REQUEST``) or whose SDP does
+not parse or offers no audio (400 ``INVALID_SDP``) is refused before it takes a session slot. Events travel as JSON on
 the page's data channel, and the page's typed turns go the other way on it; ``PATCH /api/offer`` takes trickled ICE
 candidates (pipecat's format) for clients that trickle. The server's peer uses the configured ICE servers too. The
 same session speaks RTVI (messages labelled ``rtvi-ai``) on that channel, so pipecat's client SDKs
@@ -35,9 +39,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from pipecat.frames.frames import (
     Frame,
@@ -49,13 +53,15 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_transport import TransportParams
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.playback import RemotePlayout
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
-from .guards import ApiError, check_auth, presented_token, token_matches
+from .guards import ApiError, check_auth, presented_token, read_json_body, token_matches
 from .sessions import (
+    SessionEnd,
     SessionEvents,
     SessionInput,
     build_session_agent,
@@ -87,21 +93,28 @@ class BrowserFlush:
         return {"type": "flush"}
 
 
+MAX_WS_AUDIO_FRAME_S = 1.0  # longer binary frames are refused: a client streams its microphone in small frames
+
+
 class RawPCMSerializer(FrameSerializer):
     """``/ws`` wire format: binary = raw PCM16 mono (in at the pipeline's input rate, out at its output rate); text =
     JSON control/event messages. An ``InterruptionFrame`` becomes ``{"type": "interrupted"}`` so the client drops
-    what it still buffers."""
+    what it still buffers. Text from the client goes to ``on_message``; a binary frame that is not PCM16 or is
+    longer than ``MAX_WS_AUDIO_FRAME_S`` goes to ``on_bad_audio`` and is dropped."""
 
     def __init__(
         self,
         sample_rate: int = STT_SAMPLE_RATE,
+        *,
         on_message: Callable[[str], Awaitable[None]] | None = None,
+        on_bad_audio: Callable[[str], Awaitable[None]] | None = None,
         **kwargs: Any,
     ):
         """``on_message``: called with each text frame from the client (``SessionInput.handle``)."""
         super().__init__(**kwargs)
         self._in_rate = sample_rate
         self.on_message = on_message
+        self.on_bad_audio = on_bad_audio
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
@@ -114,8 +127,17 @@ class RawPCMSerializer(FrameSerializer):
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes):
-            if not data or len(data) % 2:
-                return None  # not PCM16: ignore rather than crash the session
+            if not data:
+                return None
+            why = None
+            if len(data) % 2:
+                why = f"a binary frame of {len(data)} bytes is not PCM16 (2 bytes per sample)"
+            elif len(data) > 2 * self._in_rate * MAX_WS_AUDIO_FRAME_S:
+                why = f"audio frames must be at most {MAX_WS_AUDIO_FRAME_S:g} s ({len(data)} bytes given)"
+            if why is not None:
+                if self.on_bad_audio is not None:
+                    await self.on_bad_audio(why)
+                return None  # dropped: the session goes on
             return InputAudioRawFrame(audio=data, sample_rate=self._in_rate, num_channels=1)
         if self.on_message is not None:
             await self.on_message(data)
@@ -198,6 +220,7 @@ async def ws_chat(websocket: WebSocket) -> None:
         async def send_event(event: dict[str, Any]) -> None:
             await websocket.send_text(json.dumps(event))
 
+        end = SessionEnd(send_event)
         serializer = RawPCMSerializer(STT_SAMPLE_RATE)
         transport = FastAPIWebsocketTransport(
             websocket,
@@ -222,8 +245,8 @@ async def ws_chat(websocket: WebSocket) -> None:
             kind=WS_KIND,
             playout=RemotePlayout(BrowserFlush()),
         )
-        client_input = SessionInput(ctx, agent, events, kind=WS_KIND)
-        serializer.on_message = client_input.handle
+        client_input = SessionInput(ctx, agent, events, kind=WS_KIND, end=end)
+        serializer.on_message, serializer.on_bad_audio = client_input.handle, client_input.invalid
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport: Any, _client: Any) -> None:
@@ -247,7 +270,7 @@ async def ws_chat(websocket: WebSocket) -> None:
         for message in (warning, language_warning):
             if message:
                 await send_event({"type": "warning", "message": message})
-        await run_voice_session(ctx, agent, kind=WS_KIND)
+        await run_voice_session(ctx, agent, kind=WS_KIND, end=end)
     except WebSocketDisconnect:
         pass
     except Exception as e:
@@ -326,7 +349,8 @@ async def _run_webrtc_session(
             kind=WEBRTC_KIND,
             rtvi=True,  # pipecat's client SDKs (client-js + small-webrtc-transport) talk RTVI on the data channel
         )
-        client_input = SessionInput(ctx, agent, events, kind=WEBRTC_KIND)
+        end = SessionEnd(send_event)
+        client_input = SessionInput(ctx, agent, events, kind=WEBRTC_KIND, end=end)
 
         @transport.event_handler("on_client_connected")
         async def _hello(_transport: Any, _client: Any) -> None:
@@ -350,7 +374,7 @@ async def _run_webrtc_session(
         async def _gone(_transport: Any, _client: Any) -> None:
             await agent.worker.cancel()
 
-        await run_voice_session(ctx, agent, kind=WEBRTC_KIND)
+        await run_voice_session(ctx, agent, kind=WEBRTC_KIND, end=end)
     except Exception:
         log.exception("WebRTC session failed")
         ctx.metrics.errors.inc(kind=WEBRTC_KIND, code="SESSION_ERROR")
@@ -366,28 +390,88 @@ async def _run_webrtc_session(
             pass
 
 
-@router.post("/api/offer")
-async def webrtc_offer(request: Request) -> JSONResponse:
-    """SDP offer -> answer; starts a voice session on the new peer connection."""
+MAX_OFFER_BYTES = 64 * 1024  # an offer with gathered ICE candidates is a few KiB
+
+
+class WebRTCOffer(BaseModel):
+    """``POST /api/offer`` body (other fields a client library adds are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    sdp: str = Field(min_length=1, max_length=MAX_OFFER_BYTES)
+    type: Literal["offer"]
+    pc_id: str | None = Field(None, max_length=128)
+    restart_pc: bool | None = None
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """``ValueError`` unless the SDP parses and offers audio the peer connection can take (what aiortc would refuse
+    only after a slot and a peer connection were spent on it)."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        description = SessionDescription.parse(sdp)
+        _check_media(description)
+    except ValueError:
+        raise
+    except (Exception, AssertionError) as e:  # the parser asserts on some malformed lines, or leaves parts unset
+        raise ValueError(f"the SDP does not parse ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _check_media(description: Any) -> None:
+    audio = [m for m in description.media if m.kind == "audio"]
+    if not audio:
+        raise ValueError("the SDP offers no audio (it needs an m=audio line)")
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise ValueError("the SDP has no ICE credentials (a=ice-ufrag, a=ice-pwd)")
+        if not media.dtls.fingerprints:
+            raise ValueError("the SDP has no DTLS fingerprint (a=fingerprint)")
+        if media.kind in ("audio", "video") and not media.rtcp_mux:
+            raise ValueError("the SDP does not enable RTCP mux (a=rtcp-mux)")
+        if not media.rtp.muxId:
+            raise ValueError(f"an m={media.kind} line has no a=mid")
+        if media.kind in ("audio", "video") and media.direction is None:
+            raise ValueError(f"an m={media.kind} line has no direction (a=sendrecv, a=recvonly...)")
+    mids = [m.rtp.muxId for m in description.media]
+    if len(set(mids)) != len(mids):
+        raise ValueError("two m= lines share an a=mid")
+    for group in description.group:
+        if not set(group.items) <= set(mids):
+            raise ValueError(f"a=group:{group.semantic} names an a=mid no m= line has")
+
+
+async def _read_offer(request: Request) -> Any:
     from pipecat.transports.smallwebrtc.request_handler import SmallWebRTCRequest
 
+    body = await read_json_body(request, MAX_OFFER_BYTES)
+    try:
+        offer = WebRTCOffer.model_validate(body)
+        check_offer_sdp(offer.sdp)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "body"
+        usage = 'send JSON {"sdp": ..., "type": "offer"}'
+        raise ApiError(400, "INVALID_REQUEST", f"{usage} ({where}: {err['msg']})") from None
+    except ValueError as e:
+        raise ApiError(400, "INVALID_SDP", str(e)) from None
+    return SmallWebRTCRequest(sdp=offer.sdp, type=offer.type, pc_id=offer.pc_id, restart_pc=offer.restart_pc)
+
+
+@router.post("/api/offer")
+async def webrtc_offer(request: Request) -> JSONResponse:
+    """SDP offer -> answer; starts a voice session on the new peer connection. The offer is checked before a slot
+    is taken; a peer that never connects is ended by the session's connect timeout, which frees its slot."""
     ctx = get_context(request)
     check_auth(request, ctx.auth_token)
-    try:
-        body = await request.json()
-        offer = SmallWebRTCRequest(
-            sdp=str(body["sdp"]), type=str(body["type"]), pc_id=body.get("pc_id"), restart_pc=body.get("restart_pc")
-        )
-    except Exception:
-        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"sdp": ..., "type": "offer"}') from None
+    if (why := _pipeline_unavailable(ctx)) is not None:
+        raise ApiError(503, why[0], why[1], {"Retry-After": "5"})
+    offer = await _read_offer(request)
     handler = _webrtc_handler(request)
     is_new = not (offer.pc_id and offer.pc_id in handler._pcs_map)
     slot = None
     voice = voice_id = warning = language = None
     warnings: list[str] = []
     if is_new:
-        if (why := _pipeline_unavailable(ctx)) is not None:
-            raise ApiError(503, why[0], why[1], {"Retry-After": "5"})
         slot = ctx.sessions.try_acquire(WEBRTC_KIND)
         if slot is None:
             ctx.metrics.errors.inc(kind=WEBRTC_KIND, code="RATE_LIMITED")
@@ -410,6 +494,11 @@ async def webrtc_offer(request: Request) -> JSONResponse:
 
     try:
         answer = await handler.handle_web_request(offer, on_connection)
+    except HTTPException as e:
+        raise ApiError(e.status_code, "INVALID_REQUEST", str(e.detail)) from None
+    except Exception as e:  # what the checks above cannot see (e.g. no codec in common): the offer's fault
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        raise ApiError(400, "INVALID_SDP", f"the offer cannot be answered: {why}") from None
     finally:
         if slot is not None and not started:
             slot.release()
@@ -418,14 +507,32 @@ async def webrtc_offer(request: Request) -> JSONResponse:
 
 @router.patch("/api/offer")
 async def webrtc_ice(request: Request) -> dict[str, str]:
+    from aiortc.sdp import candidate_from_sdp
     from pipecat.transports.smallwebrtc.request_handler import IceCandidate, SmallWebRTCPatchRequest
 
     ctx = get_context(request)
     check_auth(request, ctx.auth_token)
+    body = await read_json_body(request, MAX_OFFER_BYTES)
     try:
-        body = await request.json()
         patch = SmallWebRTCPatchRequest(pc_id=body["pc_id"], candidates=[IceCandidate(**c) for c in body["candidates"]])
+        if not isinstance(patch.pc_id, str):
+            raise TypeError("pc_id")
+        for c in patch.candidates:
+            if not isinstance(c.sdp_mid, str) or not isinstance(c.sdp_mline_index, int):
+                raise TypeError("sdp_mid, sdp_mline_index")
+            if c.candidate:
+                candidate_from_sdp(c.candidate)
     except Exception:
-        raise ApiError(400, "INVALID_REQUEST", 'send JSON {"pc_id": ..., "candidates": [...]}') from None
-    await _webrtc_handler(request).handle_patch_request(patch)
+        raise ApiError(
+            400,
+            "INVALID_REQUEST",
+            'send JSON {"pc_id": ..., "candidates": [{"candidate", "sdp_mid", "sdp_mline_index"}]}',
+        ) from None
+    handler = _webrtc_handler(request)
+    if patch.pc_id not in handler._pcs_map:
+        raise ApiError(404, "NOT_FOUND", f"no peer connection {patch.pc_id[:64]!r}")
+    try:
+        await handler.handle_patch_request(patch)
+    except Exception as e:
+        raise ApiError(400, "INVALID_REQUEST", f"the candidates cannot be used: {type(e).__name__}") from None
     return {"status": "ok"}

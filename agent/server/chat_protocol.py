@@ -4,16 +4,19 @@ data channel. One pydantic model per message, parsed here at the edge; a bad mes
 
 * ``{"type": "text", "text": "..."}``: a typed turn. It goes through the same pipeline as speech, after the STT: it
   interrupts the bot if it is speaking, joins the conversation as the user's words, and the bot answers aloud.
-* ``{"type": "stop"}``: end the session (closing the connection does the same).
+* ``{"type": "stop", "reason"?}``: end the session (closing the connection does the same).
+
+A message is at most ``max_message_bytes(max_text_chars)`` long and nested at most as deep as the JSON parser goes;
+longer or deeper is ``INVALID_MESSAGE`` too.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .guards import client_json
 from .protocol import ProtocolError
 
 CLIENT_TYPES = ("text", "stop")
@@ -30,20 +33,32 @@ class TextMessage(_Message):
 
 class StopMessage(_Message):
     type: Literal["stop"]
+    reason: str | None = Field(None, max_length=500)
 
 
 ChatClientMessage = TextMessage | StopMessage
 _MODELS: dict[str, type[_Message]] = {"text": TextMessage, "stop": StopMessage}
 
 
+def max_message_bytes(max_text_chars: int) -> int:
+    """The longest message worth parsing: a text of ``max_text_chars`` characters, each escaped (``\\uXXXX`` twice
+    for a character outside the BMP), and the envelope."""
+    return 12 * max_text_chars + 1024
+
+
 def parse_chat_message(raw: str | bytes | dict[str, Any], *, max_text_chars: int) -> ChatClientMessage:
     """One client message -> its model; ``ProtocolError("INVALID_MESSAGE", why)`` when it cannot be used."""
     data: Any = raw
     if isinstance(raw, (str, bytes)):
+        if len(raw) > (limit := max_message_bytes(max_text_chars)):
+            raise ProtocolError("INVALID_MESSAGE", f"a message must be at most {limit} bytes")
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ProtocolError("INVALID_MESSAGE", "a message must be JSON") from None
+            data = client_json(raw)
+        except ValueError as e:
+            deep = "nested too deeply" in str(e)
+            raise ProtocolError(
+                "INVALID_MESSAGE", "a message must be JSON" + (": nested too deeply" if deep else "")
+            ) from None
     if not isinstance(data, dict):
         raise ProtocolError("INVALID_MESSAGE", "a message must be a JSON object")
     kind = data.get("type")

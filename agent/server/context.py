@@ -7,6 +7,7 @@ telephony) read it with ``get_context(request_or_websocket)``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from pipelines.engines import Engines
 from voices.loader import VoiceLoader
 from voices.registry import VoiceRegistry
 
-from .guards import SessionLimiter
+from .guards import MAX_CONCURRENT_UPLOADS, SessionLimiter
 from .metrics import ServerMetrics
 
 log = logging.getLogger("duplex.server")
@@ -34,6 +35,8 @@ class ServerContext:
     speak_sessions: set = field(default_factory=set)  # live speak sessions, for shutdown
     voice_sessions: dict = field(default_factory=dict)  # id -> live voice-chat VoiceAgent; cancelled at shutdown
     shutdown_hooks: list = field(default_factory=list)  # async callables the app awaits at shutdown (routers' cleanup)
+    # voice uploads being read and decoded; the rest wait (their bodies stay spooled on disk meanwhile)
+    uploads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONCURRENT_UPLOADS))
 
     def __post_init__(self) -> None:
         if self.sessions is None:

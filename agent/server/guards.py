@@ -5,11 +5,15 @@ Auth: when ``ServerSettings.auth_token`` is set, every API route and WebSocket n
 ``authToken`` in the ``start`` message. ``/healthz`` and ``/readyz`` stay open for probes.
 
 Sessions: one ``SessionLimiter`` per app caps concurrent sessions of every kind (speak, browser, telephony) together.
+
+Client JSON: ``client_json`` parses what a client sends on any socket, turning every way it can be malformed (bad
+syntax, bytes that are not UTF-8, nesting deep enough to exhaust the parser's recursion) into ``ValueError``.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +23,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 
 UPLOAD_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the audio part
+MAX_CONCURRENT_UPLOADS = 2  # voice uploads read and decoded at once (each holds up to 20 MiB + 30 s of audio)
+UPLOAD_WAIT_S = 30.0  # an upload waits this long for its turn, then 503
 
 
 class ApiError(Exception):
@@ -155,3 +161,39 @@ def check_upload_length(request: Request, max_bytes: int) -> None:
             "PAYLOAD_TOO_LARGE",
             f"the upload is {n} bytes; the limit is {max_bytes} bytes ({max_bytes / (1 << 20):g} MiB) of audio",
         )
+
+
+# --- client JSON -----------------------------------------------------------------------------------
+def client_json(raw: str | bytes) -> Any:
+    """``json.loads`` for a client's message; ``ValueError`` with the reason when it is not usable JSON."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise ValueError("malformed JSON: not UTF-8") from None
+    except RecursionError:  # the parser recurses once per nesting level (about 1000 levels)
+        raise ValueError("malformed JSON: nested too deeply") from None
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """A small JSON request body, refused before it is read when it is not JSON (415) or too large (413: by its
+    ``Content-Length``, or while it streams in without one); malformed JSON is a 400."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON (Content-Type: application/json)")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "INVALID_REQUEST", f"bad Content-Length {length[:20]!r}")
+        if int(length) > max_bytes:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the limit of {max_bytes} bytes")
+    try:
+        return client_json(bytes(body))
+    except ValueError as e:
+        raise ApiError(400, "INVALID_REQUEST", str(e)) from None

@@ -16,7 +16,9 @@ A failure after audio has been sent ends the body without its final chunk (the c
 Guards, as every route: the request holds one session slot (kind ``openai_speech``) from the voice's preparation
 to its last byte; the body must declare a length within ``server.max_message_bytes`` and arrive within
 ``BODY_TIMEOUT_S``; a client that disconnects stops the engine within one step (the disconnect is watched while audio
-is sent); a client that stops reading for ``SEND_STALL_S`` is dropped. The worker thread is joined and the slot
+is sent); a client that stops reading for ``SEND_STALL_S`` is dropped; the audio stops at
+``server.max_speak_audio_s`` (the body ends there: a short text of numbers or emoji can speak for minutes). The
+worker thread is joined and the slot
 released on every way out. Metrics as for ``/api/v1/speak``, under ``kind="openai_speech"``.
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -50,7 +51,7 @@ from processors.tts_engine import (
 )
 
 from .context import ServerContext, get_context
-from .guards import ApiError, SessionSlot, check_auth
+from .guards import ApiError, SessionSlot, check_auth, client_json
 
 log = logging.getLogger("duplex.server.openai_speech")
 router = APIRouter()
@@ -112,8 +113,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _parse(body: bytes) -> SpeechRequest:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = client_json(body)
+    except ValueError as e:
         raise ApiError(400, "INVALID_REQUEST", f"the body is not JSON: {e}") from None
     try:
         return SpeechRequest.model_validate(data)
@@ -230,6 +231,8 @@ class SpeechResponse(Response):
     ) -> Response:
         samples = [0]
         t0 = time.perf_counter()
+        limit_s = ctx.settings.server.max_speak_audio_s
+        max_samples = int(limit_s * SPEECH_API_SAMPLE_RATE)
 
         def produce(cancel: threading.Event) -> Iterator[bytes]:
             """In the worker thread: engine chunks -> 24 kHz -> speed -> the format's bytes."""
@@ -248,6 +251,10 @@ class SpeechResponse(Response):
                     data = encode(resampler.process(chunk))
                     if data:
                         yield data
+                    if samples[0] >= max_samples:  # emoji and numbers read out can speak for minutes: cut there
+                        log.warning("/v1/audio/speech: the audio was cut at the limit of %g s", limit_s)
+                        ctx.metrics.errors.inc(kind=KIND, code="AUDIO_LIMIT")
+                        break
             tail = encode(resampler.flush())
             if tempo is not None:
                 rest = tempo.flush()

@@ -7,13 +7,14 @@ wire (``sampleRate``, ``requestId``).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from processors.audio import PIPELINE_OUTPUT_RATES, TTS_SAMPLE_RATE
+
+from .guards import client_json
 
 ErrorCode = Literal[
     "MODEL_LOADING",  # the TTS model is not loaded yet (recoverable: retry) or failed to load (not recoverable)
@@ -172,11 +173,9 @@ def _describe(e: ValidationError, kind: str) -> str:
 def parse_client_message(raw: str | bytes) -> ClientMessage:
     """One client text frame -> its model; raises ``ProtocolError('INVALID_MESSAGE', ...)`` with the reason."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-        raise ProtocolError("INVALID_MESSAGE", f"malformed JSON: {reason}{where}") from None
+        data = client_json(raw)
+    except ValueError as e:
+        raise ProtocolError("INVALID_MESSAGE", str(e)) from None
     if not isinstance(data, dict):
         raise ProtocolError("INVALID_MESSAGE", f"a message must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")

@@ -97,7 +97,7 @@ from .realtime_protocol import (
     parse_client_event,
     unsupported,
 )
-from .sessions import build_session_agent, resolve_voice, run_voice_session
+from .sessions import SessionActivity, SessionEnd, build_session_agent, resolve_voice, run_voice_session
 
 log = logging.getLogger("duplex.server")
 
@@ -194,6 +194,7 @@ class RealtimeSession:
         self._worker: asyncio.Task | None = None
         self._in_order = asyncio.Lock()  # client events are handled one at a time, in the order they came
         self.closed = False
+        self.activity = SessionActivity()  # every client event counts: text turns and held audio send no frames
 
     # --- sending -------------------------------------------------------------------------------------------------
     async def send(self, *events: dict[str, Any]) -> None:
@@ -205,6 +206,10 @@ class RealtimeSession:
             except Exception as e:  # gone: the transport notices and ends the session
                 log.debug("realtime: event not delivered: %s", e)
                 self.closed = True
+
+    async def send_end(self, event: dict[str, Any]) -> None:
+        """The server ends the session (``SessionEnd``: the idle watchdog): its reason as an ``error`` event."""
+        await self.send(self.events.error(ProtocolError(event["code"].lower(), event["message"], kind="server_error")))
 
     async def send_error(self, error: ProtocolError, event_id: str | None = None) -> None:
         self.ctx.metrics.errors.inc(kind=KIND, code=error.code)
@@ -264,7 +269,10 @@ class RealtimeSession:
             await agent.worker.cancel()
 
         self.agent, self.transport = agent, transport
-        self.run_task = asyncio.create_task(run_voice_session(self.ctx, agent, kind=KIND))
+        end = SessionEnd(self.send_end)
+        self.run_task = asyncio.create_task(
+            run_voice_session(self.ctx, agent, kind=KIND, end=end, activity=self.activity)
+        )
         waiter = asyncio.create_task(started.wait())
         await asyncio.wait({waiter, self.run_task}, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -327,6 +335,7 @@ class RealtimeSession:
                 raise ProtocolError("message_too_large", f"the message is {len(data)} bytes; the limit is {limit}")
             event = parse_client_event(data)
             event_id = event.event_id
+            self.activity.heard()
             if self.agent is None and isinstance(event, self.NEEDS_PIPELINE):
                 await self.start()
                 frame = await self.handle(event)
@@ -930,9 +939,17 @@ async def realtime(websocket: WebSocket) -> None:
     session = RealtimeSession(ctx, websocket, dialect, websocket.query_params.get("voice"))
     try:
         await session.send(events.event("session.created", session=session.config.describe(dialect)))
-        idle = ctx.settings.server.idle_timeout_s
+        idle = ctx.settings.server.voice_idle_timeout_s
         while session.agent is None and not session.closed:  # until an event needs the pipeline
-            message = await asyncio.wait_for(websocket.receive(), idle)
+            try:
+                message = await asyncio.wait_for(websocket.receive(), idle)
+            except TimeoutError:
+                ctx.metrics.errors.inc(kind=KIND, code="TIMEOUT")
+                error = ProtocolError(
+                    "timeout", f"no event from the client for {idle:g} s; closing", kind="server_error"
+                )
+                await session.send(events.error(error))
+                raise
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text") if message.get("text") is not None else message.get("bytes", b"")

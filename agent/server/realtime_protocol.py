@@ -278,17 +278,18 @@ _CLIENT_EVENT = TypeAdapter(ClientEvent)
 def parse_client_event(data: str | bytes) -> Any:
     """A validated client event, or ``ProtocolError`` (``invalid_json``, ``unknown_event``, ``invalid_event``) with the
     client's ``event_id`` when it can be read."""
-    import json
+    from .guards import client_json
 
     try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        raw = client_json(data)
+    except ValueError as e:
         raise ProtocolError("invalid_json", f"the message is not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ProtocolError("invalid_event", "an event is a JSON object with a 'type'")
     event_type = raw.get("type")
-    if event_type not in CLIENT_EVENT_TYPES:
-        error = ProtocolError("unknown_event", f"unknown event type {event_type!r}", param="type")
+    if not isinstance(event_type, str) or event_type not in CLIENT_EVENT_TYPES:
+        shown = repr(event_type[:60]) if isinstance(event_type, str) else type(event_type).__name__
+        error = ProtocolError("unknown_event", f"unknown event type {shown}", param="type")
         error.event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None  # type: ignore[attr-defined]
         raise error
     try:

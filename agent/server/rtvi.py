@@ -18,13 +18,14 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pipecat.frames.frames import Frame, InputAudioRawFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, InputTransportMessageFrame
+from pipecat.frames.protobufs import frames_pb2
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE, StreamResampler, float_to_pcm16, pcm16_to_float
 
 from .context import get_context
-from .guards import presented_token, token_matches
+from .guards import client_json, presented_token, token_matches
 from .sessions import build_session_agent, resolve_voice, run_voice_session
 
 log = logging.getLogger("duplex.server")
@@ -35,9 +36,9 @@ router = APIRouter()
 
 
 class RTVIProtobufSerializer(ProtobufFrameSerializer):
-    """pipecat's protobuf serializer, made safe at the edge: a message that is not a frame is dropped (pipecat's
-    would end the session's receive loop), and microphone audio at another rate or in stereo is brought to the
-    pipeline's mono input rate."""
+    """pipecat's protobuf serializer, made safe at the edge: a message that is not a frame, or a frame of no kind a
+    client may send, is dropped (pipecat's would end the session's receive loop, or log an error per message), and
+    microphone audio at another rate or in stereo is brought to the pipeline's mono input rate."""
 
     def __init__(self, sample_rate: int = STT_SAMPLE_RATE, **kwargs: Any):
         super().__init__(**kwargs)
@@ -49,6 +50,13 @@ class RTVIProtobufSerializer(ProtobufFrameSerializer):
             log.debug("rtvi ws: text message ignored (the protocol is binary protobuf)")
             return None
         try:
+            proto = frames_pb2.Frame.FromString(data)
+            kind = proto.WhichOneof("frame")
+            if kind not in self.DESERIALIZABLE_FIELDS:  # pipecat's would log an error for a client's junk
+                log.debug("rtvi ws: a protobuf frame of no known kind (%s) dropped", kind)
+                return None
+            if kind == "message":  # parsed here: pipecat's logs an error for each message that is not JSON
+                return InputTransportMessageFrame(message=client_json(proto.message.data))
             frame = await super().deserialize(data)
         except Exception as e:
             log.debug("rtvi ws: not a protobuf frame (%s)", e)

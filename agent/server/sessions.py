@@ -2,10 +2,12 @@
 
 Every entry point (WebRTC ``/api/offer``, ``/ws``, ``/telephony/twilio``) builds its pipecat transport, takes a session
 slot, and calls ``run_voice_session``: STT/LLM/TTS services are made from the loaded engines
-(``pipelines.engines.session_services``: the STT engine shared or fresh per session as the engine catalogue says,
+(``pipelines.engines.session_services``: the STT engine shared or a per-session view as the engine catalogue says,
 the shared TTS/LLM), the worker runs until the client goes away, and the turns are recorded in the server metrics
 under the entry point's ``kind``. ``SessionEvents`` turns pipeline frames into small JSON events
 (transcripts of both sides, listening/thinking/speaking, per-turn voice-to-voice latency) for clients that show them.
+A watchdog ends sessions whose client sends no audio (``SessionActivity``: the connect and idle timeouts), and
+``SessionEnd`` is how the server ends a session itself (watchdog, a client's ``stop``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     ErrorFrame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMMessagesAppendFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
@@ -270,22 +275,44 @@ class SessionInput:
 
     Typed turns are taken one at a time, in order, by one task off the transport's receive loop (the flush in
     ``take_text_turn`` waits for frames that loop may have to deliver); at most ``MAX_PENDING_TEXT`` wait, and a
-    client that types faster than that gets ``RATE_LIMITED`` errors, not a task per message. ``close`` at the end
-    of the session."""
+    client that types faster than that gets ``RATE_LIMITED`` errors, not a task per message. ``stop`` ends the
+    session through ``end`` (the client gets ``{"type": "stopped"}`` first) or, without one, cancels the worker.
+    A flood of bad messages is answered once per distinct reason (``MAX_REPORTED``), and counted every time.
+    ``close`` at the end of the session."""
 
     MAX_PENDING_TEXT = 4
+    MAX_REPORTED = 8
 
-    def __init__(self, ctx: ServerContext, agent: VoiceAgent, events: SessionEvents | None, *, kind: str):
-        self._ctx, self._agent, self._events, self._kind = ctx, agent, events, kind
+    def __init__(
+        self,
+        ctx: ServerContext,
+        agent: VoiceAgent,
+        events: SessionEvents | None,
+        *,
+        kind: str,
+        end: SessionEnd | None = None,
+    ):
+        self._ctx, self._agent, self._events, self._kind, self._end = ctx, agent, events, kind, end
         self._pending: asyncio.Queue[str] = asyncio.Queue(self.MAX_PENDING_TEXT)
         self._taker: asyncio.Task | None = None
+        self._reported: set[str] = set()
 
     async def _refuse(self, code: str, message: str) -> None:
         self._ctx.metrics.errors.inc(kind=self._kind, code=code)
+        if code == "INVALID_MESSAGE":  # say it once, not once per message of a flood
+            if message in self._reported or len(self._reported) >= self.MAX_REPORTED:
+                return
+            self._reported.add(message)
         if self._events is not None:
             await self._events.emit({"type": "error", "code": code, "message": message, "recoverable": True})
 
+    async def invalid(self, message: str) -> None:
+        """A client frame the session dropped (bad audio): ``INVALID_MESSAGE``, the session goes on."""
+        await self._refuse("INVALID_MESSAGE", message)
+
     async def handle(self, raw: str | bytes | dict[str, Any]) -> None:
+        if isinstance(raw, dict) and raw.get("label") == "rtvi-ai":
+            return  # an RTVI client's message on the same data channel: pipecat's RTVIProcessor answers it
         try:
             message = parse_chat_message(raw, max_text_chars=self._ctx.settings.server.max_text_chars)
         except ProtocolError as e:
@@ -297,6 +324,9 @@ class SessionInput:
                 return await self._refuse("RATE_LIMITED", "typed turns come faster than the bot can take them")
             if self._taker is None or self._taker.done():
                 self._taker = asyncio.get_running_loop().create_task(self._take_turns())
+        elif self._end is not None:
+            reason = message.reason or "client requested stop"
+            self._end.end_soon("STOPPED", reason, {"type": "stopped", "reason": reason})
         else:
             await self._agent.worker.cancel()
 
@@ -360,12 +390,31 @@ async def build_session_agent(
     return agent
 
 
-async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str) -> None:
-    """Run the worker to its end (the transport's disconnect handler cancels it) and record the turns."""
+async def run_voice_session(
+    ctx: ServerContext,
+    agent: VoiceAgent,
+    *,
+    kind: str,
+    end: SessionEnd | None = None,
+    activity: SessionActivity | None = None,
+) -> SessionEnd:
+    """Run the worker to its end (the transport's disconnect handler cancels it, or ``end``) and record the turns.
+
+    An idle watchdog ends a session whose client sends no input (``SessionActivity``; a protocol whose client
+    events do not all become pipeline frames passes its own and calls ``heard`` on each); ``end`` (made here when
+    not given) says why the server ended it, and sends the client its last event first when given a sink."""
+    end = end if end is not None else SessionEnd()
+    end.bind(agent, ctx, kind)
+    activity = activity if activity is not None else SessionActivity()
+    agent.worker.add_observer(activity)
+    watchdog = asyncio.create_task(_watch(ctx, activity, end), name="duplex-voice-watchdog")
     ctx.voice_sessions[id(agent)] = agent
     try:
         await agent.run()
     finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        await end.settle()
         ctx.voice_sessions.pop(id(agent), None)
         for turn in agent.metrics.turns:
             v2v = turn.voice_to_voice
@@ -373,3 +422,118 @@ async def run_voice_session(ctx: ServerContext, agent: VoiceAgent, *, kind: str)
                 ctx.metrics.first_audio.observe(v2v, kind=kind)
             outcome = "interrupted" if turn.barge_in is not None else ("complete" if v2v is not None else "no_reply")
             ctx.metrics.turns.inc(kind=kind, outcome=outcome)
+    return end
+
+
+# --- ending a session: idle watchdog, client stop --------------------------------------------------------------------
+class SessionActivity(BaseObserver):
+    """When a voice session last heard its client, and whether the bot is speaking: what the idle watchdog reads.
+
+    Idle means no audio frames at all. A client on an open call sends audio all the time, silence included (Twilio,
+    Telnyx and Plivo stream 20 ms of media whether anyone speaks or not; browsers send their microphone, muted or
+    not); a quiet user is not idle. No frames means the client stopped streaming or never started (a WebRTC peer
+    that never connects, a script that opened the socket and went away without closing it). A typed turn
+    (``take_text_turn``) is input too: a client that only types is idle when it stops typing. While the LLM works
+    on a reply (its start to its end frame, which pipecat's and our LLM services push on every way out) or the bot
+    speaks, it is the server's turn: the client is waiting, not idle."""
+
+    def __init__(self) -> None:
+        super().__init__(observe_every_push=False)
+        self.started = self.last_bot = time.monotonic()
+        self.last_input: float | None = None
+        self.bot_speaking = False
+        self.thinking = False
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if isinstance(frame, (InputAudioRawFrame, LLMMessagesAppendFrame)):
+            self.last_input = time.monotonic()
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            self.thinking = True
+        elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):  # a reply cut short may end unsaid
+            self.thinking, self.last_bot = False, time.monotonic()
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self.bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.bot_speaking, self.last_bot = False, time.monotonic()
+
+    def heard(self) -> None:
+        """The client sent input that does not reach the pipeline as a frame (a protocol event, held audio)."""
+        self.last_input = time.monotonic()
+
+    def pause(self, seconds: float) -> None:
+        """The server's own event loop was busy for ``seconds`` (a model holding the GIL): no client was idle then."""
+        self.started += seconds
+        self.last_bot += seconds
+        if self.last_input is not None:
+            self.last_input += seconds
+
+    def idle(self, now: float, connect_s: float, idle_s: float) -> str | None:
+        """Why the session is idle at ``now`` (None: it is not). The bot thinking or speaking is never idle."""
+        if self.bot_speaking or self.thinking:
+            return None
+        if self.last_input is None:
+            return f"no audio from the client within {connect_s:g} s" if now - self.started > connect_s else None
+        if now - max(self.last_input, self.last_bot) > idle_s:
+            return f"no audio from the client for {idle_s:g} s"
+        return None
+
+
+class SessionEnd:
+    """How the server ends a voice session from outside its pipeline, once: ``end_soon(code, event)`` (the idle
+    watchdog, a client's ``stop``) sends ``event`` through ``send`` (when the transport has a channel for events),
+    then cancels the worker; the transport then closes the connection. ``code`` stays set for the route."""
+
+    def __init__(self, send: EventSink | None = None):
+        self.send = send
+        self.code: str | None = None
+        self.message: str | None = None
+        self._agent: VoiceAgent | None = None
+        self._ctx: ServerContext | None = None
+        self._kind = ""
+        self._task: asyncio.Task | None = None
+
+    def bind(self, agent: VoiceAgent, ctx: ServerContext, kind: str) -> None:
+        self._agent, self._ctx, self._kind = agent, ctx, kind
+
+    def end_soon(self, code: str, message: str, event: dict[str, Any] | None = None) -> None:
+        """End the session (in its own task: callers may run inside the pipeline's transport)."""
+        if self.code is not None or self._agent is None:
+            return
+        self.code, self.message = code, message
+        if code == "TIMEOUT" and self._ctx is not None:
+            self._ctx.metrics.errors.inc(kind=self._kind, code=code)
+        log.info("%s session ended by the server: %s (%s)", self._kind, code, message)
+        self._task = asyncio.get_running_loop().create_task(self._end(event), name="duplex-voice-end")
+
+    async def _end(self, event: dict[str, Any] | None) -> None:
+        if event is not None and self.send is not None:
+            try:
+                await asyncio.wait_for(self.send(event), 2)
+            except Exception as e:  # a client that cannot take the event is ended all the same
+                log.debug("last event not delivered: %r", e)
+        assert self._agent is not None
+        await self._agent.worker.cancel()
+
+    async def settle(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+WATCHDOG_TICK_S = 0.25
+
+
+async def _watch(ctx: ServerContext, activity: SessionActivity, end: SessionEnd) -> None:
+    server = ctx.settings.server
+    previous = time.monotonic()
+    while end.code is None:
+        await asyncio.sleep(WATCHDOG_TICK_S)
+        now = time.monotonic()
+        late = now - previous - WATCHDOG_TICK_S
+        previous = now
+        if late > 0.5:  # the loop stalled: frames may wait unread in the socket, observers behind
+            activity.pause(late)
+            continue
+        why = activity.idle(now, server.voice_connect_timeout_s, server.voice_idle_timeout_s)
+        if why is not None:
+            end.end_soon("TIMEOUT", why, {"type": "error", "code": "TIMEOUT", "message": f"{why}; closing"})

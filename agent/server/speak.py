@@ -10,6 +10,11 @@ the reader sets the speak's event and, holding the send lock, sends ``CANCELLED`
 the same lock before every frame, so no frame of a cancelled speak follows its ``CANCELLED`` error, and the engine
 stops within one step. The worker (``processors.threads.ThreadedStream``) is always joined before the session
 releases its slot, so a client that disconnects mid-stream leaves no thread behind.
+
+What a client may hold: nothing before it authenticates (with auth on, a connection without the token waits, with no
+slot and no ``ready``, for a ``start`` carrying it); then one slot, at most ``MAX_QUEUED_SPEAKS`` speaks, each at most
+``max_speak_audio_s`` of audio, ``MAX_BUFFERED_CHUNKS`` engine chunks ahead of the socket, and sends that complete
+within ``send_timeout_s`` (a client that stops reading is closed once the socket's buffers are full).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ MAX_BUFFERED_CHUNKS = 8  # engine chunks a worker may run ahead of the socket
 AUTH_TIMEOUT_S = 10.0  # an unauthenticated connection must send start with its token within this
 WORKER_JOIN_WARN_S = 10.0
 _SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError, ConnectionError)
+_CLOSING: set[asyncio.Task] = set()  # background closes of sockets whose client stopped reading
 
 
 @dataclass(frozen=True)
@@ -140,15 +146,36 @@ class SpeakSession:
         self.wakeup = asyncio.Event()
         self.last_activity = time.monotonic()
         self.streams: set[ThreadedStream] = set()  # speaks' engine streams whose threads may still run
+        self.stuck = False  # the client stopped reading (a send timed out)
 
     # --- sending -----------------------------------------------------------------------------------
     async def _send_text_locked(self, text: str) -> None:
+        await self._send_raw(text)
+
+    async def _send_raw(self, payload: bytes | str) -> bool:
+        """Send one frame; False (and the session closing) when the client is gone, or when the send cannot
+        complete within ``send_timeout_s``: the socket's buffers are full because the client does not read."""
         if self.closing:
-            return
+            return False
         try:
-            await self.ws.send_text(text)
+            async with asyncio.timeout(self.ctx.settings.server.send_timeout_s):
+                if isinstance(payload, bytes):
+                    await self.ws.send_bytes(payload)
+                else:
+                    await self.ws.send_text(payload)
+            return True
+        except TimeoutError:
+            self._not_reading()
         except _SEND_ERRORS:
             self.closing = True
+        return False
+
+    def _not_reading(self) -> None:
+        wait = self.ctx.settings.server.send_timeout_s
+        log.info("speak session %s: the client has not read anything for %g s; closing the session", self.id, wait)
+        self.ctx.metrics.errors.inc(kind=KIND, code="TIMEOUT")
+        self.closing = self.stuck = True
+        self.abort()
 
     async def send(self, message: Any) -> None:
         async with self.send_lock:
@@ -173,9 +200,23 @@ class SpeakSession:
         self.closing = True
         try:
             if self.ws.application_state == WebSocketState.CONNECTED:
-                await self.ws.close(code, reason[:120])
-        except _SEND_ERRORS:
+                async with asyncio.timeout(self.ctx.settings.server.send_timeout_s):
+                    await self.ws.close(code, reason[:120])
+        except (*_SEND_ERRORS, TimeoutError):
             pass
+
+    def _close_stuck(self) -> None:
+        """Close a socket whose client does not read, in the background: the close frame waits behind the audio
+        the client has not read, until it reads or the connection dies (uvicorn's keepalive pings end it)."""
+
+        async def close() -> None:
+            with contextlib.suppress(*_SEND_ERRORS):
+                if self.ws.application_state == WebSocketState.CONNECTED:
+                    await self.ws.close(1008, "client not reading")
+
+        task = asyncio.get_running_loop().create_task(close(), name=f"speak-close-{self.id}")
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     def abort(self) -> None:
         """Cancel every speak without telling the client (shutdown, disconnect)."""
@@ -193,12 +234,17 @@ class SpeakSession:
             await self.ws.accept()
         except _SEND_ERRORS:
             return
+        first: StartMessage | None = None  # the start that carried the token, when it came that way
         token = presented_token(self.ws)
         if ctx.auth_token and token is not None:
             if not token_matches(ctx.auth_token, token):
                 await self.fatal("UNAUTHORIZED", "the token is not valid", 1008, "unauthorized")
                 return
             self.authed = True
+        elif not self.authed:  # nothing, not even ready, and no slot before the token
+            first = await self._authenticate()
+            if first is None:
+                return
         slot = ctx.sessions.try_acquire(KIND)
         if slot is None:
             await self.fatal(
@@ -222,6 +268,8 @@ class SpeakSession:
                     ),
                 )
             )
+            if first is not None:
+                await self._on_start(first)
             await self._read_loop(player)
         except _SEND_ERRORS:
             pass
@@ -233,10 +281,47 @@ class SpeakSession:
             await self._join_workers()
             ctx.speak_sessions.discard(self)
             slot.release()
+            if self.stuck:
+                self._close_stuck()
+
+    async def _authenticate(self) -> StartMessage | None:
+        """With auth on and no token on the connection: the first message must be a ``start`` with a valid
+        ``authToken``, within ``AUTH_TIMEOUT_S`` (or the idle timeout, if shorter). It is returned; anything else is
+        refused with ``UNAUTHORIZED`` (None)."""
+        wait = min(AUTH_TIMEOUT_S, self.ctx.settings.server.idle_timeout_s)
+        try:
+            frame = await asyncio.wait_for(self.ws.receive(), wait)
+        except TimeoutError:
+            await self.fatal(
+                "UNAUTHORIZED", f"no start message with a valid authToken within {wait:g} s", 1008, "unauthorized"
+            )
+            return None
+        if frame["type"] == "websocket.disconnect":
+            self.closing = True
+            return None
+        text = frame.get("text")
+        try:
+            if text is None or len(text) > self.ctx.settings.server.max_message_bytes:
+                raise ProtocolError("INVALID_MESSAGE", "not a start message")
+            msg = parse_client_message(text)
+        except ProtocolError as e:
+            await self.fatal(
+                "UNAUTHORIZED", f"send start with a valid authToken first ({e.message})", 1008, "unauthorized"
+            )
+            return None
+        if not isinstance(msg, StartMessage):
+            await self.fatal("UNAUTHORIZED", "send start with a valid authToken first", 1008, "unauthorized")
+            return None
+        if not token_matches(self.ctx.auth_token, msg.auth_token):
+            what = "is not valid" if msg.auth_token else "is missing: this server needs one"
+            await self.fatal("UNAUTHORIZED", f"authToken {what}", 1008, "unauthorized")
+            return None
+        self.authed = True
+        self.last_activity = time.monotonic()
+        return msg
 
     async def _read_loop(self, player: asyncio.Task) -> None:
         idle = self.ctx.settings.server.idle_timeout_s
-        started = time.monotonic()
         recv: asyncio.Future | None = None
         try:
             while not self.closing:
@@ -244,8 +329,6 @@ class SpeakSession:
                     recv = asyncio.ensure_future(self.ws.receive())
                 now = time.monotonic()
                 deadline = self.last_activity + idle
-                if not self.authed:
-                    deadline = min(deadline, started + min(AUTH_TIMEOUT_S, idle))
                 done, _ = await asyncio.wait(
                     {recv, player}, timeout=max(0.0, deadline - now), return_when=asyncio.FIRST_COMPLETED
                 )
@@ -260,17 +343,9 @@ class SpeakSession:
                     if self.current is not None or self.queue:
                         self.last_activity = time.monotonic()  # speaking is activity
                         continue
-                    if not self.authed:
-                        await self.fatal(
-                            "UNAUTHORIZED",
-                            f"no start message with a valid authToken within {min(AUTH_TIMEOUT_S, idle):g} s",
-                            1008,
-                            "unauthorized",
-                        )
-                    else:
-                        await self.fatal(
-                            "TIMEOUT", f"no message for {idle:g} s; closing the idle session", 1000, "idle timeout"
-                        )
+                    await self.fatal(
+                        "TIMEOUT", f"no message for {idle:g} s; closing the idle session", 1000, "idle timeout"
+                    )
                     return
                 message = recv.result()
                 recv = None
@@ -295,15 +370,7 @@ class SpeakSession:
                 raise ProtocolError("INVALID_MESSAGE", "binary frames are not accepted; send JSON text messages")
             msg = parse_client_message(text)
         except ProtocolError as e:
-            if not self.authed:
-                await self.fatal(
-                    "UNAUTHORIZED", f"send start with a valid authToken first ({e.message})", 1008, "unauthorized"
-                )
-                return
             await self.error(e.code, e.message, e.recoverable)
-            return
-        if not self.authed and not isinstance(msg, StartMessage):
-            await self.fatal("UNAUTHORIZED", "send start with a valid authToken first", 1008, "unauthorized")
             return
         if isinstance(msg, StartMessage):
             await self._on_start(msg)
@@ -319,12 +386,6 @@ class SpeakSession:
 
     async def _on_start(self, msg: StartMessage) -> None:
         ctx = self.ctx
-        if not self.authed:
-            if not token_matches(ctx.auth_token, msg.auth_token):
-                what = "is not valid" if msg.auth_token else "is missing: this server needs one"
-                await self.fatal("UNAUTHORIZED", f"authToken {what}", 1008, "unauthorized")
-                return
-            self.authed = True
         state = ctx.engines.tts_state
         engine = ctx.engines.tts
         if state == "failed" or (state == "ready" and engine is None):
@@ -493,6 +554,7 @@ class SpeakSession:
         t0 = time.perf_counter()
         first_audio: float | None = None
         sent_samples = 0
+        max_samples = int(ctx.settings.server.max_speak_audio_s * cfg.sample_rate)  # what one speak may cost
         seq = 0
         paced_from: float | None = None
         outcome = "cancelled"
@@ -511,8 +573,12 @@ class SpeakSession:
                     frames = item.frames
                     if not frames and item.final and cfg.audio_format == "json":
                         frames = [b""]  # the final chunk carries the isFinal flag even with no samples
+                    too_long = False
                     for i, frame in enumerate(frames):
                         n = len(frame) // cfg.bytes_per_sample
+                        if sent_samples + n > max_samples:
+                            too_long = True
+                            break
                         if cfg.pacing == "realtime" and paced_from is not None:
                             ahead = sent_samples / cfg.sample_rate - (time.perf_counter() - paced_from)
                             if ahead > cfg.pacing_lead_s:
@@ -535,6 +601,9 @@ class SpeakSession:
                             ctx.metrics.first_audio.observe(first_audio, kind=KIND)
                         sent_samples += n
                         seq += 1
+                    if too_long and not (job.cancelled or self.closing):
+                        outcome = "error"
+                        await self._too_long(job)
                     if job.cancelled or self.closing:
                         break
                     if item.final:
@@ -566,17 +635,23 @@ class SpeakSession:
         async with self.send_lock:
             if job.cancelled or self.closing:
                 return False
-            try:
-                if isinstance(payload, bytes):
-                    await self.ws.send_bytes(payload)
-                else:
-                    await self.ws.send_text(payload)
-            except _SEND_ERRORS:
-                self.closing = True
+            if not await self._send_raw(payload):
                 return False
         self.last_activity = time.monotonic()
         await asyncio.sleep(0)  # a send into a free socket buffer does not yield: let the reader see a cancel
         return True
+
+    async def _too_long(self, job: SpeakJob) -> None:
+        """The speak made ``max_speak_audio_s`` of audio and is not done: numbers, symbols and emoji read out in
+        words can speak for several times what prose of the same length does. Stop its engine and say so."""
+        limit = self.ctx.settings.server.max_speak_audio_s
+        job.cancel()
+        await self.error(
+            "INVALID_TEXT",
+            f"the text speaks for longer than the limit of {limit:g} s of audio per speak; it was cut there "
+            "(split long texts into several speaks)",
+            request_id=job.request_id,
+        )
 
     async def _engine_error(self, job: SpeakJob, error: BaseException) -> None:
         if isinstance(error, InvalidTextError):

@@ -119,9 +119,14 @@ SERIALIZERS = {
 }
 
 
-def marking_serializer(kind: str, stream_id: str, **kwargs: Any) -> tuple[Any, RemotePlayout]:
-    """The carrier's pipecat serializer (``kwargs`` are its own) wired to a new playout for the call."""
+def marking_serializer(
+    kind: str, stream_id: str, *, mixin: type | None = None, **kwargs: Any
+) -> tuple[Any, RemotePlayout]:
+    """The carrier's pipecat serializer (``kwargs`` are its own) wired to a new playout for the call; ``mixin`` goes
+    before the serializer's class (the server's guard against events the serializer would choke on)."""
     cls, marks_cls = SERIALIZERS[kind]
+    if mixin is not None:
+        cls = type(f"{mixin.__name__.strip('_')}{cls.__name__}", (mixin, cls), {})
     marks = marks_cls(stream_id)
     playout = RemotePlayout(marks)
     serializer = cls(stream_id, **kwargs)

@@ -2,12 +2,18 @@
 
 ``POST`` validates in three steps, each refusing with a clear error and leaving nothing on disk: the form fields, the
 clip (decodable, 3-30 s, not silent, within the upload limit; any format and rate), and, when the TTS engine is
-loaded, the engine itself building the voice from it (a clip the engine cannot use is removed again).
+loaded, the engine itself building the voice from it (a clip the engine cannot use is removed again). A clip's
+length is read from its header before it is decoded, and decoding stops past 30 s, so a small file that holds hours
+of audio costs nothing; at most ``MAX_CONCURRENT_UPLOADS`` uploads are read and decoded at once (503 ``BUSY``
+after ``UPLOAD_WAIT_S`` of waiting).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -28,7 +34,7 @@ from voices.registry import (
 )
 
 from .context import get_context
-from .guards import ApiError, check_upload_length, require_auth
+from .guards import MAX_CONCURRENT_UPLOADS, UPLOAD_WAIT_S, ApiError, check_upload_length, require_auth
 
 log = logging.getLogger("duplex.server.voices")
 router = APIRouter(prefix="/api/v1/voices", dependencies=[Depends(require_auth)])
@@ -126,20 +132,52 @@ async def add_voice(request: Request) -> JSONResponse:
         voice_id = _text_field(form, "id")
         description = _text_field(form, "description") or ""
         make_default = _bool_field(form, "default")
-        data = await audio.read(limit + 1)
-        if len(data) > limit:
-            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the audio is larger than the limit of {limit} bytes")
-        if not data:
-            raise ApiError(422, "INVALID_AUDIO", "the audio file is empty")
+        engine = ctx.engines.tts
+        if engine is not None:
+            try:
+                language = resolve_language(language, engine.languages, allow_auto=False)
+            except UnsupportedLanguageError as e:
+                raise ApiError(400, "INVALID_FIELD", str(e)) from None
+        async with _upload_turn(ctx):  # bounded: at most MAX_CONCURRENT_UPLOADS in memory and decoding at once
+            data = await audio.read(limit + 1)
+            if len(data) > limit:
+                raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the audio is larger than the limit of {limit} bytes")
+            if not data:
+                raise ApiError(422, "INVALID_AUDIO", "the audio file is empty")
+            return await _store_voice(
+                ctx, engine, data, name, voice_id, transcript, language, description, make_default
+            )
     finally:
         await form.close()
 
-    engine = ctx.engines.tts
-    if engine is not None:
-        try:
-            language = resolve_language(language, engine.languages, allow_auto=False)
-        except UnsupportedLanguageError as e:
-            raise ApiError(400, "INVALID_FIELD", str(e)) from None
+
+@contextlib.asynccontextmanager
+async def _upload_turn(ctx: Any) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(UPLOAD_WAIT_S):
+            await ctx.uploads.acquire()
+    except TimeoutError:
+        raise ApiError(
+            503, "BUSY", f"{MAX_CONCURRENT_UPLOADS} uploads are being processed; retry", {"Retry-After": "5"}
+        ) from None
+    try:
+        yield
+    finally:
+        ctx.uploads.release()
+
+
+async def _store_voice(
+    ctx: Any,
+    engine: Any,
+    data: bytes,
+    name: str | None,
+    voice_id: str | None,
+    transcript: str | None,
+    language: str,
+    description: str,
+    make_default: bool,
+) -> JSONResponse:
+    """Decode, check and store the clip (``VoiceRegistry.add``), then let the engine build the voice."""
     try:
         voice = await run_in_thread(
             lambda: ctx.registry.add(

@@ -196,7 +196,10 @@ def _on_audio(wav, numsamples, events) -> int:  # called by espeak_Synth, in the
         return 1
     try:
         if numsamples > 0 and wav:
-            job.buffers.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).astype(np.float32) / 32768.0)
+            # a copy of the buffer by address: ``np.ctypeslib.as_array`` would make (and keep) a ctypes array type
+            # for every new buffer length
+            pcm = np.frombuffer(ctypes.string_at(wav, 2 * numsamples), dtype="<i2")
+            job.buffers.append(pcm.astype(np.float32) / 32768.0)
         if events:  # the word starts espeak reports with this buffer (sample: from the start of the sentence)
             event = ctypes.cast(events, ctypes.POINTER(_Event))
             i = 0

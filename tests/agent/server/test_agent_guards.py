@@ -96,10 +96,16 @@ async def test_session_cap_and_bad_requests(tmp_path):
         assert engines.pipeline_state == "ready"
         msg, code = await ws_refusal(f"ws://{base}/ws")
         assert (msg["code"], code) == ("RATE_LIMITED", 1013), msg
-        r = httpx.post(f"http://{base}/api/offer", json={"sdp": "v=0", "type": "offer"}, timeout=10)
+        from .test_webrtc_offers import real_offer
+
+        pc, sdp = await real_offer()
+        await pc.close()
+        r = httpx.post(f"http://{base}/api/offer", json={"sdp": sdp, "type": "offer"}, timeout=10)
         assert r.status_code == 429 and r.json()["error"]["code"] == "RATE_LIMITED"
         slot.release()
         r = httpx.post(f"http://{base}/api/offer", content=b"not json", timeout=10)
+        assert r.status_code == 415 and r.json()["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+        r = httpx.post(f"http://{base}/api/offer", content=b"not json", headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_REQUEST"
         r = httpx.patch(f"http://{base}/api/offer", json={"pc_id": "nope", "candidates": []}, timeout=10)
         assert r.status_code == 404

@@ -1,7 +1,7 @@
 """The bearer token on every route of the full ``duplex serve`` app, generated from ``app.routes``: HTTP routes (each
 method), the browser WebSocket, every telephony provider, ``/api/v1/speak`` — and any route added later, without
 touching this file. Each is refused without the token and with a wrong one, and accepted with it (header or
-``?token=``). Only the routes in ``PUBLIC`` (probes, the page, the API docs) answer without it, and that list is
+``?token=``). Only the routes in ``PUBLIC`` (probes, the page and its files) answer without it, and that list is
 checked against the app too, so it cannot go stale.
 
 The engines are left loading (``Engines()``): an accepted voice session then stops at ``MODEL_LOADING``, which is past
@@ -25,16 +25,13 @@ from agent.settings import ServerSettings, Settings
 from .conftest import LiveServer
 
 TOKEN = "matrix-s3cret"
-# (method, path) that answer without a token: health probes, the browser page and its files, the API docs
+# (method, path) that answer without a token: health probes, the browser page and its files (the API docs need it)
 PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/"),
     ("GET", "/static/{name}"),
     ("GET", "/favicon.ico"),
-    ("GET", "/api/docs"),
-    ("GET", "/api/openapi.json"),
-    ("GET", "/docs/oauth2-redirect"),
 }
 PATH_VALUES = {"name": "style.css", "voice_id": "no-such-voice"}  # for path parameters; anything else gets "x"
 AUTH_CLOSE = 1008
@@ -100,9 +97,11 @@ def _presented(how: str) -> tuple[dict[str, str], dict[str, str]]:
 
 async def _ws_outcome(live: LiveServer, path: str, how: str) -> tuple[str, Any]:
     """Connect and watch for up to a few seconds: ("refused", why) when the server refuses for the token (an
-    UNAUTHORIZED message or close code 1008), else ("accepted", what it did instead)."""
+    UNAUTHORIZED message, or an error event followed by close code 1008 as the Realtime protocol does), else
+    ("accepted", what it did instead)."""
     headers, query = _presented(how)
     url = f"ws://127.0.0.1:{live.port}{_url(path)}" + (f"?token={query['token']}" if query else "")
+    error = None
     async with websockets.connect(url, additional_headers=headers) as ws:
         try:
             while True:
@@ -114,12 +113,12 @@ async def _ws_outcome(live: LiveServer, path: str, how: str) -> tuple[str, Any]:
                     if (message.get("error") or {}).get("type") == "authentication_error":
                         continue  # the Realtime convention: an error event, then the close decides
                     if message.get("type") == "error":
-                        return "accepted", message  # refused for another reason, past the token
+                        error = message  # refused for another reason past the token, or the protocol's own refusal
         except websockets.ConnectionClosed as e:
             code = e.rcvd.code if e.rcvd else None
-            return ("refused" if code == AUTH_CLOSE else "accepted"), f"closed {code}"
+            return ("refused" if code == AUTH_CLOSE else "accepted"), f"closed {code} after {error}"
         except TimeoutError:
-            return "accepted", "still open"
+            return "accepted", f"still open after {error}" if error else "still open"
 
 
 def _http(live: LiveServer, method: str, path: str, how: str) -> httpx.Response:

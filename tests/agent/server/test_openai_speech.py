@@ -143,6 +143,8 @@ def test_sdk_raises_its_own_errors(live, authed):
 def test_body_guards(live):
     r = httpx.post(f"{live.http}/v1/audio/speech", content=b"not json", timeout=10)
     assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    r = httpx.post(f"{live.http}/v1/audio/speech", content=b"[" * 5000 + b"]" * 5000, timeout=10)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
     big = b'{"model": "x", "voice": "default", "input": "' + b"a" * (2 << 20) + b'"}'
     r = httpx.post(f"{live.http}/v1/audio/speech", content=big, timeout=10)
     assert r.status_code == 413
@@ -206,3 +208,15 @@ def test_a_body_that_never_arrives_times_out(live, monkeypatch):
         s.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         assert b" 408 " in s.recv(4096).split(b"\r\n")[0]
     assert not live.ctx.sessions.active_by_kind().get("openai_speech")
+
+
+def test_the_audio_one_request_makes_is_bounded(espeak, server_factory):
+    """A short text can speak for minutes (numbers, emoji read out, a slow speed): the body stops at
+    ``max_speak_audio_s``."""
+    limited = server_factory(espeak, max_speak_audio_s=2.0)
+    body, _ = speech(limited, text=LONG_TEXT, speed=0.5)
+    seconds = len(pcm(body)) / openai_speech.SPEECH_API_SAMPLE_RATE
+    assert 2.0 <= seconds < 3.5, seconds
+    assert limited.ctx.metrics.errors.value(kind="openai_speech", code="AUDIO_LIMIT") == 1
+    body, _ = speech(limited, text="Hello.")  # a short one is whole
+    assert 0.2 < len(pcm(body)) / openai_speech.SPEECH_API_SAMPLE_RATE < 2.0

@@ -135,9 +135,9 @@ async def test_serve_fresh_offline_environment(tmp_path):
         assert voices["default"] and any(v["isDefault"] for v in voices["voices"]), voices
 
         async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/speak", max_size=None) as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
             start_msg = {"type": "start", "sampleRate": 16000, "pacing": "asap", "authToken": token}
-            await ws.send(json.dumps(start_msg))
+            await ws.send(json.dumps(start_msg))  # no token on the connection: nothing is said before this start
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "started"
             await ws.send(json.dumps({"type": "speak", "text": "Hello from a fresh machine."}))
             audio = b""
@@ -171,7 +171,8 @@ async def test_serve_fresh_offline_environment(tmp_path):
     log = (tmp_path / "serve.log").read_text()
     assert code == 0, log[-3000:]
     assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
-    assert f"serving on http://127.0.0.1:{port}/?token={quoted}" in log, log[:2000]
+    assert f"serving on http://127.0.0.1:{port}/?token=***" in log, log[:2000]  # a log, not a terminal
+    assert "s3cret" not in log, log[:2000]
     assert "DUPLEX_TTS__ENGIN names no setting" in log, log[:2000]
     chatter = [line for line in log.splitlines() if " DEBUG " in line or " INFO " in line or line.startswith("INFO")]
     assert not chatter, chatter[:10]
@@ -274,6 +275,8 @@ def test_page_url():
     assert url(host="0.0.0.0") == "http://localhost:8123/"  # a secure context for the microphone on this machine
     assert url(host="::1") == "http://[::1]:8123/"
     assert url(auth_token="a b/c&d") == "http://127.0.0.1:8123/?token=a%20b%2Fc%26d"
+    hidden = page_url(Settings(server=ServerSettings(auth_token="a")), 8123, show_token=False)
+    assert hidden == "http://127.0.0.1:8123/?token=***"
 
 
 def ray_processes() -> set[int]:

@@ -64,6 +64,8 @@ GARBAGE = [
     ('{"type": "start", "language": "Klingon"}', "unsupported language 'Klingon'"),
     ('{"type": "speak", "text": "hi", "priority": "urgent"}', "priority"),
     ('{"type": "cancel", "now": true}', "unknown field 'now'"),
+    ("[" * 1000 + "]" * 1000, "nested too deeply"),  # used to drop the session with 1006
+    ('{"type": "speak", "text": ' + "[" * 1000 + "]" * 1000 + "}", "nested too deeply"),
 ]
 
 
@@ -128,6 +130,7 @@ async def test_speak_before_start(live):
         (42, "text must be a string, got int"),
         (["a"], "text must be a string, got list"),
         ("y" * 2001, "the limit is 2000"),
+        ("a lone \ud800 surrogate", "lone surrogate (\\ud800) at character 7"),  # was a SYNTHESIS_ERROR
     ],
 )
 async def test_invalid_text(live, text, expected):
@@ -321,14 +324,18 @@ def auth_live(espeak, server_factory):
 
 @pytest.mark.parametrize("how", ["header", "query", "start"])
 async def test_auth_accepts_the_token(auth_live, how):
-    url, headers, start = auth_live.speak_url, None, {}
+    url, headers = auth_live.speak_url, None
     if how == "header":
         headers = {"Authorization": f"Bearer {TOKEN}"}
     elif how == "query":
         url += f"?token={TOKEN}"
+    if how == "start":  # the token in start: the client speaks first, then gets ready and started
+        ws = await websockets.connect(url)
+        await ws.send(json.dumps({"type": "start", "authToken": TOKEN, "pacing": "asap"}))
+        assert (await recv_json(ws))["type"] == "ready"
+        started = await recv_json(ws)
     else:
-        start = {"authToken": TOKEN}
-    ws, _, started = await open_session(url, start, headers=headers)
+        ws, _, started = await open_session(url, {}, headers=headers)
     try:
         assert started["type"] == "started"
         await speak_ok(ws)
@@ -350,18 +357,16 @@ async def test_auth_refuses(auth_live, how):
         url += "?token=nope"
     ws = await websockets.connect(url, additional_headers=headers)
     try:
-        first = await recv_json(ws)
-        if how in ("wrong-header", "not-bearer", "wrong-query"):
-            err = first  # refused at once, before ready
-        else:
-            assert first["type"] == "ready"
+        if how not in ("wrong-header", "not-bearer", "wrong-query"):  # no token on the connection: nothing
+            with pytest.raises(TimeoutError):  # is sent (not even ready) before a start with the token
+                await recv_json(ws, timeout=0.3)
             send = {
                 "wrong-start": {"type": "start", "authToken": "nope"},
                 "no-token-start": {"type": "start"},
                 "speak-first": {"type": "speak", "text": "hello"},
             }.get(how)
             await ws.send(json.dumps(send) if send else "garbage")
-            err = await recv_json(ws)
+        err = await recv_json(ws)  # refused before ready, holding no slot
         assert err["type"] == "error" and err["code"] == "UNAUTHORIZED" and err["recoverable"] is False, err
         assert (await recv_json(ws))["type"] == "stopped"
         await expect_closed(ws, 1008)
@@ -374,10 +379,34 @@ async def test_auth_refuses(auth_live, how):
 
 async def test_auth_timeout_for_silent_unauthenticated_client(auth_live):
     ws = await websockets.connect(auth_live.speak_url)
-    assert (await recv_json(ws))["type"] == "ready"
-    err = await recv_json(ws, timeout=5)
+    err = await recv_json(ws, timeout=5)  # no ready first
     assert err["code"] == "UNAUTHORIZED" and "within 1 s" in err["message"]
     await expect_closed(ws, 1008)
+
+
+async def test_unauthenticated_connections_take_no_slot(espeak, server_factory):
+    """Token-less sockets that never authenticate used to get ready and a slot each for 10 s (reconnecting every
+    10 s kept authorised clients out); now they hold nothing, and are not counted as sessions."""
+    live = server_factory(espeak, auth_token=TOKEN, max_sessions=1, idle_timeout_s=30)
+    squatters = [await websockets.connect(live.speak_url) for _ in range(3)]
+    try:
+        await asyncio.sleep(0.2)
+        assert live.ctx.sessions.active == 0
+        ws, ready, started = await open_session(live.speak_url, {}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ready["type"] == "ready" and started["type"] == "started"
+        await speak_ok(ws)
+        await ws.close()
+    finally:
+        for squatter in squatters:
+            await squatter.close()
+    assert await await_until(lambda: live.ctx.sessions.active == 0)
+    refused = await websockets.connect(live.speak_url)
+    await refused.send(json.dumps({"type": "start", "authToken": "nope"}))
+    assert (await recv_json(refused))["code"] == "UNAUTHORIZED"
+    await expect_closed(refused, 1008)
+    metrics = live.ctx.metrics
+    assert metrics.sessions_total.value(kind="speak") == 1  # only the authorised session
+    assert metrics.sessions_rejected.value(kind="speak", reason="UNAUTHORIZED") == 1
 
 
 def test_http_auth(auth_live):
@@ -420,3 +449,40 @@ async def test_server_shutdown_mid_stream_leaves_no_threads(espeak, server_facto
     assert not speak_threads()
     await asyncio.wait_for(ws.wait_closed(), 5)
     assert ws.close_code in (1012, 1001, 1006)
+
+
+# --- what one speak, and one client, may cost --------------------------------------------------------------------
+async def test_audio_per_speak_is_bounded(espeak, server_factory):
+    """Numbers read out in words speak for several times what prose of the same length does (``$1,000,000`` x 180
+    = 523 s from 1980 characters on espeak): a speak stops at ``max_speak_audio_s`` and says so."""
+    live = server_factory(espeak, max_speak_audio_s=3.0)
+    ws, _, _ = await open_session(live.speak_url, {"sampleRate": 16_000})
+    try:
+        await ws.send(json.dumps({"type": "speak", "text": "$1,000,000 " * 180, "requestId": "big"}))
+        frames, _, end = await collect_speak(ws)
+        assert end["type"] == "error" and end["code"] == "INVALID_TEXT" and end["requestId"] == "big", end
+        assert "limit of 3 s of audio per speak" in end["message"]
+        audio_s = sum(len(f) for f in frames) / 2 / 16_000
+        assert 2.5 < audio_s <= 3.0, audio_s
+        await speak_ok(ws, "Short and fine.")  # the session goes on
+    finally:
+        await ws.close()
+    assert await await_until(lambda: live.ctx.sessions.active == 0 and not speak_threads())
+
+
+async def test_a_client_that_does_not_read_is_closed(espeak, server_factory):
+    """32 long speaks and never a read: the sends block once the socket buffers are full; one that cannot complete
+    for ``send_timeout_s`` closes the session and frees its slot (it used to hold it for minutes)."""
+    live = server_factory(espeak, send_timeout_s=1.0, idle_timeout_s=5.0)
+    ws = await websockets.connect(live.speak_url, max_queue=1)  # the client library stops reading the socket too
+    assert (await recv_json(ws))["type"] == "ready"
+    await ws.send(json.dumps({"type": "start", "sampleRate": 48_000, "encoding": "pcm32f", "pacing": "asap"}))
+    for i in range(32):
+        await ws.send(json.dumps({"type": "speak", "text": LONG_TEXT, "requestId": str(i)}))
+    t0 = asyncio.get_running_loop().time()
+    assert await await_until(lambda: live.ctx.sessions.active == 0, timeout=60)
+    held = asyncio.get_running_loop().time() - t0
+    assert held < 30, held
+    assert await await_until(lambda: not speak_threads(), timeout=10)
+    assert live.ctx.metrics.errors.value(kind="speak", code="TIMEOUT") >= 1
+    await ws.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -234,3 +235,63 @@ def test_parallel_adds_with_one_id(live, voices_dir):
     assert on_disk(voices_dir) == ["race"]
     assert httpx.delete(live.http + "/api/v1/voices/race").status_code == 204
     assert on_disk(voices_dir) == []
+
+
+def _peak_rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _long_flac(seconds: float, channels: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((int(seconds * 48_000), channels), np.float32), 48_000, format="FLAC")
+    return buf.getvalue()
+
+
+def test_small_files_holding_long_audio_cost_nothing(live, voices_dir):
+    """A 0.1 MB FLAC of 30 minutes of silence, and four 15-minute stereo ones at once, are refused from their
+    headers: the server's peak memory stays put (decoding them whole raised it by 412 MB and 1.58 GB)."""
+    thirty_min, stereo = _long_flac(1800, 1), _long_flac(900, 2)
+    assert len(thirty_min) < UPLOAD_LIMIT and len(stereo) < UPLOAD_LIMIT
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+    except OSError:
+        pytest.skip("cannot reset this process's peak RSS")
+    before = _peak_rss_mb()
+    r = post(live, thirty_min, name="Long")
+    assert r.status_code == 422 and "got 1800.00 s" in r.json()["error"]["message"], r.text
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: post(live, stereo, name="Stereo"), range(4)))
+    assert all(r.status_code == 422 and "got 900.00 s" in r.json()["error"]["message"] for r in results)
+    grew = _peak_rss_mb() - before
+    print(f"\npeak RSS while refusing five long uploads (one 30-minute, four 15-minute stereo at once): +{grew:.1f} MB")
+    assert grew < 40, grew
+    assert on_disk(voices_dir) == []
+
+
+def test_concurrent_decodes_are_bounded(live, voices_dir):
+    """Six uploads at once: at most ``MAX_CONCURRENT_UPLOADS`` are read and decoded at a time."""
+    from agent.server.guards import MAX_CONCURRENT_UPLOADS
+
+    registry = live.ctx.registry
+    real_add, running, most = registry.add, [0], [0]
+
+    def counted_add(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # widen the overlap
+            return real_add(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    registry.add = counted_add
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: post(live, _seconds(1.0), name="Short").status_code, range(6)))
+    finally:
+        registry.add = real_add
+    assert codes == [422] * 6 and most[0] == MAX_CONCURRENT_UPLOADS, (codes, most)

@@ -98,3 +98,26 @@ def test_transcribe_long_splits_and_keeps_the_clock(engine):
 def test_engine_satisfies_protocol(engine):
     assert isinstance(engine, STTEngine)
     assert engine.name == "pocketsphinx"
+
+
+def test_sessions_on_one_decoder_decode_as_their_own_decoders_would():
+    """Voice sessions share the process's decoder, each with its own channel normalisation (cepstral mean): two
+    sessions interleaved on one engine hear what two engines of their own hear (a session's first utterance exactly;
+    later ones the same words, word times within 20 ms), and neither colours the other."""
+    names = ["flite_story_slt.wav", "flite_table_rms.wav", "flite_weather_kal16.wav"]
+    other = ["flite_lights_slt.wav", "flite_pizza_kal16.wav", "flite_meeting_rms.wav"]
+    shared = PocketsphinxEngine()
+    a, b = shared.session(), shared.session()
+    alone_a, alone_b = PocketsphinxEngine(), PocketsphinxEngine()
+    for i, (x, y) in enumerate(zip(names, other)):
+        for session, alone, name in ((a, alone_a, x), (b, alone_b, y)):
+            got, want = session.transcribe(speech(name)), alone.transcribe(speech(name))
+            assert got.text == want.text, name
+            if i == 0:
+                assert got.words == want.words, name
+            for g, w in zip(got.words, want.words):
+                assert abs(g.start_s - w.start_s) <= 0.02 and abs(g.end_s - w.end_s) <= 0.02, (name, g, w)
+    assert a._channel.cmn != b._channel.cmn  # the two channels really differ
+    fresh = shared.session()  # a new session starts from the model's initial mean, like a new decoder
+    assert fresh._channel.cmn == PocketsphinxEngine()._own.cmn
+    assert isinstance(a, STTEngine) and a.name == "pocketsphinx" and a.holds_gil
