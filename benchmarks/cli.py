@@ -12,6 +12,7 @@ BENCHMARKS = {
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
+    "turns": "benchmarks.turns",
 }
 
 

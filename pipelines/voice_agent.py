@@ -37,7 +37,9 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
+from processors.segmented_stt import EngineSTTService
 
+from .endpointing import UnheardTurnMerger, UnplayedReplyGate
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
 from .options import AgentOptions
@@ -147,16 +149,22 @@ def build_voice_agent(
     context = context or LLMContext()
     # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
     stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
-    user, assistant = LLMContextAggregatorPair(
-        context, user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name)
+    user_params = build_user_aggregator_params(
+        options.vad, options.turn, policy, stt_name=stt_name, stt_reports_segments=isinstance(stt, EngineSTTService)
     )
+    user, assistant = LLMContextAggregatorPair(context, user_params=user_params)
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()
+    unheard = unplayed = None
+    if options.turn.drop_unplayed_replies or options.turn.late_transcripts == "join":
+        unheard = UnheardTurnMerger(context=context)
+    if options.turn.drop_unplayed_replies:
+        unplayed = UnplayedReplyGate()
 
-    processors: list[FrameProcessor] = [transport.input(), stt, user, llm]
+    processors: list[FrameProcessor] = [transport.input(), stt, user, *([unheard] if unheard else []), llm]
     if resumer is not None:
         processors.append(resumer)
-    processors += [tts, interruption_filter, transport.output(), assistant]
+    processors += [tts, *([unplayed] if unplayed else []), interruption_filter, transport.output(), assistant]
     pipeline = Pipeline(processors)
 
     metrics = VoiceMetricsObserver()

@@ -74,8 +74,8 @@ def load_reply(i: int) -> str:
 
 def test_whole_context_and_counts(barge_in):
     assert failures(barge_in, context={"roles": ["user", "assistant", "user", "assistant"]}) == []
-    assert failures(barge_in, context={"not_contains": {"user": "wait"}}) == [
-        f"context should not contain 'wait' in a user message, was [{', '.join(shown(barge_in.context))}]"
+    assert failures(barge_in, context={"not_contains": {"user": "weather"}}) == [
+        f"context should not contain 'weather' in a user message, was [{', '.join(shown(barge_in.context))}]"
     ]
     assert failures(barge_in, count={"interruption": {"min": 1, "max": 1}, "llm_request": 2}) == []
     assert failures(barge_in, count={"interruption": {"min": 2}}) == ["expected >= 2 interruption event(s), got 1"]
