@@ -23,8 +23,8 @@ What is counted, per policy (all times on the replay clock; on the virtual clock
 latencies are the policy's own waiting):
 
 * **false cut-off**: at a pause labelled ``inside``, the bot started speaking or an interruption reached the client
-  between the pause's start and 0.6 s after the speech resumed (the VAD's lag); split by the pause's length (up to
-  1 s, longer);
+  between the pause's start and 0.6 s after the speech resumed (the VAD's lag); split by the pause's length as heard
+  (from the end of the voiced audio before the label to the start of the voiced audio after it: up to 1 s, longer);
 * **split**: an ``answer`` utterance that reached the LLM context as more than one user message;
 * **false barge-in**: a ``backchannel`` / ``noise`` after which the bot's reply was lost (an interruption reached
   the client and the reply never resumed) or that the LLM answered; **bot stopped**: an interruption reached the
@@ -32,7 +32,8 @@ latencies are the policy's own waiting):
 * **missed barge-in**: a ``barge_in`` during the bot's speech that did not stop it; **stop latency**: its speech
   onset to the end of the last bot audio played;
 * **voice-to-voice**: ``answer`` and ``barge_in`` utterances, the end of the utterance's speech to the bot's first
-  audio of the answer.
+  audio of the answer; over the utterances without a labelled pause (complete utterances said in one go), and over
+  all of them (the end of an utterance that had pauses is judged after them).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class AnswerOutcome:
     answered: bool
     voice_to_voice: float | None
     split: bool
+    paused: bool  # the utterance has labelled pauses inside
 
 
 @dataclass
@@ -185,13 +187,20 @@ def measure(scenario, result, policy: str) -> ScenarioOutcome:
                 pauses.append((tr.fed_at + a, tr.fed_at + b, kind))
         pauses += [(tr.fed_at + p.from_s, tr.fed_at + p.to_s, p.pause) for p in labels.pauses]
         for p0, p1, kind in sorted(pauses):
-            until = min(p1 + RESTART_LAG_S, tr.speech_end)
-            cut = any(p0 <= t < until for t in cut_events)
-            out.pauses.append(PauseOutcome(tr.name, round(p1 - p0, 3), kind, cut))
+            # the pause as heard: from the end of the speech before the label to the start of the speech after it
+            # (a synthesised comma, a recording's own breath make it longer than the silence inserted)
+            before = [b for a, b in tr.segments if b <= p0 + 0.05]
+            after = [a for a, b in tr.segments if a >= p1 - 0.05]
+            q0 = max(before) if before else p0
+            q1 = min(after) if after else p1
+            until = min(q1 + RESTART_LAG_S, tr.speech_end)
+            cut = any(q0 <= t < until for t in cut_events)
+            out.pauses.append(PauseOutcome(tr.name, round(q1 - q0, 3), kind, cut))
         user_messages = [m for m in tr.messages if m.get("role") == "user"]
         if labels.kind in ("answer", "barge_in"):
             v2v = tr.latencies()["voice_to_voice"]
-            out.answers.append(AnswerOutcome(tr.name, labels.kind, tr.answered, v2v, len(user_messages) > 1))
+            split = len(user_messages) > 1
+            out.answers.append(AnswerOutcome(tr.name, labels.kind, tr.answered, v2v, split, bool(pauses)))
         if labels.kind in ("backchannel", "noise"):
             s0, s1 = tr.span
             stopped = any(s0 <= t < s1 for t in interruptions)
@@ -258,6 +267,7 @@ def summarise(outcomes: list[ScenarioOutcome]) -> dict[str, str]:
     backchannels = [x for x in listens if x.kind == "backchannel"]
     noises = [x for x in listens if x.kind == "noise"]
     v2v = sorted(a.voice_to_voice for a in answers if a.voice_to_voice is not None)
+    whole = sorted(a.voice_to_voice for a in answers if a.voice_to_voice is not None and not a.paused)
     stops = sorted(b.stop_latency for b in barges if b.stop_latency is not None)
     return {
         "false cut-offs, pauses ≤ 1 s inside a sentence": _rate(sum(p.cut for p in inside_short), len(inside_short)),
@@ -273,8 +283,10 @@ def summarise(outcomes: list[ScenarioOutcome]) -> dict[str, str]:
         "false barge-ins on coughs and noise": _rate(sum(x.false_barge_in for x in noises), len(noises)),
         "bot stopped by a cough or noise (resumed or not)": _rate(sum(x.stopped for x in noises), len(noises)),
         "missed barge-ins": _rate(sum(b.missed for b in barges), len(barges)),
-        "voice-to-voice p50 (ms)": _ms(_pct(v2v, 50)),
-        "voice-to-voice p95 (ms)": _ms(_pct(v2v, 95)),
+        "voice-to-voice p50 (ms), utterances without a pause": _ms(_pct(whole, 50)),
+        "voice-to-voice p95 (ms), utterances without a pause": _ms(_pct(whole, 95)),
+        "voice-to-voice p50 (ms), all answered utterances": _ms(_pct(v2v, 50)),
+        "voice-to-voice p95 (ms), all answered utterances": _ms(_pct(v2v, 95)),
         "stop latency from speech onset p50 (ms)": _ms(_pct(stops, 50)),
         "stop latency from speech onset p95 (ms)": _ms(_pct(stops, 95)),
     }
@@ -299,7 +311,7 @@ def detail(by_policy: dict[str, list[ScenarioOutcome]]) -> str:
             for p in o.pauses:
                 verdict = "CUT" if p.cut else "ok"
                 lines.append(
-                    f"{name:16s} {o.scenario:28s} {p.turn:16s} pause {p.kind:6s} {p.seconds:4.1f} s  {verdict}"
+                    f"{name:16s} {o.scenario:28s} {p.turn:16s} pause {p.kind:7s} {p.seconds:4.2f} s  {verdict}"
                 )
             for a in o.answers:
                 flags = ("" if a.answered else " UNANSWERED") + (" SPLIT" if a.split else "")

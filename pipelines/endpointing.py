@@ -135,18 +135,18 @@ class RecentAudio:
     """The last ``keep_s`` of input audio with the time each frame arrived, and its level frame by frame.
 
     ``since(t)`` is the audio from time ``t`` on (for the end-of-turn model); ``speech_resumed()`` says whether the
-    last frames are loud enough to be speech again, judged against the noise floor and the level of the turn's
-    speech, which the VAD would only confirm ``start_secs`` plus its lag later."""
+    last frames are loud enough to be speech again, which the VAD would only confirm ``start_secs`` plus its lag
+    later."""
 
-    def __init__(self, keep_s: float = 10.0, recent_s: float = 0.06):
+    def __init__(self, keep_s: float = 10.0, recent_s: float = 0.3, margin_db: float = 10.0):
         self.keep_s = keep_s
         self.recent_s = recent_s
+        self.margin_db = margin_db
         self._frames: deque[tuple[float, np.ndarray]] = deque()
         self._levels: deque[tuple[float, float]] = deque()  # (time, dBFS) per frame, last keep_s
         self.rate = STT_SAMPLE_RATE
-        self.speech_db: float | None = None  # typical level of the user's speech (while the VAD says speech)
 
-    def append(self, frame: InputAudioRawFrame, t: float, speaking: bool) -> None:
+    def append(self, frame: InputAudioRawFrame, t: float) -> None:
         samples = pcm16_to_float(frame.audio)
         if frame.num_channels and frame.num_channels > 1:
             samples = samples.reshape(-1, frame.num_channels).mean(axis=1)
@@ -156,8 +156,6 @@ class RecentAudio:
         self._frames.append((t, samples))
         level = 10 * np.log10(float(np.mean(np.square(samples, dtype=np.float64))) + 1e-10) if samples.size else -100.0
         self._levels.append((t, level))
-        if speaking and level > self.floor_db() + 10:
-            self.speech_db = level if self.speech_db is None else 0.9 * self.speech_db + 0.1 * level
         while self._frames and self._frames[0][0] < t - self.keep_s:
             self._frames.popleft()
         while self._levels and self._levels[0][0] < t - self.keep_s:
@@ -173,15 +171,18 @@ class RecentAudio:
             return -100.0
         return float(np.percentile([lv for _, lv in self._levels], 20))
 
-    def speech_resumed(self) -> bool:
+    def speech_resumed(self, quiet_since: float) -> bool:
+        """Whether something in the last ``recent_s`` (about what Silero needs to confirm speech: ``start_secs`` and
+        its lag) is louder than the pause itself (the median level of the frames since ``quiet_since``, the VAD
+        stop) by ``margin_db``: speech the VAD may be about to report. Judged against the pause, not the whole
+        conversation, so a noise bed sets the bar and a soft onset ("th", "s") over digital silence still counts."""
         if not self._levels:
             return False
         last_t = self._levels[-1][0]
         recent = [lv for t, lv in self._levels if t > last_t - self.recent_s - 1e-9]
-        threshold = self.floor_db() + 12.0
-        if self.speech_db is not None:
-            threshold = max(threshold, self.speech_db - 18.0)
-        return max(recent) > threshold
+        pause = [lv for t, lv in self._levels if quiet_since <= t <= last_t - self.recent_s - 1e-9]
+        floor = float(np.median(pause)) if len(pause) >= 3 else self.floor_db()
+        return max(recent) > floor + self.margin_db
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, InputAudioRawFrame):
-            self._audio.append(frame, self._now(), self._speaking)
+            self._audio.append(frame, self._now())
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             await self._on_speech_started(frame)
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
@@ -377,7 +378,8 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
         try:
             await asyncio.sleep(max(0.0, deadline - self._now()))
             held = 0.0
-            while self._audio.speech_resumed() and held < self.hold_s:  # speech the VAD has not confirmed yet
+            # sound the VAD has not confirmed as speech yet: hold (a click lets go after hold_s)
+            while self._audio.speech_resumed(self._stopped_at or 0.0) and held < self.hold_s:
                 await asyncio.sleep(0.02)
                 held += 0.02
             waited = 0.0

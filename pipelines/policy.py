@@ -88,7 +88,7 @@ class TurnOptions(BaseModel):
     smart_turn_stop_secs: float = Field(3.0, gt=0.0)  # smart_turn: silence that ends the turn on an INCOMPLETE verdict
     end_of_turn_model: Literal["smart_turn", "none"] = "smart_turn"  # endpointing: judges whether the user finished
     complete_wait_s: float = Field(0.1, ge=0.0)  # endpointing: silence after the VAD stop when it sounds finished
-    incomplete_wait_s: float = Field(1.0, ge=0.0)  # endpointing: ... when it does not
+    incomplete_wait_s: float = Field(1.0, ge=0.0)  # endpointing: ... when it does not (a pause of 1 s holds)
     complete_threshold: float = Field(0.5, ge=0.0, le=1.0)  # endpointing: the model's P(finished) that counts
     preemptive_generation: bool = True  # endpointing: start the LLM when the user goes quiet (held, or dropped)
     drop_unplayed_replies: bool = True  # the user speaks again before the answer played: drop it, one message
