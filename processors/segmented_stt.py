@@ -169,7 +169,7 @@ class EngineSTTService(SegmentedSTTService):
 
     def _stream_factory(self) -> Callable[[], STTStream] | None:
         if self._incremental:
-            return self._engine.open_stream  # type: ignore[attr-defined]
+            return lambda: self._engine.open_stream(source_rate=self.sample_rate)  # type: ignore[attr-defined]
         if self._interim_interval_s is not None:
             return lambda: RetranscribingStream(
                 self._engine,

@@ -104,9 +104,11 @@ class STTStream(Protocol):
 
 @runtime_checkable
 class StreamingSTTEngine(STTEngine, Protocol):
-    """An engine that decodes incrementally: a hypothesis per piece almost for free, the final one at the end."""
+    """An engine that decodes incrementally: a hypothesis per piece almost for free, the final one at the end.
+    ``source_rate``: the rate the audio was captured at before it was resampled to 16 kHz (8000 for a telephone
+    call: an engine may decode narrowband audio differently)."""
 
-    def open_stream(self) -> STTStream: ...
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> STTStream: ...
 
 
 class RetranscribingStream:

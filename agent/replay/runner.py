@@ -76,16 +76,23 @@ def build_agent(
 
     settings = settings or scenario.agent_settings()
     stt = None
+    engine = None
     if scenario.stt.scripted is not None:
         from .scripted import ScriptedSTTEngine
 
-        stt = stt_service(ScriptedSTTEngine(scenario.stt.scripted), settings.stt)
+        engine = ScriptedSTTEngine(scenario.stt.scripted)
     elif scenario.stt.labelled:
         from processors.segmented_stt import TRAILING_SILENCE_S
 
         from .scripted import LabelledSTTEngine
 
         engine = LabelledSTTEngine(lambda: transport.user_words, transport.now, TRAILING_SILENCE_S)
+    if engine is not None and scenario.stt.latency_ms:
+        from .scripted import SlowSTTService
+
+        latency = scenario.stt.latency_ms / 1000
+        stt = SlowSTTService(engine, latency_s=latency, interim_interval_s=settings.stt.interim_interval_s)
+    elif engine is not None:
         stt = stt_service(engine, settings.stt)
     llm = None
     if scenario.llm.scripted is not None:

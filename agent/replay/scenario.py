@@ -65,15 +65,20 @@ class LLMSpec(_Strict):
 class STTSpec(_Strict):
     """``scripted``: transcripts in order, one per STT segment ("" = nothing heard). ``labelled``: the STT hears the
     words the scenario labels (each sound's ``words``; a ``text`` sound's own text), wherever the VAD cuts the
-    segments (``agent.replay.scripted.LabelledSTTEngine``). Neither: ``settings.stt``'s engine."""
+    segments (``agent.replay.scripted.LabelledSTTEngine``). Neither: ``settings.stt``'s engine. ``latency_ms``: the
+    scripted or labelled STT's final transcripts come that long after their segment ended, as a slow CPU STT's do
+    (compute takes no time on the virtual clock: this is how a replay shows what a slow STT does to turns)."""
 
     scripted: list[str] | None = None
     labelled: bool = False
+    latency_ms: float = Field(0.0, ge=0.0)  # scripted / labelled: each final transcript comes this late (a slow STT)
 
     @model_validator(mode="after")
     def _one_kind(self):
         if self.labelled and self.scripted is not None:
             raise ValueError("give either 'scripted' transcripts or 'labelled: true', not both")
+        if self.latency_ms and not (self.labelled or self.scripted is not None):
+            raise ValueError("'latency_ms' slows a scripted or labelled STT (a real engine takes the time it takes)")
         return self
 
 

@@ -35,6 +35,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 
 from processors.audio import STT_SAMPLE_RATE
+from processors.segmented_stt import EngineSTTService
 from processors.stt_engine import Transcript, Word
 
 
@@ -87,7 +88,7 @@ class LabelledSTTEngine:
         self.calls.append((start, end))
         return self._transcript(self.heard(start, end), start, seconds)
 
-    def open_stream(self) -> LabelledSTTStream:
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> LabelledSTTStream:
         """Words as the utterance is spoken: it incrementally decodes, as far as the adapter can tell."""
         return LabelledSTTStream(self)
 
@@ -101,8 +102,9 @@ class LabelledSTTEngine:
 
 
 class LabelledSTTStream:
-    """``STTStream`` of ``LabelledSTTEngine``: the audio fed so far ends ``now()``; its hypothesis is the labelled
-    words already said in it (ended by now), its final transcript the words whose middle lies in it."""
+    """``STTStream`` of ``LabelledSTTEngine``: the first piece (the pre-roll, fed at the VAD start) ends ``now()``,
+    the rest follow it back to back; the hypothesis is the labelled words already said in the audio fed (ended by
+    its end), the final transcript the words whose middle lies in it."""
 
     def __init__(self, engine: LabelledSTTEngine):
         self._engine = engine
@@ -111,11 +113,11 @@ class LabelledSTTStream:
         self._last: str | None = None
 
     def feed(self, audio: np.ndarray) -> Transcript | None:
-        now = self._engine._now()
         self._seconds += len(audio) / STT_SAMPLE_RATE
-        if self._start is None:
-            self._start = now - self._seconds
-        words = [w for w in self._engine.heard(self._start, now) if w[1] <= now]
+        if self._start is None:  # the first piece (the pre-roll at the VAD start) ends now
+            self._start = self._engine._now() - self._seconds
+        end = self._start + self._seconds  # the audio's own time: a late feed (a slow STT) does not hear ahead
+        words = [w for w in self._engine.heard(self._start, end) if w[1] <= end]
         text = " ".join(w for _, _, w in words)
         if text == self._last:
             return None
@@ -123,13 +125,28 @@ class LabelledSTTStream:
         return self._engine._transcript(words, self._start, self._seconds)
 
     def finish(self) -> Transcript:
-        now = self._engine._now()
-        start = self._start if self._start is not None else now
-        self._engine.calls.append((start, now))
-        return self._engine._transcript(self._engine.heard(start, now), start, self._seconds)
+        start = self._start if self._start is not None else self._engine._now()
+        end = start + self._seconds
+        self._engine.calls.append((start, end))
+        return self._engine._transcript(self._engine.heard(start, end), start, self._seconds)
 
     def close(self) -> None:
         pass
+
+
+class SlowSTTService(EngineSTTService):
+    """``EngineSTTService`` whose final transcripts come ``latency_s`` after their segment ended, on the loop's clock:
+    a slow STT on the virtual clock (where the engine's compute takes no time). Segments still queue one after the
+    other, as they do behind a busy engine."""
+
+    def __init__(self, engine, *, latency_s: float, **kwargs):
+        super().__init__(engine, **kwargs)
+        self.latency_s = latency_s
+
+    async def run_stt(self, audio: bytes):
+        await asyncio.sleep(self.latency_s)
+        async for frame in super().run_stt(audio):
+            yield frame
 
 
 @dataclass

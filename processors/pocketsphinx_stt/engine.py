@@ -33,7 +33,6 @@ from processors.stt_engine import Stopwatch, STTError, Transcript, Word, validat
 
 _FILLERS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")  # silence and noise tokens, not words
 _ALT_PRONUNCIATION = re.compile(r"\(\d+\)$")  # "read(2)" -> "read"
-TELEPHONE_BAND_HZ = 3900  # audio with (next to) nothing above this came through an 8 kHz channel
 
 
 def dither_digital_silence(
@@ -134,10 +133,10 @@ class PocketsphinxEngine:
             text=text, words=tuple(words), language=self.language, audio_seconds=seconds, compute_seconds=compute
         )
 
-    def open_stream(self) -> PocketsphinxStream:
-        """Decode one utterance as it comes (see the module docstring). Blocks while another call or stream holds
-        the decoder."""
-        return PocketsphinxStream(self)
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> PocketsphinxStream:
+        """Decode one utterance as it comes (see the module docstring and ``PocketsphinxStream``). Blocks while
+        another call or stream holds the decoder."""
+        return PocketsphinxStream(self, source_rate=source_rate)
 
 
 class PocketsphinxStream:
@@ -145,25 +144,24 @@ class PocketsphinxStream:
     engine's lock) until ``finish`` or ``close``. As in ``transcribe``, exact zeros before the first sound are cut to
     ``edge_silence_s`` and other runs of zeros get the engine's dither.
 
-    The first ``probe_s`` of sound decide how: wideband audio is decoded live (a hypothesis per piece; the final
-    costs the last piece), telephone-band audio (nothing above 4 kHz: an 8 kHz call resampled to 16 kHz) is only
-    kept and decoded in one pass at the end, as ``transcribe`` does. Live decoding normalises the channel as it goes,
-    from wideband starting values, and on telephone audio that costs a lot: on the flite clips band-limited to 8 kHz,
-    36-64 % WER live against 21 % in one pass (and a live pass first leaves the decoder worse for the one-pass
-    decode after it); on wideband audio 10-13 % both ways."""
+    Wideband audio is decoded live: a hypothesis per piece, and the final costs the last piece. Audio captured at a
+    lower rate (``source_rate`` below 16 kHz: a telephone call) is kept and decoded in one pass at the end, as
+    ``transcribe`` does, without hypotheses on the way: live decoding normalises the channel as it goes, starting
+    from wideband values, and on telephone audio that costs a lot (the flite clips band-limited to 8 kHz: 36-64 %
+    WER live against 21 % in one pass, and a live pass leaves the decoder worse for a one-pass decode after it; on
+    wideband audio 10-13 % both ways)."""
 
-    def __init__(self, engine: PocketsphinxEngine, probe_s: float = 0.3):
+    def __init__(self, engine: PocketsphinxEngine, *, source_rate: int = STT_SAMPLE_RATE):
         self._engine = engine
-        self._probe = int(probe_s * STT_SAMPLE_RATE)
+        self._live = source_rate >= STT_SAMPLE_RATE
         engine._lock.acquire()
         self._open = True
-        self._live: bool | None = None  # decided once probe_s of sound came
+        self._started = False  # the decoder's utterance is open (live decoding began)
         self._offset = 0.0  # seconds of leading zeros not kept
         self._heard = False  # a non-zero sample came
         self._lead = np.zeros(0, np.float32)  # the latest leading zeros (kept up to edge_silence_s)
-        self._kept: list[np.ndarray] = []  # what was fed (after the leading cut), dithered
+        self._kept: list[np.ndarray] = []  # narrowband: what was fed (after the leading cut), for the one pass
         self._samples = 0
-        self._band = np.zeros(2)  # spectral energy below / above TELEPHONE_BAND_HZ of what came
         self._compute = 0.0
         self._last_text: str | None = None
 
@@ -175,43 +173,25 @@ class PocketsphinxStream:
             audio = self._after_leading_zeros(audio)
         if audio.size == 0:
             return None
-        spectrum = np.abs(np.fft.rfft(audio)) ** 2
-        split = int(len(spectrum) * TELEPHONE_BAND_HZ / (STT_SAMPLE_RATE / 2))
-        self._band += (spectrum[:split].sum(), spectrum[split:].sum())
         if self._engine.dither_dbfs is not None:
             audio = dither_digital_silence(audio, self._engine.dither_dbfs, seed=self._samples)
-        self._kept.append(audio)
         self._samples += audio.size
-        if self._live is None:
-            if self._samples < self._probe:
-                return None
-            self._live = not self._telephone_band()
-            if not self._live:
-                return None
-            audio = np.concatenate(self._kept)
-            self._decode(audio, start=True)
-        elif self._live:
-            self._decode(audio)
-        else:
+        if not self._live:
+            self._kept.append(audio)
             return None
-        return self._hypothesis()
-
-    def _decode(self, audio: np.ndarray, start: bool = False) -> None:
         d = self._engine._decoder
         with Stopwatch() as sw:
             try:
-                if start:
+                if not self._started:
                     d.start_utt()
+                    self._started = True
                 d.process_raw(float_to_pcm16(audio), no_search=False, full_utt=False)
+                hyp = d.hyp()
+                segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
             except Exception as e:
                 self.close()
                 raise STTError(f"pocketsphinx decoding failed: {type(e).__name__}: {e}") from e
         self._compute += sw.seconds
-
-    def _hypothesis(self) -> Transcript | None:
-        d = self._engine._decoder
-        hyp = d.hyp()
-        segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
         transcript = self._engine._transcript(hyp, segments, self._offset, self._seconds(), self._compute)
         if transcript.text == self._last_text:
             return None
@@ -224,12 +204,14 @@ class PocketsphinxStream:
         d = self._engine._decoder
         try:
             with Stopwatch() as sw:
-                if not self._kept:
+                if not self._started and not self._kept:  # nothing but digital silence came
                     return Transcript(text="", language=self._engine.language, audio_seconds=self._seconds())
-                if not self._live:  # telephone band (or too short to tell): one pass, as transcribe does
+                if not self._live:  # one pass, as transcribe does
                     d.start_utt()
+                    self._started = True
                     d.process_raw(float_to_pcm16(np.concatenate(self._kept)), no_search=False, full_utt=True)
                 d.end_utt()
+                self._started = False
                 hyp = d.hyp()
                 segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
         except Exception as e:
@@ -243,11 +225,12 @@ class PocketsphinxStream:
         if not self._open:
             return
         try:
-            if self._live:
+            if self._started:
                 self._engine._decoder.end_utt()
         except Exception:
             pass
         finally:
+            self._started = False
             self._release()
 
     def _after_leading_zeros(self, audio: np.ndarray) -> np.ndarray:
@@ -266,10 +249,6 @@ class PocketsphinxStream:
             return np.zeros(0, np.float32)
         self._heard = True
         return np.concatenate([lead[cut:], audio[audible[0] :]])
-
-    def _telephone_band(self) -> bool:
-        low, high = self._band
-        return low > 0 and high < 2e-3 * low
 
     def _seconds(self) -> float:
         return self._offset + self._samples / STT_SAMPLE_RATE

@@ -237,8 +237,8 @@ async def test_the_final_transcript_costs_only_the_last_piece():
             self.whole += 1
             return super().transcribe(audio, sample_rate)
 
-        def open_stream(self):
-            stream = super().open_stream()
+        def open_stream(self, source_rate=STT_SAMPLE_RATE):
+            stream = super().open_stream(source_rate)
             feed = stream.feed
 
             def counted(audio):
