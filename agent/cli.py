@@ -9,7 +9,7 @@ import sys
 
 SUBCOMMANDS = {
     "serve": ("agent.serve", "Run the agent server: browser chat, telephony, /api/v1/speak, /api/v1/voices."),
-    "bench": ("benchmarks.cli", "Run a benchmark and write docs/benchmarks.md."),
+    "bench": ("benchmarks.cli", "Run a benchmark and print its table (--write: into docs/benchmarks.md too)."),
     "replay": ("agent.replay.cli", "Replay a conversation scenario through the real pipeline."),
     "speak": ("agent.speak", "Synthesise text to a WAV file with a voice."),
 }

@@ -2,7 +2,8 @@
 
 The groups are defined beside the code that reads them and composed here: ``tts`` / ``stt`` / ``llm`` come from the
 engine catalogue (``processors.catalogue``: each engine's options model, e.g. ``processors.qwen3_tts.options``),
-``vad`` / ``turn`` from ``pipelines.policy``, ``server`` below. Nested groups use ``__`` in env names:
+``vad`` / ``turn`` from ``pipelines.policy``, ``ray`` (where the engines run: ``duplex serve --ray``) from
+``processors.ray_serve.options``, ``server`` below. Nested groups use ``__`` in env names:
 ``DUPLEX_TTS__ENGINE=espeak``, ``DUPLEX_TURN__STOP_SECS=0.6``. CLI flags map onto the same fields (``agent/serve.py``);
 flags win over env vars, which win over defaults. A ``DUPLEX_*`` variable that names no setting is reported by
 ``unknown_env_vars`` (``duplex serve`` warns about each) and otherwise ignored.
@@ -13,13 +14,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipelines.options import AgentOptions
 from pipelines.policy import TurnOptions, VADOptions
 from processors.catalogue import LLMOptions, STTOptions, TTSOptions
+from processors.ray_serve.options import RayOptions
 from processors.tts_engine import MAX_TEXT_CHARS
 from voices.registry import VoiceRegistry
 
@@ -33,6 +36,53 @@ STTSettings = STTOptions
 LLMSettings = LLMOptions
 VADSettings = VADOptions
 TurnSettings = TurnOptions
+RaySettings = RayOptions
+
+
+class IceServer(BaseModel):
+    """A STUN or TURN server for WebRTC, used by the page and by the server's own peer (``--ice-server``).
+
+    As text (the flag, or an item of ``DUPLEX_SERVER__ICE_SERVERS``): ``stun:host[:port]``, or
+    ``turn:USER:CREDENTIAL@host[:port][?transport=udp|tcp]`` (also ``turns:``); the credential is everything after
+    the last ``:`` before the last ``@``, so TURN REST usernames like ``1700000000:alice`` work; percent-encode a
+    ``@`` or ``:`` inside the credential. As JSON: ``{"urls": ..., "username": ..., "credential": ...}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(ICE_SCHEMES) or len(v.split(":", 1)[1]) < 1:
+            raise ValueError(f"an ICE server URL starts with stun:, turn: or turns:, got {v!r}")
+        return v
+
+    @classmethod
+    def parse(cls, text: str) -> IceServer:
+        text = text.strip()
+        scheme, sep, rest = text.partition(":")
+        if not sep or not text.startswith(ICE_SCHEMES):
+            raise ValueError(f"an ICE server starts with stun:, turn: or turns:, got {text!r}")
+        rest = rest.removeprefix("//")
+        username = credential = None
+        if "@" in rest:
+            userinfo, rest = rest.rsplit("@", 1)
+            user, colon, secret = userinfo.rpartition(":")
+            if not colon or not user:
+                raise ValueError(f"write the TURN credentials as {scheme}:USER:CREDENTIAL@host:port, got {text!r}")
+            username, credential = unquote(user), unquote(secret)
+        return cls(urls=f"{scheme}:{rest}", username=username, credential=credential)
+
+    def browser(self) -> dict[str, Any]:
+        """The ``RTCIceServer`` dictionary for the page."""
+        return self.model_dump(exclude_none=True)
+
+
+ICE_SCHEMES = ("stun:", "turn:", "turns:")
 
 
 class ServerSettings(BaseModel):
@@ -46,6 +96,15 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=1024)
     max_upload_bytes: int = Field(20 << 20, ge=1024)
     idle_timeout_s: float = Field(300.0, gt=0.0)
+    ice_servers: list[IceServer] = []  # STUN/TURN for WebRTC beyond the LAN (the page and the server's peer)
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _ice_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        return [IceServer.parse(x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
     cors_origins: list[str] = []  # web origins allowed to call the API from a page served elsewhere (a client app)
 
 

@@ -86,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_MODEL_UNAVAILABLE
     engine = engines.tts
     try:
-        language = resolve_language(args.language or voice.language, engine.languages)
-        voice_obj = VoiceLoader().get(engine, voice)
-    except (ValueError, TTSError) as e:
-        _say(str(e))
-        return EXIT_BAD_INPUT
-    return _stream_to_wav(engine, text, voice_obj, voice.id, language, out, quiet=args.quiet)
+        try:
+            language = resolve_language(args.language or voice.language, engine.languages)
+            voice_obj = VoiceLoader().get(engine, voice)
+        except (ValueError, TTSError) as e:
+            _say(str(e))
+            return EXIT_BAD_INPUT
+        return _stream_to_wav(engine, text, voice_obj, voice.id, language, out, quiet=args.quiet)
+    finally:
+        engines.close()  # with DUPLEX_RAY__ENABLED: a Ray instance started here stops
 
 
 def _stream_to_wav(engine, text: str, voice, voice_id: str, language: str, out: Path, *, quiet: bool) -> int:

@@ -1,4 +1,5 @@
-"""``duplex bench {tts,...}``: benchmarks print a table and write it into docs/benchmarks.md."""
+"""``duplex bench {tts,...}``: benchmarks print a table; with ``--write`` they also write it into docs/benchmarks.md
+(never by default, so a user's run leaves the checkout clean)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ BENCHMARKS = {
     "llm": "benchmarks.llm",
     "speak": "benchmarks.speak_server",
     "agent": "benchmarks.voice_agent",
+    "scale": "benchmarks.scale",
     "turns": "benchmarks.turns",
 }
 

@@ -1,6 +1,6 @@
 """espeak fallback TTS: ms per sentence, time to first chunk, cancel latency (engine and pipecat adapter).
 
-    python -m benchmarks.espeak_tts [--no-write]      (or `duplex bench espeak` once registered in benchmarks/cli.py)
+    python -m benchmarks.espeak_tts [--write]      (or `duplex bench espeak`)
 
 Engine: sentences of several lengths, each timed inside the process-wide lock (voice/parameter setup +
 espeak_Synth); time from ``stream()`` to its first chunk; cancel latency from another thread while the consumer pulls
@@ -41,7 +41,7 @@ PARAGRAPH = (
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=30, help="repetitions per measurement")
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -188,8 +188,8 @@ def measure_adapter_interrupt(runs: int) -> dict:
             self.set_at: list[float] = []
             self.ended_at: list[float] = []
 
-        def stream(self, text, voice=None, language="English", cancel=None, **generation):
-            inner = super().stream(text, voice, language, cancel, **generation)
+        def stream_timed(self, text, voice=None, language="English", cancel=None, **generation):
+            inner = super().stream_timed(text, voice, language, cancel, **generation)  # stream() is built on it
             if cancel is not None:
                 threading.Thread(
                     target=lambda: (cancel.wait(), self.set_at.append(time.perf_counter())), daemon=True
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         "so this includes up to one 10 ms pace sleep).\n"
     )
     print("\n" + body)
-    if not args.no_write:
+    if args.write:
         print(f"written to {write_section('espeak', body)}")
     return 0
 

@@ -54,7 +54,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--cancel-trials", type=int, default=8)
     p.add_argument("--cache-dir", type=Path, help="cache root to use and keep (default: a temporary one, removed)")
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 def _load_in_subprocess(cache_root: Path) -> dict:
@@ -151,6 +151,6 @@ def run(args: argparse.Namespace) -> int:
         f"{loads}\n\n{streaming}\n\n{cancel}\n"
     )
     print(body)
-    if not args.no_write:
+    if args.write:
         print(f"written to {write_section('llm', body)}")
     return 0

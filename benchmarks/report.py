@@ -6,7 +6,10 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-HEADER = "# Benchmarks\n\nEvery section is written by the command named in it; do not edit by hand.\n"
+HEADER = (
+    "# Benchmarks\n\nEvery section is written by the command named in it, run with `--write` (without it a benchmark "
+    "only prints its\ntable); do not edit by hand.\n"
+)
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:

@@ -1,6 +1,6 @@
 """/api/v1/speak server: cancel latency, first audio, per-session memory/threads/CPU, over real loopback sockets.
 
-    python -m benchmarks.speak_server [--engine espeak] [--runs 20] [--no-write]
+    python -m benchmarks.speak_server [--engine espeak] [--runs 20] [--write]
 
 The server (``create_app`` + uvicorn) runs in its own process, so its RSS, threads and CPU time are its own; the
 clients are ``websockets`` in this process.
@@ -36,7 +36,7 @@ LONG_TEXT = " ".join(
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["espeak", "qwen3-tiny"], default="espeak")
     p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 def _serve(engine_name: str, port_queue: mp.Queue) -> None:
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         server.join(10)
     body = report(args.engine, args.runs, result)
     print(body)
-    if not args.no_write:
+    if args.write:
         from benchmarks.report import write_section
 
         print("wrote", write_section("speak-server", body))

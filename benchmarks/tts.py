@@ -34,7 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(os.environ.get("DUPLEX_CACHE_DIR", Path.home() / ".cache" / "duplex")) / "bench",
     )
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
     p.add_argument("--side", choices=["upstream", "stream", "lean", "bandwidth", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     tts_lean.add_arguments(p)
@@ -218,6 +218,6 @@ def run(args: argparse.Namespace) -> int:
     if lean_body:
         body += "\n" + lean_body
     print("\n" + body)
-    if not args.no_write:
+    if args.write:
         print(f"written to {write_section('tts', body)}")
     return 0

@@ -34,7 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="full", help="random model preset: full (0.6B architecture) or tiny")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--cache", type=Path, default=default_cache_dir())
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 def sdpa_backend(engine, voice) -> str:
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         f"({args.frames * 0.08:.0f} s of audio), voice-clone ICL mode. Decode attention: {backend}.\n\n{table}\n"
     )
     print(body)
-    if not args.no_write:
+    if args.write:
         print(f"written to {write_section('tts-gpu', body)}")
     return 0
 

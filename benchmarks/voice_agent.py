@@ -1,6 +1,6 @@
 """Voice agent latency: voice-to-voice per turn (with its breakdown) and barge-in stop latency, fallback engines.
 
-    python -m benchmarks.voice_agent [--runs 5] [--no-write]
+    python -m benchmarks.voice_agent [--runs 5] [--write]
 
 Each run is one conversation through ``build_voice_agent`` over the ``VirtualTransport`` in real time, with the
 offline fallback engines (Silero VAD, pocketsphinx STT, the bundled SmolLM2, espeak-ng TTS): a flite question, the
@@ -36,7 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep interim STT passes on (pocketsphinx holds the GIL: they stall the event loop)",
     )
-    p.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
+    p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
 async def one_run(question: str, args, llm_engine) -> tuple[list, object, object]:
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(answered)} answered turns, {len(barges)} barge-ins; true speech boundaries.\n\n" + table + "\n"
     )
     print(body)
-    if not args.no_write:
+    if args.write:
         print(f"wrote {write_section('voice_agent', body)}")
     return 0
 

@@ -48,19 +48,19 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMRunFrame,
     LLMTextFrame,
-    MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.metrics.metrics import ProcessingMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start.base_user_turn_start_strategy import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+from processors.segmented_stt import SegmentTranscribedFrame
 
 
 @dataclass
@@ -171,11 +171,13 @@ class EchoGuardUserTurnStartStrategy(BaseUserTurnStartStrategy):
 class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
     """Ends a user turn that produced no words ``timeout_s`` after the user went quiet, and asks for a resume.
 
-    ``stt_name``: the STT service's processor name. The segmented STT transcribes one segment per VAD stop and
-    reports its processing time (``MetricsFrame``) when done, words or not; with the name known, a decision due while
-    the STT is still working on the turn's speech waits for it (up to ``stt_grace_s`` more: it always answers unless
-    it broke). Resuming over words the STT is about to deliver would be worse than resuming late (a CPU fallback STT
-    can take longer than ``timeout_s``). Without the name, the decision is made at ``timeout_s``.
+    ``stt_name``: the name of an ``EngineSTTService``, which transcribes one segment per VAD stop and pushes a
+    ``SegmentTranscribedFrame`` after it (after its transcript, in order), words or not. With it, a decision due while
+    the STT is still working on the turn's speech waits for that frame (up to ``stt_grace_s`` more: it always comes
+    unless the STT broke), so the transcript, if any, has been seen. Resuming over words the STT is about to deliver
+    would be worse than resuming late (a CPU fallback STT under load takes longer than ``timeout_s``, and its
+    transcript then reaches the aggregator behind the frames queued meanwhile). Without the name, the decision is
+    made at ``timeout_s``.
     """
 
     def __init__(self, *, timeout_s: float = 1.5, stt_name: str | None = None, stt_grace_s: float = 10.0, **kwargs):
@@ -220,11 +222,10 @@ class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, (TranscriptionFrame, InterimTranscriptionFrame)) and frame.text.strip():
             self._heard_words = True
             await self._cancel_timer()
-        elif isinstance(frame, MetricsFrame) and self.stt_name:
-            if any(isinstance(d, ProcessingMetricsData) and d.processor == self.stt_name for d in frame.data):
-                self._stt_pending = max(0, self._stt_pending - 1)
-                if self._stt_pending == 0:
-                    self._stt_idle.set()
+        elif isinstance(frame, SegmentTranscribedFrame) and self.stt_name:
+            self._stt_pending = max(0, self._stt_pending - 1)
+            if self._stt_pending == 0:
+                self._stt_idle.set()
         return ProcessFrameResult.CONTINUE
 
     def _arm(self):
@@ -240,8 +241,6 @@ class FalseInterruptionUserTurnStopStrategy(BaseUserTurnStopStrategy):
                     await asyncio.wait_for(self._stt_idle.wait(), self.stt_grace_s)
                 except TimeoutError:
                     logger.warning(f"{self}: the STT is still busy {self.stt_grace_s:g} s after the timeout")
-                # its MetricsFrame (a system frame) overtakes the TranscriptionFrame it pushed just after it
-                await asyncio.sleep(0.1)
         except asyncio.CancelledError:
             return
         self._timer = None

@@ -32,7 +32,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregator,
 )
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
@@ -147,10 +146,11 @@ def build_voice_agent(
         stt, llm, tts = create_services(options, stt=stt, llm=llm, tts=tts)
 
     context = context or LLMContext()
-    # a segmented STT reports each segment's processing time, words or not: false-interruption decisions wait for it
-    stt_name = stt.name if isinstance(stt, SegmentedSTTService) else None
+    # EngineSTTService says when each segment is transcribed, words or not: turn decisions wait for it
+    stt_reports_segments = isinstance(stt, EngineSTTService)
+    stt_name = stt.name if stt_reports_segments else None
     user_params = build_user_aggregator_params(
-        options.vad, options.turn, policy, stt_name=stt_name, stt_reports_segments=isinstance(stt, EngineSTTService)
+        options.vad, options.turn, policy, stt_name=stt_name, stt_reports_segments=stt_reports_segments
     )
     user, assistant = LLMContextAggregatorPair(context, user_params=user_params)
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None

@@ -7,6 +7,7 @@ Parakeet and Silero: 16 kHz) and by the transports (20 ms frames; telephony 8 kH
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -36,6 +37,12 @@ TELEPHONY_SAMPLE_RATE = 8_000  # Twilio / Telnyx / Plivo media streams (mu-law)
 REALTIME_PCM_SAMPLE_RATE = 24_000  # OpenAI Realtime "pcm16" / "audio/pcm" (its G.711 formats are 8 kHz)
 PIPELINE_OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)  # output rates the TTS adapters serve
 BROWSER_SAMPLE_RATE = 48_000
+
+# --- the OpenAI speech API (/v1/audio/speech) -----------------------------------------------------
+SPEECH_API_SAMPLE_RATE = 24_000  # every format; "pcm" is 24 kHz 16-bit mono by the API's definition
+SPEECH_API_BIT_RATES = {"mp3": 64_000, "opus": 32_000, "aac": 64_000}  # mono speech
+SPEECH_API_OGG_PAGE_MS = 60  # Ogg page length: how long Opus audio may wait in the muxer before it leaves
+SPEECH_API_SPEEDS = (0.25, 4.0)  # the API's range for ``speed``
 
 # --- voice references ------------------------------------------------------------------------------
 REFERENCE_MIN_SECONDS = 3.0
@@ -184,14 +191,23 @@ def load_audio(source: AudioSource, *, max_bytes: int = MAX_AUDIO_BYTES) -> Deco
         except AudioError:
             raise
         except Exception as e:  # each decoder raises its own types for garbage
-            errors.append(f"{decode.__name__.strip('_')}: {e}")
+            errors.append(_decode_reason(e))
             continue
         if decoded.samples.size == 0:
             raise AudioError("the audio decodes to no samples")
         if not np.all(np.isfinite(decoded.samples)):
             raise AudioError("the audio contains NaN or infinite samples")
         return decoded
-    raise AudioError("could not decode the audio (tried WAV/FLAC/OGG/MP3 and WebM/M4A): " + "; ".join(errors))
+    reasons = "; ".join(dict.fromkeys(e for e in errors if e)) or "unknown format"
+    raise AudioError(f"could not decode the audio (tried WAV, FLAC, OGG, MP3, WebM and M4A): {reasons}")
+
+
+def _decode_reason(e: Exception) -> str:
+    """A decoder's complaint for a person: libsndfile's and FFmpeg's own text, without object reprs or errno."""
+    text = getattr(e, "error_string", None) or getattr(e, "strerror", None) or str(e)
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the upload", str(text))
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return text.strip().rstrip(".")
 
 
 def check_duration(audio: DecodedAudio, min_s: float, max_s: float, what: str = "audio") -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from processors.llm.options import LLMOptions
+from processors.openai_tts.options import OpenAITTSOptions
 from processors.parakeet_stt.options import ParakeetOptions
 from processors.qwen3_tts.options import Qwen3TTSOptions
 
@@ -55,6 +56,8 @@ class EngineEntry:
     options: type[BaseModel] | None = None
     per_session: Callable[[Any], Any] | None = None  # loaded engine -> a session's own engine (None: shared)
     fallback: bool = False  # runs anywhere; chosen by ``auto`` only when the rows before it cannot run here
+    model: Callable[[Any], str | None] | None = None  # options -> the model it loads (shown while it loads)
+    remote: bool = False  # lives elsewhere (an endpoint): checked before the local engines load
 
     def session_engine(self, loaded: Any) -> Any:
         """The engine one session uses: the shared one, or a fresh one (call it off the event loop)."""
@@ -72,24 +75,16 @@ def cuda_available() -> bool:
 
 
 def hf_available(repo_id: str, filename: str) -> tuple[bool, str]:
-    """(True, how) when a hub file is in the local cache or the hub answers; never raises."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    """(True, how) when a hub model is in the local cache or the hub answers (one request, no retries); never
+    raises."""
+    from processors import hub
 
-        cached = try_to_load_from_cache(repo_id, filename)
-        if isinstance(cached, str) and os.path.exists(cached):
-            return True, "weights are in the local Hugging Face cache"
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False, "weights are not cached and HF_HUB_OFFLINE is set"
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(repo_id, timeout=5)
+    if hub.cached_snapshot(repo_id, (filename,)) is not None:
+        return True, "weights are in the local Hugging Face cache"
+    ok, why = hub.probe_hub(repo_id)
+    if ok:
         return True, "weights will be downloaded from the Hugging Face hub on first use"
-    except Exception as e:
-        return False, f"weights are not cached and the hub is unreachable ({type(e).__name__})"
+    return False, f"weights are not cached and {why}"
 
 
 def _local_path(model: str) -> bool:
@@ -97,6 +92,36 @@ def _local_path(model: str) -> bool:
 
 
 # --- TTS rows ------------------------------------------------------------------------------------------------------
+def _openai_tts_auto(options: Any, device: str | None) -> tuple[bool, str]:
+    if options.endpoint:
+        return True, f"speech endpoint {options.endpoint} (model {options.model})"
+    return False, "no speech endpoint configured"
+
+
+def _openai_tts_load(options: Any, device: str | None) -> Any:
+    from processors.openai_tts import OpenAISpeechEngine
+
+    if not options.endpoint:
+        raise ModelUnavailable("--tts openai needs the endpoint's base URL (DUPLEX_TTS__ENDPOINT=http://host:8091/v1)")
+    return OpenAISpeechEngine(
+        options.endpoint,
+        model=options.model,
+        api_key=options.endpoint_api_key,
+        send_language=options.endpoint_language,
+        sample_rate=options.endpoint_sample_rate,
+        languages=options.endpoint_languages,
+        timeout_s=options.endpoint_timeout_s,
+    )
+
+
+def _engine_tts_service(engine: Any, options: Any, *, voice: Any = None, voices: Any = None, **kwargs: Any) -> Any:
+    from processors.engine_tts_service import EngineTTSService
+
+    return EngineTTSService(
+        engine, voice=voice, voice_id=options.voice, voices=voices, language=options.language, **kwargs
+    )
+
+
 def _qwen3_auto(options: Any, device: str | None) -> tuple[bool, str]:
     if not (cuda_available() and not (device or "").startswith("cpu")):
         return False, "no CUDA GPU: Qwen3-TTS 0.6B runs several times slower than real time on a CPU"
@@ -212,10 +237,14 @@ def _openai_auto(options: Any, device: str | None) -> tuple[bool, str]:
 
 
 def _openai_load(options: Any, device: str | None) -> Any:
-    from processors.llm import create_llm_service
+    from processors.llm import check_endpoint, create_llm_service
 
     create_llm_service(options)  # validates the URL and the model name; the endpoint holds the model
-    return None
+    return check_endpoint(options)  # it answers, takes the key and serves the model, or a message saying what to do
+
+
+def _local_llm_model(options: Any) -> str:
+    return options.model or "SmolLM2-135M-Instruct (bundled)"
 
 
 def _llm_service(engine: Any, options: Any, **kwargs: Any) -> Any:
@@ -227,12 +256,24 @@ def _llm_service(engine: Any, options: Any, **kwargs: Any) -> Any:
 CATALOGUE: tuple[EngineEntry, ...] = (
     EngineEntry(
         kind="tts",
+        name="openai",
+        summary="an OpenAI-compatible speech endpoint (vLLM-Omni serving Qwen3-TTS, another duplex serve, OpenAI)",
+        options=OpenAITTSOptions,
+        auto=_openai_tts_auto,
+        load=_openai_tts_load,
+        service=_engine_tts_service,
+        model=lambda options: f"{options.model} at {options.endpoint}",
+        remote=True,
+    ),
+    EngineEntry(
+        kind="tts",
         name="qwen3",
         summary="Qwen3-TTS-12Hz-0.6B-Base: streaming voice cloning (a CUDA GPU for real time)",
         options=Qwen3TTSOptions,
         auto=_qwen3_auto,
         load=_qwen3_load,
         service=_qwen3_service,
+        model=lambda options: options.model,
     ),
     EngineEntry(
         kind="tts",
@@ -251,6 +292,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_parakeet_auto,
         load=_parakeet_load,
         service=_stt_service,
+        model=lambda options: options.model,
     ),
     EngineEntry(
         kind="stt",
@@ -270,6 +312,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_local_llm_auto,
         load=_local_llm_load,
         service=_llm_service,
+        model=_local_llm_model,
     ),
     EngineEntry(
         kind="llm",
@@ -279,6 +322,8 @@ CATALOGUE: tuple[EngineEntry, ...] = (
         auto=_openai_auto,
         load=_openai_load,
         service=_llm_service,
+        model=lambda options: f"{options.model} at {options.backend}",
+        remote=True,
     ),
 )
 
@@ -313,6 +358,29 @@ def choose(kind: Kind, options: Any, device: str | None = None) -> Choice:
             return Choice(e.name, "; ".join(passed_over) if e.fallback and passed_over else why)
         passed_over.append(why)
     raise ModelUnavailable(f"no {kind.upper()} engine can run here: " + "; ".join(passed_over))
+
+
+class InProcess:
+    """Where engines run by default: in this process, loaded with the rows as they are. A placement answers
+    ``choose`` and ``row`` for ``pipelines.engines.load_engines``; ``processors.ray_serve.RayPlacement`` is the other
+    one (the same rows, loaded on Ray Serve replicas)."""
+
+    name = "in-process"
+
+    def choose(self, kind: Kind, options: Any, device: str | None = None) -> Choice:
+        return choose(kind, options, device)
+
+    def row(self, kind: Kind, name: str) -> EngineEntry:
+        return entry(kind, name)
+
+    def where(self, kind: Kind) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+IN_PROCESS = InProcess()
 
 
 # --- settings groups -------------------------------------------------------------------------------------------------
@@ -363,6 +431,7 @@ TTSOptions = _group("TTSOptions", "tts", TTSChoice, "TTS settings: the choice, a
 STTOptions = _group("STTOptions", "stt", STTChoice, "STT settings: the choice, and each STT engine's options.")
 
 __all__ = [
-    "AUTO", "CATALOGUE", "KINDS", "Choice", "EngineEntry", "LLMOptions", "ModelUnavailable", "STTOptions",
-    "TTSOptions", "choose", "cuda_available", "entries", "entry", "hf_available", "names", "stt_service",
+    "AUTO", "CATALOGUE", "IN_PROCESS", "KINDS", "Choice", "EngineEntry", "InProcess", "LLMOptions", "ModelUnavailable",
+    "STTChoice", "STTOptions", "TTSChoice", "TTSOptions", "choose", "cuda_available", "entries", "entry",
+    "hf_available", "names", "stt_service",
 ]  # fmt: skip

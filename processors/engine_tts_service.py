@@ -8,10 +8,15 @@ It translates frames and threads, nothing else:
 * on interruption, cancellation or shutdown the worker's ``threading.Event`` is set in ``finally``; engines stop
   within one step (one codec frame for Qwen3-TTS), so the thread is gone within one frame. A pipecat task
   cancellation alone would leave a ``to_thread`` worker running;
-* word timestamps are estimated from each word's share of the audio and released as the audio covering them is
-  produced (``WordTimer``), so an interrupted reply leaves exactly the played words in the assistant context;
+* word timestamps come from the engine when it knows where each word starts in its audio (``stream_timed``, e.g.
+  espeak's word events); otherwise they are estimated from each word's share of the audio (``WordTimer``). Either
+  way they are released as the audio covering them is produced, and the output transport releases each word when
+  its audio plays, so an interrupted reply leaves the played words in the assistant context;
 * voice and language are pipecat settings, switchable at runtime with ``TTSUpdateSettingsFrame``;
-  engine errors become ``ErrorFrame``s with the engine's message.
+  engine errors become ``ErrorFrame``s with the engine's message. When the engine could not finish for a reason
+  outside the request (``EngineUnavailableError``: a remote replica died mid-utterance), the service first says
+  ``failure_notice`` through the engine (a live replica), so the caller hears why the bot stopped, and the
+  conversation goes on.
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSTextFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 
 from processors.audio import StreamResampler, float_to_pcm16
 from processors.threads import ThreadedStream
-from processors.tts_engine import TTSEngine, TTSError, VoiceError
+from processors.tts_engine import EngineUnavailableError, TimedTTSEngine, TTSEngine, TTSError, VoiceError
 
 # pipecat Language codes -> the language names our engines use
 LANGUAGE_NAMES = {
@@ -46,6 +50,9 @@ LANGUAGE_NAMES = {
     "es": "Spanish",
     "it": "Italian",
 }
+
+
+FAILURE_NOTICE = "Sorry, I could not finish that."
 
 
 class WordTimer:
@@ -91,10 +98,12 @@ class EngineTTSService(TTSService):
         language: str = "English",
         generation: dict[str, Any] | None = None,
         sample_rate: int | None = None,
+        failure_notice: str | None = FAILURE_NOTICE,
         **kwargs: Any,
     ):
         """``voice``: the engine's default voice object; ``voices``: id -> voice object (a mapping, or a callable
-        that raises ``VoiceError``/``KeyError`` for unknown ids), used when settings name a voice id."""
+        that raises ``VoiceError``/``KeyError`` for unknown ids), used when settings name a voice id;
+        ``failure_notice``: what the bot says when the engine could not finish (None: nothing)."""
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -107,6 +116,7 @@ class EngineTTSService(TTSService):
         self._default_voice = voice
         self._voices = voices
         self._generation = dict(generation or {})
+        self._failure_notice = failure_notice
         self._active: set[ThreadedStream] = set()
         # Seconds of audio already produced per audio context: pipecat reuses one context for all sentences of a
         # reply and times words from the context's first audio, so each sentence's word times start from here.
@@ -171,9 +181,43 @@ class EngineTTSService(TTSService):
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
         language = str(self._settings.language or "English")
         voice_id = self._settings.voice
+        offset = self._context_seconds.get(context_id, 0.0)  # earlier sentences of this context
+        await self.start_tts_usage_metrics(text)
+        try:
+            async for frame in self._utterance(text, voice_id, language, context_id, offset):
+                yield frame
+        except Exception as e:  # the engine's error, raised in its thread
+            message = str(e) if isinstance(e, (TTSError, ValueError)) else f"{type(e).__name__}: {e}"
+            logger.error(f"{self} {self._engine.name} TTS failed: {message}")
+            if isinstance(e, EngineUnavailableError) and self._failure_notice:
+                # a remote engine lost its replica: say so with a live one, and let the conversation go on
+                try:
+                    notice_offset = self._context_seconds.get(context_id, offset)
+                    async for frame in self._utterance(
+                        self._failure_notice, voice_id, language, context_id, notice_offset, words=False
+                    ):
+                        yield frame
+                    # its text follows its audio (pipecat's word tracking knows only the text it asked for)
+                    said = TTSTextFrame(self._failure_notice, text_type="sentence")
+                    said.will_be_spoken, said.context_id, said.append_to_context = True, context_id, True
+                    yield said
+                except Exception as e2:
+                    logger.warning(f"{self} could not say that it could not finish: {e2}")
+            yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
 
-        def produce(cancel: threading.Event) -> Iterator[np.ndarray]:
+    async def _utterance(
+        self, text: str, voice_id: Any, language: str, context_id: str, offset: float, *, words: bool = True
+    ) -> AsyncGenerator[Frame, None]:
+        """One text through the engine: audio frames and (``words``) word timestamps as the chunks come; raises the
+        engine's error."""
+
+        # an engine that reports where its words start (TimedTTSEngine) is believed; others are estimated
+        timed = isinstance(self._engine, TimedTTSEngine)
+
+        def produce(cancel: threading.Event) -> Iterator[Any]:
             voice = self._resolve_voice(voice_id)
+            if timed:
+                return self._engine.stream_timed(text, voice, language, cancel, **self._generation)
             return self._engine.stream(text, voice, language, cancel, **self._generation)
 
         stream = ThreadedStream(produce, name=f"tts-{self._engine.name}-{context_id[:8]}")
@@ -181,35 +225,29 @@ class EngineTTSService(TTSService):
         resampler = StreamResampler(self._engine.sample_rate, self.sample_rate)
         timer = WordTimer(text)
         produced = 0  # engine samples so far
-        offset = self._context_seconds.get(context_id, 0.0)  # earlier sentences of this context
 
         def shifted(words: list[tuple[str, float]]) -> list[tuple[str, float]]:
             return [(w, offset + t) for w, t in words]
 
         self._active.add(stream)
         try:
-            await self.start_tts_usage_metrics(text)
             async with stream:
-                try:
-                    async for chunk in stream:
-                        produced += len(chunk)
-                        audio = resampler.process(chunk)
-                        if len(audio):
-                            yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
-                        words = timer.advance(produced / self._engine.sample_rate)
-                        if words:
-                            await self.add_word_timestamps(shifted(words), context_id)
-                except Exception as e:  # the engine's error, raised in its thread
-                    message = str(e) if isinstance(e, (TTSError, ValueError)) else f"{type(e).__name__}: {e}"
-                    logger.error(f"{self} {self._engine.name} TTS failed: {message}")
-                    yield ErrorFrame(error=f"{self._engine.name} TTS: {message}")
-                    return
+                async for item in stream:
+                    chunk, released = item if timed else (item, None)
+                    produced += len(chunk)
+                    audio = resampler.process(chunk)
+                    if len(audio):
+                        yield TTSAudioRawFrame(float_to_pcm16(audio), self.sample_rate, 1, context_id=context_id)
+                    if released is None:
+                        released = timer.advance(produced / self._engine.sample_rate)
+                    if released and words:
+                        await self.add_word_timestamps(shifted(released), context_id)
             tail = resampler.flush()
             if len(tail):
                 yield TTSAudioRawFrame(float_to_pcm16(tail), self.sample_rate, 1, context_id=context_id)
-            words = timer.advance(produced / self._engine.sample_rate, final=True)
-            if words and produced:
-                await self.add_word_timestamps(shifted(words), context_id)
+            released = [] if timed else timer.advance(produced / self._engine.sample_rate, final=True)
+            if released and produced and words:
+                await self.add_word_timestamps(shifted(released), context_id)
         finally:
             if produced:
                 self._context_seconds[context_id] = offset + produced / self._engine.sample_rate

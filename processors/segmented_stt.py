@@ -20,7 +20,9 @@ usually reach us travelling upstream), pads the segment with ``trailing_silence_
 * the final transcript leaves as a ``TranscriptionFrame`` (user_id, timestamp, language, ``result`` = the engine's
   ``Transcript``, ``metadata["vad_stop_at"]`` = when the VAD stop that ended its segment came, on the loop's clock),
   with TTFB (VAD stop -> transcript, from pipecat's STTService) and processing-time metrics, followed by a
-  ``SegmentTranscribedFrame`` for every segment, words or not (turn policy waits for the STT with it);
+  ``SegmentTranscribedFrame`` for every segment, words or not, error or not, in order with the transcript:
+  whoever must wait for the STT's verdict on a stretch of speech (end of turn, false-interruption recovery) knows
+  when it has it, however late the transcript travels behind queued frames;
 * errors (bad audio, engine failures) become non-fatal ``ErrorFrame``s naming the engine; the service stays usable.
 """
 
@@ -82,10 +84,11 @@ STREAM_PIECE_S = 0.1  # an incremental stream gets the utterance in pieces of th
 
 @dataclass
 class SegmentTranscribedFrame(DataFrame):
-    """The STT has transcribed one VAD-bounded segment, words or not (after its ``TranscriptionFrame``, if any)."""
+    """The STT has finished one VAD-bounded segment: pushed after its ``TranscriptionFrame`` (if it heard words), in
+    the same ordered stream, so a processor that sees this has seen the segment's transcript."""
 
-    vad_stop_at: float  # when the VAD stop that ended the segment came (the loop's clock)
-    text: str = ""
+    words: int = 0
+    vad_stop_at: float | None = None  # when the VAD stop that ended the segment came (the loop's clock)
 
 
 def frame_language(code: str | None) -> Language | None:
@@ -424,4 +427,4 @@ class EngineSTTService(SegmentedSTTService):
         )
         frame.metadata["vad_stop_at"] = vad_stop_at
         yield frame
-        yield SegmentTranscribedFrame(vad_stop_at=vad_stop_at, text=transcript.text)
+        yield SegmentTranscribedFrame(vad_stop_at=vad_stop_at, words=len(transcript.text.split()))

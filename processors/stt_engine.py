@@ -27,6 +27,11 @@ class STTError(Exception):
     """A transcription failure with a message fit for the user."""
 
 
+class STTUnavailableError(STTError):
+    """The engine could not answer: a remote replica died or did not answer in time (after retries on live ones).
+    The utterance is lost; the session goes on and the next utterance is tried again."""
+
+
 class STTInputError(STTError, AudioError):
     """Audio the engine cannot transcribe: wrong dtype, shape or rate, NaN/inf samples, too long.
 

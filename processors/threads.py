@@ -8,18 +8,24 @@ finished session leaves no thread behind (tests count ``threading.enumerate()``)
   items handed to the loop as they come (``async for``). The generator gets a ``threading.Event`` that is set when
   the consumer stops early (``aclose``, a cancelled task, an error), so an engine stops within one step; the thread
   is then joined. ``max_ahead`` bounds how far the producer may run ahead of a slow consumer.
+* ``watch(event, callback, timeout_s=...)``: for an engine whose step is a blocking wait on something else (a remote
+  replica's next chunk, an HTTP read), which cannot look at its cancel event while it waits: ``callback`` is called
+  within ``WATCH_POLL_S`` of the event being set (or of a deadline passing), from one shared watcher thread that
+  lives only while something is watched. The callback breaks the wait (cancels the remote call, shuts the socket).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
 JOIN_WARN_S = 10.0  # a producer still running this long after its cancel event is logged
+WATCH_POLL_S = 0.005  # how often the watcher looks at watched events: the added latency of a watched cancel
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "duplex-worker", **kwargs: Any) -> T:
@@ -198,3 +204,85 @@ class ThreadedStream(Generic[T]):
                 self._loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
             except RuntimeError:
                 pass
+
+
+# --- watched events ------------------------------------------------------------------------------------------------
+WatchReason = Literal["set", "timeout"]
+
+
+class Watch:
+    """One watched event (see ``watch``). ``fired`` is None, ``"set"`` or ``"timeout"`` once the callback ran."""
+
+    def __init__(self, event: threading.Event, callback: Callable[[WatchReason], None], deadline: float | None):
+        self.event = event
+        self.callback = callback
+        self.deadline = deadline
+        self.fired: WatchReason | None = None
+
+    def extend(self, timeout_s: float | None) -> None:
+        """A new deadline ``timeout_s`` from now (None: no deadline), e.g. after each chunk that arrived in time."""
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def stop(self) -> None:
+        """Stop watching (idempotent); the callback is not called after this returns, unless it is running."""
+        _WATCHER.remove(self)
+
+
+class _Watcher:
+    """The one thread behind ``watch``: started with the first watch, gone once nothing is watched."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: set[Watch] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, w: Watch) -> None:
+        with self._lock:
+            self._watches.add(w)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="duplex-watch", daemon=True)
+                self._thread.start()
+
+    def remove(self, w: Watch) -> None:
+        with self._lock:
+            self._watches.discard(w)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._watches:
+                    self._thread = None
+                    return
+                now = time.monotonic()
+                due: list[tuple[Watch, WatchReason]] = []
+                for w in self._watches:
+                    if w.event.is_set():
+                        due.append((w, "set"))
+                    elif w.deadline is not None and now >= w.deadline:
+                        due.append((w, "timeout"))
+                for w, _ in due:
+                    self._watches.discard(w)
+            for w, reason in due:
+                w.fired = reason
+                try:
+                    w.callback(reason)
+                except Exception:  # a callback that fails must not stop the others
+                    import logging
+
+                    logging.getLogger("duplex.threads").exception("watch callback failed")
+            time.sleep(WATCH_POLL_S)
+
+
+_WATCHER = _Watcher()
+
+
+def watch(
+    event: threading.Event | None, callback: Callable[[WatchReason], None], *, timeout_s: float | None = None
+) -> Watch:
+    """Call ``callback("set")`` once ``event`` is set, or ``callback("timeout")`` once ``timeout_s`` passes first
+    (see module docstring). Call ``stop()`` on the result when done. The callback runs in the watcher thread: keep
+    it short (break a wait, set a flag). ``event=None`` watches only the deadline."""
+    w = Watch(event if event is not None else threading.Event(), callback, None)
+    w.extend(timeout_s)
+    _WATCHER.add(w)
+    return w

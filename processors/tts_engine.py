@@ -33,6 +33,12 @@ class VoiceError(TTSError, ValueError):
     """A voice that cannot be used (unknown id, bad reference audio)."""
 
 
+class EngineUnavailableError(TTSError):
+    """The engine could not finish: a remote replica or endpoint died, vanished or did not answer in time. Nothing is
+    wrong with the request; the next one goes to a live replica. Voice sessions say that they could not finish
+    (``EngineTTSService``) and go on; ``/api/v1/speak`` reports ``SYNTHESIS_ERROR`` for that speak only."""
+
+
 @dataclass(frozen=True)
 class VoiceSpec:
     """What the voice registry knows about a voice; each engine turns it into its own voice object."""
@@ -69,6 +75,22 @@ class TTSEngine(Protocol):
     ) -> Iterator[np.ndarray]: ...
 
     def synthesize(self, text: str, voice: Any, language: str = "English", **generation: Any) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TimedTTSEngine(TTSEngine, Protocol):
+    """An engine that knows where each word starts in its audio (espeak: its word events). Adapters then time the
+    words exactly instead of estimating them from the text."""
+
+    def stream_timed(
+        self,
+        text: str,
+        voice: Any,
+        language: str = "English",
+        cancel: threading.Event | None = None,
+        **generation: Any,
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
+        """``stream``'s chunks, each with the words that start in it: ``(word, seconds from the first sample)``."""
 
 
 def validate_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:

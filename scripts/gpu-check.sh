@@ -7,9 +7,9 @@
 #      cache growth and recapture, a speech recogniser busy on the same GPU during capture, the SDPA kernel the
 #      decode attention gets (printed), a second GPU when there is one;
 #   2. first audio and real-time factor for 1, 4 and 10 streams in bf16 against upstream generate_voice_clone on the
-#      same GPU (benchmarks/tts_gpu.py; writes its section of docs/benchmarks.md, --no-write to only print).
+#      same GPU (benchmarks/tts_gpu.py; pass --write to record its section in docs/benchmarks.md).
 #
-# Without a CUDA GPU it says so and exits 0. Extra arguments go to the benchmark (e.g. --streams 1,4 --no-write).
+# Without a CUDA GPU it says so and exits 0. Extra arguments go to the benchmark (e.g. --streams 1,4 --write).
 # PYTHON selects the interpreter (default: python).
 set -euo pipefail
 cd "$(dirname "$0")/.."

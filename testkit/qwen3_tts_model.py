@@ -200,12 +200,14 @@ _ROLE_LINES = (
 
 
 def build_random_model_dir(
-    path: str | os.PathLike, preset: Preset = "tiny", seed: int = 0, never_eos: bool = False
+    path: str | os.PathLike, preset: Preset = "tiny", seed: int = 0, never_eos: bool = False, greedy: bool = False
 ) -> Path:
     """Write a complete random Qwen3-TTS-12Hz Base model directory at ``path`` and return it.
 
     Loads with ``qwen_tts.Qwen3TTSModel.from_pretrained(path, device_map="cpu", dtype=torch.float32)`` offline.
-    ``never_eos`` makes the talker never emit codec EOS (runaway-guard tests). Files are written to a temporary
+    ``never_eos`` makes the talker never emit codec EOS (runaway-guard tests). ``greedy`` writes a generation config
+    without sampling (talker and sub-talker), so every caller that leaves the sampling options alone (the server, a
+    pipeline) gets deterministic audio. Same weights either way. Files are written to a temporary
     sibling directory and moved into place, so an interrupted build never leaves a half-written model behind.
     """
     if preset not in ("tiny", "full"):
@@ -240,7 +242,8 @@ def build_random_model_dir(
             torch.manual_seed(seed + 1)
             _write_codec(work / "speech_tokenizer", codec_config)
         _write_json(work / "config.json", {**config, "dtype": str(dtype).removeprefix("torch.")})
-        _write_json(work / "generation_config.json", GENERATION_CONFIG)
+        greedy_options = {"do_sample": False, "subtalker_dosample": False} if greedy else {}
+        _write_json(work / "generation_config.json", {**GENERATION_CONFIG, **greedy_options})
         if target.exists():
             target.rmdir()
         os.replace(work, target)

@@ -58,3 +58,49 @@ def local_llm_engine():
     engine = get_shared_engine(None)
     print(f"local LLM loaded in {time.perf_counter() - t0:.1f} s")
     return engine
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance (2 CPUs, no dashboard) with Serve for deployment handles only (no HTTP proxy), shared by
+    every Ray test of the run and shut down at its end. Skipped when Ray is not installed. Replicas run one torch
+    thread and never reach the hub, like the tests."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+    serve.start(proxy_location="Disabled")
+    try:
+        yield ray
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def ray_placement(prefix: str, **options):
+    """A ``RayPlacement`` on the test cluster whose applications are named ``<prefix>-...``; small replicas (0.1 CPU)
+    so several deployments fit the 2 logical CPUs."""
+    from processors.ray_serve import RayPlacement
+    from processors.ray_serve.options import DeploymentOptions, RayOptions
+
+    small = {"cpus": 0.1}
+    options.setdefault("tts", DeploymentOptions(**small))
+    options.setdefault("stt", DeploymentOptions(**small))
+    options.setdefault("request_timeout_s", 20.0)
+    return RayPlacement(RayOptions(enabled=True, app_prefix=prefix, **options))
+
+
+def delete_apps(prefix: str) -> None:
+    """Remove every Serve application of a test module (its replicas stop)."""
+    from ray import serve
+
+    for name in list(serve.status().applications):
+        if name.startswith(prefix + "-"):
+            serve.delete(name)

@@ -161,13 +161,11 @@ async def _run(scenario: Scenario, realtime: bool, settings: Settings):
             + [r.t for r in recorder.requests[-1:]]
         )
         turn = agent.metrics.current
-        # a user turn still open, or a request whose answer has not started playing (a slow STT, LLM or TTS in
-        # real time): wait for it (up to max_duration_s)
-        waiting = (
-            turn is not None
-            and turn.bot_started_at is None
-            and (turn.user_turn_end is None or turn.llm_request_at is not None)
-        )
+        # the pipeline still owes the current turn its answer: the turn has not ended, or it was heard (a transcript:
+        # the LLM will be asked) or the LLM was asked (or the interrupted reply resumed), and the bot has not spoken
+        # yet. On the wall clock the STT, LLM and TTS take real time, under load longer than the settle time.
+        owed = turn is not None and (turn.llm_request_at is not None or bool(turn.transcript.strip()))
+        waiting = turn is not None and turn.bot_started_at is None and (turn.user_turn_end is None or owed)
         return now - last >= settle and not waiting
 
     await agent.run(finished, poll_s=0.05)

@@ -1,7 +1,8 @@
 """``create_app``: the one FastAPI app behind ``duplex serve``.
 
 The caller loads the models once and passes them in (``Engines``); the app never loads a model per request. Routes:
-``/api/v1/speak`` (WebSocket TTS), ``/api/v1/voices``, ``/healthz``, ``/readyz``, ``/metrics``. The pipeline
+``/api/v1/speak`` (WebSocket TTS), ``/v1/audio/speech`` (OpenAI's speech API), ``/api/v1/voices``, ``/healthz``,
+``/readyz``, ``/metrics``. The pipeline
 entry points (browser page, WebRTC offer, ``/ws``, telephony) are further ``APIRouter``s passed as ``routers`` (or
 included later with ``app.include_router``); they read the shared state with ``get_context(request_or_ws)``
 (settings, engines, voice registry, metrics, the session cap) and should take a slot from ``ctx.sessions``.
@@ -20,7 +21,7 @@ from agent.settings import Settings
 from pipelines.engines import Engines
 from voices.registry import VoiceRegistry
 
-from . import health, speak, voices_api
+from . import health, openai_speech, speak, voices_api
 from .context import ServerContext
 from .guards import ApiError, api_error_response
 
@@ -103,6 +104,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(voices_api.router)
     app.include_router(speak.router)
+    app.include_router(openai_speech.router)
     for router in routers:
         app.include_router(router)
     return app

@@ -1,5 +1,6 @@
-"""``/healthz`` (liveness: always 200 while the process serves, with model and session state), ``/readyz`` (200 once
-the TTS model is ready, else 503) and ``/metrics`` (Prometheus text format; needs the token when auth is on)."""
+"""``/healthz`` (liveness: always 200 while the process serves, with each engine's loading state: which model, how
+far a download is, why it failed), ``/readyz`` (200 when the server accepts sessions: every engine loaded and a free
+session slot; else 503) and ``/metrics`` (Prometheus text format; needs the token when auth is on)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def health(ctx: ServerContext) -> dict[str, Any]:
     pipeline: dict[str, Any] = {"state": ctx.engines.pipeline_state}
     if pipeline["state"] == "failed":
         pipeline["error"] = ctx.engines.pipeline_error
+    overall = ctx.engines.state
+    accepting = overall == "ready" and ctx.sessions.active < ctx.sessions.max_sessions
     return {
-        "status": "ok" if state == "ready" else state,
+        "status": "ok" if overall == "ready" else overall,
+        "ready": accepting,  # what /readyz answers: sessions are accepted now
         "models": {"tts": tts, "pipeline": pipeline},
         "engines": ctx.engines.describe(),
         "sessions": {
@@ -47,11 +51,12 @@ async def healthz(request: Request) -> dict[str, Any]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     body = health(get_context(request))
-    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @router.get("/metrics", dependencies=[Depends(require_auth)])
 async def metrics(request: Request) -> PlainTextResponse:
     ctx = get_context(request)
-    ctx.metrics.models_ready.set(1.0 if ctx.engines.tts_state == "ready" else 0.0, model="tts")
+    for kind, info in ctx.engines.describe().items():
+        ctx.metrics.models_ready.set(1.0 if info["state"] == "ready" else 0.0, model=kind)
     return PlainTextResponse(ctx.metrics.render(), media_type=CONTENT_TYPE)

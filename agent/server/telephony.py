@@ -8,7 +8,8 @@ Silero VAD takes 8 kHz as is; only the STT (16 kHz) and the TTS output (22.05/24
 8 kHz, once per reply chunk) resample inside their services. On barge-in pipecat's ``InterruptionFrame`` makes the
 serializer send Twilio ``{"event": "clear", "streamSid"}`` (Telnyx ``clear``, Plivo ``clearAudio``), so audio
 buffered at the carrier stops at once. The call is
-detected as telephony (the serializer), so the echo guard is on with ``turn.echo_guard=auto``.
+detected as telephony (the serializer), so the echo guard is on with ``turn.echo_guard=auto``. When a step of the
+pipeline fails (an LLM endpoint gone, say) the caller hears a short apology and the call goes on.
 
 Auth: with a server token set, the stream URL must carry ``?token=<token>`` (Twilio cannot send headers on a
 stream; put it in the ``<Stream url=...>``). TwiML: docs/server.md.
@@ -138,6 +139,7 @@ async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
             audio_in_sample_rate=TELEPHONY_SAMPLE_RATE,
             audio_out_sample_rate=TELEPHONY_SAMPLE_RATE,
             voice=voice,
+            kind=kind,
         )
 
         @transport.event_handler("on_client_disconnected")

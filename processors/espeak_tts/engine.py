@@ -18,6 +18,7 @@ sentences.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import re
@@ -54,6 +55,8 @@ espeakRATE = 1
 espeakPITCH = 3
 EE_OK = 0
 EE_NOT_FOUND = 2
+espeakEVENT_LIST_TERMINATED = 0
+espeakEVENT_WORD = 1
 
 ESPEAK_BUFFER_MS = 60  # the callback's buffer; espeak-ng delivers 60 ms buffers for anything below 60 (measured)
 DEFAULT_RATE = 175  # words per minute: espeak's default
@@ -104,6 +107,10 @@ SUPPORTED_LANGUAGES = tuple(LANGUAGE_VOICES)
 
 _VARIANT = re.compile(r"^[A-Za-z0-9 _-]{1,40}$")
 _ESPEAK_NAME = re.compile(r"^([A-Za-z]{2,4}/)?[A-Za-z0-9_-]{1,40}$")  # "en-gb", "en-GB-x-rp", "gmw/en"
+# a language tag: a 2-3 letter language and optional subtags. Only these go to espeak_SetVoiceByProperties, which
+# answers a name it cannot match with the voice that happens to be current ("alloy" -> whatever spoke last); its
+# answer is then checked against the tag
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 # Sentence ends: . ! ? … (optionally followed by a closing quote/bracket) then whitespace; CJK full stops
 # anywhere; line breaks. "3.14" and "e.g.x" stay whole because a split needs whitespace after the stop.
@@ -159,6 +166,24 @@ class _Job:
         self.error: BaseException | None = None
         self.wait_ms = 0.0  # waiting for the lock (other threads' sentences)
         self.synth_ms = 0.0  # voice/parameter setup + espeak_Synth, inside the lock
+        self.word_events: list[tuple[int, int]] = []  # (character position in the sentence from 1, sample)
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):  # espeak_EVENT
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
 
 
 _job: _Job | None = None  # set only while _LOCK is held
@@ -172,6 +197,13 @@ def _on_audio(wav, numsamples, events) -> int:  # called by espeak_Synth, in the
     try:
         if numsamples > 0 and wav:
             job.buffers.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).astype(np.float32) / 32768.0)
+        if events:  # the word starts espeak reports with this buffer (sample: from the start of the sentence)
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            i = 0
+            while event[i].type != espeakEVENT_LIST_TERMINATED:
+                if event[i].type == espeakEVENT_WORD:
+                    job.word_events.append((event[i].text_position, event[i].sample))
+                i += 1
         if job.cancel is not None and job.cancel.is_set():
             job.aborted = True
             return 1
@@ -295,13 +327,39 @@ def _resolve_voice_name(name: str) -> str | None:
         _current_voice = None
         if lib.espeak_SetVoiceByName(name.encode()) == EE_OK:
             return name
+        if not _LANGUAGE_TAG.match(name):
+            return None
         lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_EspeakVoiceStruct)]
         lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_EspeakVoiceStruct)
         wanted = _EspeakVoiceStruct(languages=name.encode())
         if lib.espeak_SetVoiceByProperties(ctypes.byref(wanted)) != EE_OK:
             return None
-        identifier = lib.espeak_GetCurrentVoice().contents.identifier
-        return identifier.decode() if identifier else None
+        current = lib.espeak_GetCurrentVoice().contents
+        # ``languages`` starts with a priority byte, then the voice's language ("\x05en-gb"): a voice of another
+        # language is espeak keeping the current voice for a tag it does not know ("ash"), not a match
+        spoken = (current.languages or b"")[1:].decode(errors="replace").lower()
+        if spoken.split("-")[0] != name.lower().split("-")[0]:
+            return None
+        return current.identifier.decode() if current.identifier else None
+
+
+def _audio_only(timed: Iterator[tuple[np.ndarray, list[tuple[str, float]]]]) -> Iterator[np.ndarray]:
+    with contextlib.closing(timed):  # closing the stream closes the synthesis now, not when it is collected
+        for chunk, _ in timed:
+            yield chunk
+
+
+def _word_starts(sentence: str, events: list[tuple[int, int]]) -> list[tuple[str, int]]:
+    """(word, start sample) for each whitespace-separated word of ``sentence``, from espeak's word events
+    (character position from 1, sample). A word espeak reads as several ("3.14") starts at its first event; one it
+    reports no event for (a lone dash) starts with the word before it."""
+    out: list[tuple[str, int]] = []
+    at = 0
+    for match in re.finditer(r"\S+", sentence):
+        inside = [sample for pos, sample in events if match.start() <= pos - 1 < match.end()]
+        at = max(at, min(inside)) if inside else at
+        out.append((match.group(), at))
+    return out
 
 
 def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
@@ -453,6 +511,20 @@ class EspeakEngine:
         ``generation``: ``rate`` (words per minute, 80-450) and ``pitch`` (0-100); anything else is an error.
         Validation errors are raised at the call, before any audio. ``voice=None`` is the default voice.
         """
+        return _audio_only(self.stream_timed(text, voice, language, cancel, **generation))
+
+    def stream_timed(
+        self,
+        text: str,
+        voice: EspeakVoice | None = None,
+        language: str = "English",
+        cancel: threading.Event | None = None,
+        **generation: Any,
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
+        """``stream``, each chunk with the words that start in it: ``(word, seconds from the first sample)``.
+
+        Words are the whitespace-separated words of each sentence; their starts are espeak's own word events (where
+        the word's first phoneme begins in the audio), so a player knows exactly which words it has played."""
         text = validate_text(text, self.max_text_chars)
         lang = resolve_language(language, self.languages)
         if voice is None:
@@ -475,7 +547,7 @@ class EspeakEngine:
 
     def _stream(
         self, sentences: list[str], voice_name: str, rate: int, pitch: int, cancel: threading.Event | None
-    ) -> Iterator[np.ndarray]:
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, float]]]]:
         stats = StreamStats()
         self.last_stats = stats
         t0 = time.perf_counter()
@@ -496,14 +568,20 @@ class EspeakEngine:
                 stats.synth_ms.append(job.synth_ms)
                 stats.lock_wait_ms += job.wait_ms
                 stats.aborted_mid_sentence = job.aborted
-                for buffer in job.buffers:
+                words = _word_starts(sentence, job.word_events)  # samples from the sentence's first sample
+                start, end = stats.samples, stats.samples
+                for k, buffer in enumerate(job.buffers):
                     if cancelled():
                         return
+                    end += len(buffer)
+                    last = k == len(job.buffers) - 1 and not job.aborted
+                    starting = [(w, (start + at) / ESPEAK_SAMPLE_RATE) for w, at in words if last or at < end - start]
+                    words = words[len(starting) :]
                     stats.chunks += 1
                     stats.samples += len(buffer)
                     if stats.first_chunk_s is None:
                         stats.first_chunk_s = time.perf_counter() - t0
-                    yield buffer
+                    yield buffer, starting
                 if job.aborted:
                     stats.cancelled = True
                     return

@@ -25,6 +25,7 @@ _LAZY = {
     "chat_messages": ".local_service",
     "create_llm_service": ".factory",
     "LLMEndpointError": ".factory",
+    "check_endpoint": ".endpoint",
 }
 
 __all__ = [

@@ -12,15 +12,13 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from .endpoint import OPENAI_HOST, endpoint_api_key
 from .options import LLMOptions
 
 if TYPE_CHECKING:
     from pipecat.services.llm_service import LLMService
 
     from .local_engine import LocalLLMEngine
-
-OPENAI_HOST = "api.openai.com"
-PLACEHOLDER_API_KEY = "not-needed"  # local servers (Ollama, vLLM) ignore the key, but the OpenAI client needs one
 
 
 class LLMEndpointError(ConnectionError):
@@ -89,7 +87,7 @@ def create_llm_service(
         raise ValueError(f"The LLM endpoint {backend} needs a model name (--llm-model, or DUPLEX_LLM__MODEL)")
     is_openai = url.hostname == OPENAI_HOST
     # Without a key the OpenAI client falls back to OPENAI_API_KEY; only OpenAI itself may receive that.
-    api_key = settings.api_key or (None if is_openai else PLACEHOLDER_API_KEY)
+    api_key = endpoint_api_key(settings)
     cls = _openai_compatible_service_class()
     # OpenAI's newer models refuse max_tokens; OpenAI-compatible servers may not know max_completion_tokens.
     limit = {"max_completion_tokens": settings.max_tokens} if is_openai else {"max_tokens": settings.max_tokens}

@@ -105,6 +105,7 @@ class ParakeetEngine:
         file is missing, the download fails or the file is not a NeMo ASR model.
         """
         from processors.compat import ensure_nemo_importable
+        from processors.hub import HUB_ID, HubModelError, fetch
 
         dev = resolve_device(device)
         model = os.path.expanduser(str(model))
@@ -114,6 +115,14 @@ class ParakeetEngine:
                 f"Parakeet model file not found: {model} (expected a .nemo file or a hub id like "
                 f"{DEFAULT_PARAKEET_MODEL!r})"
             )
+        path: str | None = model if local else None  # None: a NeMo catalogue name, NeMo's own from_pretrained
+        if not local and HUB_ID.match(model):  # a hub id: its .nemo from the cache, or downloaded now; at once
+            # when it cannot be had (not the hub client's minute of retries)
+            nemo = model.rsplit("/", 1)[-1] + ".nemo"
+            try:
+                path = str(fetch(model, what="the Parakeet model", required=(nemo,), allow_patterns=("*.nemo",)) / nemo)
+            except HubModelError as e:
+                raise STTError(str(e)) from None
         logger.info(f"Parakeet: loading {model!r} on {dev}" + (" (no CUDA GPU found)" if dev == "cpu" else ""))
         ensure_nemo_importable()
         try:
@@ -124,21 +133,12 @@ class ParakeetEngine:
 
         with Stopwatch() as sw:
             try:
-                if local:
-                    asr = ASRModel.restore_from(restore_path=model, map_location=torch.device(dev))
+                if path is not None:
+                    asr = ASRModel.restore_from(restore_path=path, map_location=torch.device(dev))
                 else:
                     asr = ASRModel.from_pretrained(model_name=model, map_location=torch.device(dev))
             except (OSError, ConnectionError) as e:
-                where = "read" if local else "download or find in the Hugging Face cache"
-                hint = (
-                    ""
-                    if local
-                    else (
-                        " Without internet, fill the cache once elsewhere (then HF_HUB_OFFLINE=1 works)"
-                        " or pass a local .nemo path."
-                    )
-                )
-                raise STTError(f"could not {where} Parakeet model {model!r}: {e}.{hint}") from e
+                raise STTError(f"could not read or download Parakeet model {model!r}: {e}") from e
             except Exception as e:  # corrupt archive, wrong model class, config errors
                 raise STTError(f"could not load Parakeet model {model!r}: {type(e).__name__}: {e}") from e
         if not hasattr(asr, "transcribe"):

@@ -10,9 +10,11 @@ state each layer needs from one chunk to the next:
 * the sliding-window transformer keeps its KV cache;
 * everything else (codebook lookup, SnakeBeta, LayerNorm, Linear) is per time step.
 
-Decoding frames in any chunking gives the full decode up to float rounding. In voice-clone ICL mode the reference
-codes are decoded first to prime the state (upstream decodes ``cat(ref, new)`` and cuts the reference off);
-a primed state can be copied and reused for every utterance of that voice.
+Decoding frames in any chunking gives the full decode up to float rounding, at any length. (Upstream's
+``chunked_decode`` re-decodes sequences longer than 300 frames in windows with 25 frames of left context, so past
+frame 300 upstream is the approximation; ``tests/processors/qwen3_tts/test_long_utterance.py``.) In voice-clone ICL
+mode the reference codes are decoded first to prime the state (upstream decodes ``cat(ref, new)`` and cuts the
+reference off); a primed state can be copied and reused for every utterance of that voice.
 
 This walker mirrors ``Qwen3TTSTokenizerV2Decoder.forward`` of qwen-tts 0.1.1; a parity test guards it.
 """

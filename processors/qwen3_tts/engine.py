@@ -2,8 +2,9 @@
 
 Upstream ``qwen-tts`` returns a waveform only when the whole utterance is done. Here the talker/code-predictor loop
 runs one 80 ms codec frame at a time (``frame_loop.py``) and new frames are decoded exactly and incrementally
-(``codec_stream.py``), so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops
-within one frame of ``cancel`` being set.
+(``codec_stream.py``: the whole-sequence decode at any length, where upstream windows utterances past 300 frames),
+so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops within one frame of
+``cancel`` being set.
 
 Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
 patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
@@ -74,6 +75,9 @@ SUPPORTED_LANGUAGES = (
     "Italian",
 )
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+REQUIRED_FILES = ("config.json", "model.safetensors")  # what a usable model directory or cached snapshot holds
 
 
 class ModelUnavailableError(TTSError):
@@ -191,6 +195,12 @@ class Qwen3TTSEngine:
             raise ValueError(
                 f"quantize={quantize!r} is CPU-only (fbgemm, _weight_int8pack_mm); on a GPU use dtype=bfloat16"
             )
+        from processors.hub import HubModelError, fetch
+
+        try:  # at once when it cannot be had: before the hub client's minute of retries, and before importing qwen_tts
+            path = fetch(model, what="the Qwen3-TTS model", required=REQUIRED_FILES)
+        except HubModelError as e:
+            raise ModelUnavailableError(str(e)) from None
         ensure_qwen_tts_importable()
         from qwen_tts import Qwen3TTSModel
 
@@ -202,16 +212,11 @@ class Qwen3TTSEngine:
         log.info("Qwen3-TTS: loading %s on %s as %s", model, device, str(torch_dtype).replace("torch.", ""))
         t0 = time.perf_counter()
         try:
-            tts_model = Qwen3TTSModel.from_pretrained(str(model), device_map=device, dtype=torch_dtype)
-        except Exception as e:  # OSError, HF hub errors, safetensors errors...
-            hint = (
-                "it is not in the local Hugging Face cache and could not be downloaded (offline?); "
-                "use a local directory, or the espeak fallback (--tts espeak)"
-            )
-            if Path(str(model)).exists():
-                hint = "the directory is not a complete Qwen3-TTS model"
+            tts_model = Qwen3TTSModel.from_pretrained(str(path), device_map=device, dtype=torch_dtype)
+        except Exception as e:  # missing or corrupt files, safetensors errors...
             raise ModelUnavailableError(
-                f"cannot load Qwen3-TTS model {model!r}: {hint} ({type(e).__name__}: {e})"
+                f"cannot load the Qwen3-TTS model {str(model)!r}: {path} is not a complete Qwen3-TTS model "
+                f"({type(e).__name__}: {e})"
             ) from e
         tts_model.model.eval()
         prepare_talker(tts_model.model.talker, quantize)  # int8 weights, or bf16 weights packed for this CPU

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -32,6 +33,8 @@ def test_env_names_reach_engine_options(monkeypatch):
 
 
 def test_a_misspelt_variable_is_reported_not_fatal(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("DUPLEX_")]:  # e.g. the test suite's own variables
+        monkeypatch.delenv(name)
     monkeypatch.setenv("DUPLEX_TTS__ENGIN", "espeak")
     monkeypatch.setenv("DUPLEX_TURNS__STOP_SECS", "0.3")
     monkeypatch.setenv("DUPLEX_TTS__ENGINE", "espeak")

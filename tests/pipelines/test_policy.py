@@ -62,6 +62,7 @@ from pipelines.policy import (
     is_telephony_transport,
     resolve_policy,
 )
+from processors.segmented_stt import SegmentTranscribedFrame
 
 
 def turn_settings(**kw):
@@ -291,7 +292,6 @@ async def test_false_interruption_not_when_words_arrive():
 async def test_false_interruption_waits_for_a_busy_stt():
     stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
     agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
-    done = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=0.5)])
     down, _ = await run_test(
         agg,
         frames_to_send=[
@@ -299,7 +299,7 @@ async def test_false_interruption_waits_for_a_busy_stt():
             VADUserStoppedSpeakingFrame(),
             SleepFrame(0.4),  # STT still working
             TranscriptionFrame("late words", "", time_now_iso8601(), finalized=True),
-            done,
+            SegmentTranscribedFrame(words=2),
             SleepFrame(0.4),
         ],
     )
@@ -312,11 +312,34 @@ async def test_false_interruption_waits_for_a_busy_stt():
             VADUserStartedSpeakingFrame(),
             VADUserStoppedSpeakingFrame(),
             SleepFrame(0.4),
-            done,
+            SegmentTranscribedFrame(),
             SleepFrame(0.3),
         ],
     )
     assert names(down).count("FalseInterruptionFrame") == 1  # the STT heard nothing: resume
+
+
+async def test_false_interruption_waits_for_a_transcript_queued_behind_other_frames():
+    """On a loaded machine the STT's processing-time metrics (a system frame, delivered at once) reach the aggregator
+    well before its transcript (a data frame, queued behind the audio): the decision waits for the transcript's
+    ordered companion, not for the metrics."""
+    stop = FalseInterruptionUserTurnStopStrategy(timeout_s=0.1, stt_name="stt#0")
+    agg = aggregator([VADUserTurnStartStrategy()], [SpeechTimeoutUserTurnStopStrategy(), stop])
+    metrics = MetricsFrame(data=[ProcessingMetricsData(processor="stt#0", value=2.9)])
+    down, _ = await run_test(
+        agg,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            VADUserStoppedSpeakingFrame(),
+            SleepFrame(0.4),  # the STT works for longer than the timeout
+            metrics,
+            SleepFrame(0.4),  # its transcript is still on its way
+            TranscriptionFrame("what is the weather like", "", time_now_iso8601(), finalized=True),
+            SegmentTranscribedFrame(words=5),
+            SleepFrame(0.4),
+        ],
+    )
+    assert "FalseInterruptionFrame" not in names(down) and stop.false_interruptions == 0
 
 
 # --- idle interruption filter ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pipecat.transcriptions.language import Language
 from processors.audio import STT_SAMPLE_RATE, float_to_pcm16, resample
 from processors.parakeet_stt import ParakeetSTTService
 from processors.pocketsphinx_stt import PocketsphinxEngine, PocketsphinxSTTService
+from processors.segmented_stt import EngineSTTService, SegmentTranscribedFrame
 from processors.stt_engine import Transcript
 from testkit.clips import speech
 from testkit.transcripts import words_of
@@ -112,6 +113,20 @@ async def test_parakeet_segment_becomes_one_transcription_frame(parakeet_engine)
     data = [d for m in of_type(down, MetricsFrame) for d in m.data]
     assert any(isinstance(d, ProcessingMetricsData) and d.value > 0 for d in data)
     assert any(isinstance(d, TTFBMetricsData) and d.value > 0 for d in data)
+
+
+async def test_each_segment_ends_with_segment_transcribed():
+    """After each segment's transcript (or its absence), in order: SegmentTranscribedFrame with the word count.
+    (A scripted engine: words for the first segment, none for the second.)"""
+    from agent.replay.scripted import ScriptedSTTEngine
+
+    stt = EngineSTTService(ScriptedSTTEngine(["hello there", ""]))
+    down, _ = await run(stt, utterance(noise(1.0)) + utterance(noise(1.0, seed=3)))
+    done = of_type(down, SegmentTranscribedFrame)
+    finals = of_type(down, TranscriptionFrame)
+    assert len(done) == 2 and len(finals) == 1
+    assert down.index(finals[0]) < down.index(done[0]) and done[0].words == len(finals[0].text.split()) > 0
+    assert done[1].words == 0  # silence: no transcript, but the verdict still comes
 
 
 async def test_parakeet_interim_transcripts_for_a_long_utterance(parakeet_engine):

@@ -248,3 +248,14 @@ def agent_server(tmp_path_factory):
     live = LiveServer(build_app(settings, engines)).start()
     yield live
     live.stop()
+
+
+def server_like(agent_server: LiveServer, voices_dir: Path, **server: Any) -> LiveServer:
+    """Another live agent server on ``agent_server``'s loaded engines, with other server settings (a token, ICE
+    servers...). Stop it yourself."""
+    from agent.serve import build_app
+
+    settings = agent_server.ctx.settings.model_copy(
+        update={"server": ServerSettings(idle_timeout_s=60, **server), "voices_dir": voices_dir}
+    )
+    return LiveServer(build_app(settings, agent_server.ctx.engines)).start()

@@ -29,8 +29,8 @@ import websockets
 from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
 from testkit.clips import clip_path, speech
 
+from .browser import CDP, CHROMIUM
 from .conftest import LiveServer
-from .test_browser import CDP, CHROMIUM
 
 CLIENT_DIR = Path(__file__).resolve().parent / "clients"
 NPM = shutil.which("npm")

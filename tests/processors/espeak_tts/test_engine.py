@@ -125,6 +125,38 @@ def test_pause_between_sentences_not_after_the_last(engine):
     assert len(two) > 2 * len(one) + 0.2 * ESPEAK_SAMPLE_RATE  # a sentence pause in between
 
 
+def test_word_starts_are_espeaks_word_events(engine):
+    """``stream_timed``: every word of the text, in order, each with the moment its first phoneme starts. With a
+    pause before each word (commas, sentence ends) that moment is exactly where the silence ends: silent just before,
+    sounding just after."""
+    text = "One, nine, eight, all, ever, many. Lemons, oranges, apples."
+    chunks = list(engine.stream_timed(text))
+    audio = np.concatenate([c for c, _ in chunks])
+    words = [w for _, ws in chunks for w in ws]
+    assert [w for w, _ in words] == text.split()
+    times = [t for _, t in words]
+    assert times == sorted(times) and times[0] == 0.0
+    position = 0
+    for chunk, ws in chunks:  # each word comes with the chunk its start falls in
+        assert all(position <= round(t * ESPEAK_SAMPLE_RATE) < position + len(chunk) for _, t in ws), ws
+        position += len(chunk)
+    ms = ESPEAK_SAMPLE_RATE // 1000
+    for word, t in words[1:]:
+        i = round(t * ESPEAK_SAMPLE_RATE)
+        assert rms(audio[i - 40 * ms : i - 5 * ms]) < 1e-3, (word, t)  # the pause before the word
+        assert rms(audio[i : i + 60 * ms]) > 0.02, (word, t)  # the word sounding
+    assert_same_speech(audio, engine.synthesize(text))
+
+
+def test_word_starts_of_words_espeak_reads_as_several(engine):
+    """Numbers, hyphens and lone punctuation still give one start per whitespace word, never going back."""
+    text = "Pi is 3.14 - a well-known number, isn't it?"
+    words = [w for _, ws in engine.stream_timed(text) for w in ws]
+    assert [w for w, _ in words] == text.split()
+    times = [t for _, t in words]
+    assert times == sorted(times) and times[-1] > 1.0
+
+
 def test_cancel_from_another_thread_after_first_chunk(engine, full):
     cancel = threading.Event()
     first_chunk = threading.Event()
@@ -367,3 +399,14 @@ def test_split_sentences():
     assert all(len(p) <= 50 for p in parts) and " ".join(parts).replace(" ", "") == long.replace(" ", "")
     cjk = "字" * 120
     assert split_sentences(cjk, max_chars=50) == ["字" * 50, "字" * 50, "字" * 20]
+
+
+@pytest.mark.parametrize("name", ["alloy", "ash", "nova", "sage"])
+def test_names_espeak_does_not_know_are_refused_whatever_spoke_last(name):
+    """espeak_SetVoiceByProperties keeps the current voice for a tag it cannot match: such a name must not become
+    whatever voice spoke last (OpenAI clients send their own voice names)."""
+    engine = EspeakEngine()
+    for before in ("en-gb", "German+m3", "fr-fr"):
+        engine.voice_from_id(before)
+        with pytest.raises(VoiceError, match="unknown espeak voice"):
+            engine._voice_from_id(name)  # uncached: asks the library each time

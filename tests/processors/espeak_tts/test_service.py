@@ -103,8 +103,8 @@ class PacedEspeakEngine(EspeakEngine):
         self.cancel_set_at: float | None = None
         self.stream_ended_at: float | None = None
 
-    def stream(self, text, voice=None, language="English", cancel=None, **generation):
-        inner = super().stream(text, voice, language, cancel, **generation)
+    def stream_timed(self, text, voice=None, language="English", cancel=None, **generation):
+        inner = super().stream_timed(text, voice, language, cancel, **generation)  # stream() is built on it
 
         def watch():
             cancel.wait()

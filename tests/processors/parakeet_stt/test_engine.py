@@ -120,8 +120,9 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         ParakeetEngine.from_pretrained("whatever.nemo", device="cuda")
 
 
-def test_hub_id_goes_through_asrmodel_from_pretrained(tiny_nemo, tmp_path, monkeypatch):
-    """The real hub code path (ASRModel.from_pretrained), served from a pre-filled Hugging Face cache, offline."""
+def test_hub_id_loads_from_the_hugging_face_cache(tiny_nemo, tmp_path, monkeypatch):
+    """A hub id resolves to its ``.nemo`` in a pre-filled Hugging Face cache and loads from there, offline; one that
+    is not cached is a clear error at once."""
     import huggingface_hub.constants as hf_constants
 
     repo = tmp_path / "hub" / "models--duplex-test--tiny-parakeet"

@@ -24,7 +24,7 @@ def test_gpu_check_skips_cleanly_without_cuda():
 
 
 def test_gpu_benchmark_measures_nothing_without_cuda():
-    res = subprocess.run([sys.executable, "-m", "benchmarks.tts_gpu", "--no-write"], cwd=ROOT, env=_env(),
+    res = subprocess.run([sys.executable, "-m", "benchmarks.tts_gpu"], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "no CUDA GPU" in res.stdout and "|" not in res.stdout  # no table

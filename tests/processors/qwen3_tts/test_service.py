@@ -21,6 +21,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from processors.audio import CODEC_FRAME_MS, pcm16_to_float
 from processors.qwen3_tts import Qwen3TTSEngine, Qwen3TTSService
+from testkit.frame_probe import FrameProbe
 from testkit.qwen3_tts_model import make_reference_audio
 
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
@@ -99,6 +100,35 @@ async def test_interruption_stops_worker_and_audio(engine, voices):
     worker.join(timeout=0.5)  # one frame of the tiny model is a few ms; allow scheduling slack
     assert not worker.is_alive()
     assert engine.last_stats.cancelled
+
+
+async def test_interruption_mid_chunk_at_default_chunking(tiny_qwen_never_eos_dir):
+    """At the default chunking (1 frame, then 4) the interruption lands while the worker is in the middle of the
+    second chunk (held after frame 3 until the service sets its cancel event): at most one more codec frame is
+    generated (counted on the frame loop), and no audio follows the interruption."""
+    engine = Qwen3TTSEngine.from_pretrained(tiny_qwen_never_eos_dir)
+    assert (engine.first_chunk_frames, engine.chunk_frames) == (1, 4)
+    voice = engine.create_voice((make_reference_audio(4.0, 24000, seed=2), 24000))
+    tts = Qwen3TTSService(engine=engine, voice=voice, generation={**GREEDY, "max_frames": 2000})
+    with FrameProbe(engine, hold_at=3) as probe:
+        down, _ = await run_test(
+            tts,
+            frames_to_send=[
+                TTSSpeakFrame("This reply is long and will be cut off by the user."),
+                SleepFrame(2.0),  # the worker reaches frame 3 in well under a second and waits there
+                InterruptionFrame(),
+                SleepFrame(0.3),
+            ],
+        )
+        held_before_cancel = probe.held.is_set() and not probe.hold_expired
+    assert held_before_cancel, "the worker never reached frame 3 before the interruption: the test proves nothing"
+    assert probe.cancel is tts.last_stream.cancel_event and probe.cancel.is_set()
+    assert probe.after_cancel <= 1, f"{probe.after_cancel} codec frames generated after the cancel event"
+    idx = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    assert len(np.concatenate([pcm16_to_float(f.audio) for f in _audio(down[:idx])])) == 1920  # the first chunk
+    assert not _audio(down[idx:]), "no audio may follow the interruption"
+    tts.last_stream.thread.join(timeout=0.5)
+    assert not tts.last_stream.thread.is_alive() and engine.last_stats.cancelled
 
 
 async def test_voice_switch_and_unknown_voice(engine, voices):
