@@ -106,14 +106,52 @@ def test_realtime_mode():
             {"turn": {"false_interruption_timeout_s": None}},
             ["turn 'cough': expected resumed=true, got false"],
         ),
+        (
+            "pause_mid_sentence",
+            {"turn": {"stop_strategy": "speech_timeout"}},
+            [
+                "turn 'advice': expected pipeline_turns=1, got 2",
+                "turn 'advice': expected interruptions=0, got 1",
+                "turn 'advice': context roles should be ['user', 'assistant'], were "
+                "['user', 'assistant', 'user', 'assistant']",
+            ],
+        ),
+        (
+            "telephone_pause",
+            {"turn": {"end_of_turn_model": "none"}},
+            ["turn 'advice': expected pipeline_turns=1, got 2", "no interruption expected, got 1"],
+        ),
+        (
+            "resume_before_the_answer_played",
+            {"turn": {"drop_unplayed_replies": False}},
+            ["turn 'taxi_and_hotel': expected interruptions=0, got 1", "no interruption expected, got 1"],
+        ),
+        (
+            "preemptive_generation",
+            {"turn": {"preemptive_generation": False}},
+            ["turn 'advice': voice_to_voice was", "expected 1 llm_request_dropped event(s), got 0"],
+        ),
+        (
+            "slow_stt_late_transcript",
+            {"turn": {"stop_strategy": "speech_timeout", "late_transcripts": "new_turn"}},
+            [
+                "turn 'weather': transcript should contain 'table'",
+                "no interruption expected, got 1",
+                "expected 1 user_turn_start event(s), got 2",
+            ],
+        ),
     ],
 )
 def test_examples_fail_without_the_feature_they_test(name, change, broken):
     """The backchannel example fails with the echo guard off (the "yeah" cuts the answer and gets an answer of its
-    own), the cough example without false-interruption resume: they pass because of the policy they are about, not
-    by accident."""
+    own), the cough example without false-interruption resume, the pause examples with the speech timeout or without
+    the end-of-turn model (the bot cuts in at the pause), the resume example without dropping unplayed replies (the
+    client hears of an interruption), the preemptive example without preemptive generation (voice-to-voice over its
+    budget), the slow-STT example with pipecat's timeout and late-transcript handling (a phantom second turn): they
+    pass because of the policy they are about, not by accident."""
     scenario = load_scenario(EXAMPLES[0].parent / f"{name}.yaml")
     data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
+    data.setdefault("settings", {})
     data["settings"]["turn"] = {**data["settings"].get("turn", {}), **change["turn"]}
     result = replay(parse_scenario(data, base_dir=scenario.base_dir), check=False)
     for line in broken:
