@@ -14,7 +14,9 @@ usually reach us travelling upstream), pads the segment with ``trailing_silence_
   transcript is ready when the VAD stops, after decoding only the last piece; any other engine gets a
   ``RetranscribingStream`` when ``interim_interval_s`` is set (the growing utterance transcribed again every that
   much new speech, never more than one pass at a time, none past ``interim_max_s``) and a final pass at the VAD stop;
-  without either, the final pass over the segment is all;
+  without either, the final pass over the segment is all. An engine that holds the GIL while it decodes
+  (``holds_gil``: pocketsphinx) is not fed while the bot speaks: each piece would stall the event loop, and with it
+  a barge-in's interruption; what gathered is fed when the bot stops, or decoded at the VAD stop;
 * hypotheses that change become ``InterimTranscriptionFrame``s (unless ``interim_interval_s`` is None) while the user
   still speaks; those arriving after the VAD stop are dropped (the final transcript supersedes them);
 * the final transcript leaves as a ``TranscriptionFrame`` (user_id, timestamp, language, ``result`` = the engine's
@@ -39,6 +41,8 @@ from typing import Any
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     DataFrame,
     EndFrame,
@@ -169,6 +173,11 @@ class EngineSTTService(SegmentedSTTService):
         self._odd_frame_reported = False
         self.interim_passes = 0  # hypotheses computed / pieces held back because one was computing (diagnostics)
         self.interim_skipped = 0
+        # an engine that holds the GIL while it decodes stalls the event loop for each piece (pocketsphinx: up to
+        # 0.1-0.2 s on a loaded CPU), which delays a barge-in's interruption: while the bot speaks its stream waits
+        self._hold_while_bot_speaks = bool(getattr(engine, "holds_gil", False))
+        self._bot_speaking = False
+        self.pieces_held_for_bot = 0  # pieces not fed because the bot was speaking (diagnostics)
 
     def _stream_factory(self) -> Callable[[], STTStream] | None:
         if self._incremental:
@@ -240,6 +249,13 @@ class EngineSTTService(SegmentedSTTService):
             worker.shutdown(wait=False)
 
     # --- frames in ----------------------------------------------------------------------------------------
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+        await super().process_frame(frame, direction)
+
     async def _handle_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
         await super()._handle_user_started_speaking(frame)
         self._utterance_count += 1
@@ -301,6 +317,9 @@ class EngineSTTService(SegmentedSTTService):
     def _maybe_feed(self, u: _Utterance) -> None:
         """Hand the pending audio to the stream once a piece has gathered and the previous piece is done."""
         if u.failed or len(u.pending) < int(self._piece_s * self.sample_rate) * 2:
+            return
+        if self._bot_speaking and self._hold_while_bot_speaks:  # fed once the bot stops, or decoded at the VAD stop
+            self.pieces_held_for_bot += 1
             return
         if u.feeding is not None and not u.feeding.done():
             self.interim_skipped += 1
