@@ -178,12 +178,26 @@ class VoiceMetricsObserver(BaseObserver):
         self._bot_speaking = False
         self._last_audio_out: float | None = None
         self._open_barge_in: BargeInMetrics | None = None
+        self._loose_transcripts: list[tuple[float, str]] = []  # (time, text) while no turn was open
+        self._loose_vad_stop: tuple[float, float] | None = None  # the last VAD stop while no turn was open
+        self._playback: Any = None  # the output's PlaybackHold, if the bot holds on speech over it
 
-    def bind(self, **processors: Any) -> None:
-        """``user=``, ``stt=``, ``llm=``, ``tts=``, ``output=``, ``resumer=`` (any may be None)."""
+    def bind(self, *, playback: Any = None, **processors: Any) -> None:
+        """``user=``, ``stt=``, ``llm=``, ``tts=``, ``output=``, ``resumer=`` (any may be None); ``playback=``: the
+        output's ``PlaybackHold`` (a barge-in held before it was decided is timed from the hold)."""
+        if playback is not None:
+            self._playback = playback
         for role, processor in processors.items():
             if processor is not None:
                 self._roles[id(processor)] = role
+
+    def _held_from(self, t: float) -> float | None:
+        """When the hold began, if the turn starting at ``t`` ends one (its last events: hold ... drop, just now)."""
+        events = self._playback.events if self._playback is not None else []
+        if len(events) < 2 or events[-1].kind != "drop" or t - events[-1].t > 0.1:
+            return None
+        holds = [e for e in events if e.kind == "hold"]
+        return holds[-1].t if holds else None
 
     @property
     def current(self) -> TurnMetrics | None:
@@ -215,6 +229,8 @@ class VoiceMetricsObserver(BaseObserver):
                 turn.vad_stop = t
                 turn.vad_stop_secs = frame.stop_secs or 0.0
                 turn.speech_end = t - turn.vad_stop_secs
+            else:
+                self._loose_vad_stop = (t, frame.stop_secs or 0.0)
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._start_turn(t)
         elif isinstance(frame, InterruptionFrame):
@@ -242,6 +258,9 @@ class VoiceMetricsObserver(BaseObserver):
 
     def _on_stt(self, frame, t: float) -> None:
         turn = self.current
+        if isinstance(frame, TranscriptionFrame) and frame.text.strip() and (turn is None or turn.user_turn_end):
+            # words of speech that has not opened a turn (yet): a turn that a held barge-in starts on them owns them
+            self._loose_transcripts.append((t, frame.text.strip()))
         if turn is None or turn.llm_request_at is not None:
             return
         if isinstance(frame, TranscriptionFrame) and frame.text.strip():
@@ -296,7 +315,21 @@ class VoiceMetricsObserver(BaseObserver):
         if self._vad_start is not None and t - self._vad_start[0] < 5.0:
             turn.vad_start = self._vad_start[0]
             turn.speech_start = self._vad_start[0] - self._vad_start[1]
+        held = self._held_from(t)
+        if held is not None and self._vad_start is not None:
+            # a held barge-in: the bot stopped at its first VAD start, and the words it was decided on are the turn's
+            turn.vad_start = held
+            turn.speech_start = held - self._vad_start[1]
+            heard = [(at, text) for at, text in self._loose_transcripts if at >= held]
+            if heard:
+                turn.transcript_at = heard[-1][0]
+                turn.transcript = " ".join(text for _, text in heard)
+            stop = self._loose_vad_stop
+            if stop is not None and stop[0] >= self._vad_start[0]:  # decided after the sound ended
+                turn.vad_stop, turn.vad_stop_secs = stop
+                turn.speech_end = stop[0] - stop[1]
         self._vad_start = None  # one VAD start opens at most one turn (a turn started by a late transcript has none)
+        self._loose_transcripts = []
         turn.interrupted_bot = self._bot_speaking
         if self._bot_speaking:
             vad = turn.vad_start if turn.vad_start is not None else t

@@ -6,6 +6,10 @@ VAD (``VADOptions``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on the 
   ``start_secs``: speech needed before "user started speaking" (the floor of barge-in latency);
   ``stop_secs``: silence needed before "user stopped speaking" (the first part of voice-to-voice latency).
 
+  ``onset_bridge_s`` / ``onset_volume``: how the start of speech is heard (``pipelines.onset_vad``): dips up to
+  ``onset_bridge_s`` do not reset a starting segment, and the loudness tested while starting is the last 0.4 s as is
+  (``raw``) rather than pipecat's smoothed value, which lags ~220 ms; ``0`` / ``smoothed`` = pipecat's rule.
+
 End of the user's turn (``turn.stop_strategy``):
   ``"endpointing"`` (default): ``pipelines.endpointing.EndpointingUserTurnStopStrategy`` — at each VAD stop the
   Smart Turn v3 model (``turn.end_of_turn_model``; CPU ONNX in the pipecat wheel, fed the turn's own audio at 16 kHz)
@@ -40,6 +44,21 @@ Echo guard (``turn.echo_guard`` auto/on/off; ``echo_guard_window_s``, ``echo_gua
   guard's extra 0.3 s of barge-in delay would only cost).
   See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
 
+Barge-in decision (``turn.barge_in_hold``, on by default; ``barge_in_min_words``, ``barge_in_min_speech_s``,
+  ``barge_in_verdict_timeout_s``, ``backchannels``): while the bot speaks, a VAD start pauses its audio (within one
+  output chunk) instead of interrupting. Words that are not backchannels (``barge_in_min_words`` of them) or
+  ``barge_in_min_speech_s`` of sound make it an interruption (the user turn starts: pipecat's interruption as usual);
+  a sound that ends with no such words ("mhm", "yeah", "I see", a cough, a laugh) resumes the held audio where it
+  stopped, with no user turn. It replaces the echo guard (whose window and word count it applies when the guard is
+  on). Defaults: 1 word, 2.0 s of sound, 1.0 s verdict timeout. Interim transcripts can interrupt while the user
+  still speaks; otherwise the verdict is taken the moment the STT has transcribed the sound's last segment
+  (``SegmentTranscribedFrame``; the bot stays held until it comes, however slow the STT), so resuming costs the
+  VAD's ``stop_secs`` plus the STT's time on the sound. A
+  transcript ending on a word that may begin a backchannel ("I" of "I see") waits 0.4 s for the rest. On a phone
+  (``turn.carrier_marks``) the hold clears the carrier's buffer and, on resume, sends the cut audio again from what
+  the carrier confirmed it played. See ``pipelines.interruptions.BargeInDecisionUserTurnStartStrategy`` and
+  ``pipelines.playback``.
+
 False-interruption recovery (``turn.false_interruption_timeout_s``; None = off): a barge-in whose user turn produces no
   words within this long after the user goes quiet (a cough, a door) ends, and the bot resumes with the unspoken
   remainder of its reply. A decision due while the segmented STT is still transcribing waits for its verdict (a CPU
@@ -62,7 +81,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from processors.audio import TELEPHONY_SAMPLE_RATE
 
-from .interruptions import EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy
+from .interruptions import (
+    BACKCHANNEL_PHRASES,
+    BargeInDecisionUserTurnStartStrategy,
+    EchoGuardUserTurnStartStrategy,
+    FalseInterruptionUserTurnStopStrategy,
+)
+from .onset_vad import OnsetSileroVADAnalyzer
+from .playback import PlaybackHold
 
 TELEPHONY_SERIALIZER_MODULES = ("twilio", "telnyx", "plivo", "exotel", "vonage", "genesys")
 
@@ -76,6 +102,8 @@ class VADOptions(BaseModel):
     start_secs: float = Field(0.2, ge=0.0)
     stop_secs: float = Field(0.2, ge=0.0)
     min_volume: float = Field(0.6, ge=0.0, le=1.0)
+    onset_bridge_s: float = Field(0.064, ge=0.0)  # dips this short do not reset a starting segment (0: pipecat's rule)
+    onset_volume: Literal["raw", "smoothed"] = "raw"  # loudness tested while speech starts (smoothed: pipecat's)
 
 
 class TurnOptions(BaseModel):
@@ -100,15 +128,28 @@ class TurnOptions(BaseModel):
     echo_guard_window_s: float = Field(1.5, ge=0.0)  # the bot's first moments of speech that the guard protects
     echo_guard_min_speech_s: float = Field(0.5, ge=0.0)  # sustained speech needed to interrupt inside the window
     echo_guard_min_words: int = Field(2, ge=1)  # ... or this many words in an interim transcript
+    barge_in_hold: bool = True  # speech over the bot pauses it until judged: interruption, or resume where it stopped
+    barge_in_min_words: int = Field(1, ge=1)  # words that are not backchannels needed to interrupt
+    barge_in_min_speech_s: float = Field(2.0, gt=0.0)  # ... or this much sound (from its onset) without such words
+    # after the sound ends, longest wait for the words of an STT that does not say when it is done (ours do: their
+    # verdict is waited for, up to 10 s)
+    barge_in_verdict_timeout_s: float = Field(1.0, gt=0.0)
+    backchannels: list[str] = Field(default_factory=lambda: list(BACKCHANNEL_PHRASES))  # phrases that never interrupt
+    carrier_marks: bool = True  # phone calls: the carrier confirms what it played (marks); the context holds that
 
 
 def build_vad_analyzer(vad: VADOptions, sample_rate: int | None = None) -> SileroVADAnalyzer:
-    """Silero VAD with the configured thresholds (a fresh analyzer per session: it keeps model state). The rate is
-    the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
+    """Silero VAD with the configured thresholds and onset rule (a fresh analyzer per session: it keeps model
+    state). The rate is the pipeline's input rate unless given (Silero takes 8 or 16 kHz)."""
     params = VADParams(
         confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume
     )
-    return SileroVADAnalyzer(sample_rate=sample_rate, params=params)
+    return OnsetSileroVADAnalyzer(
+        sample_rate=sample_rate,
+        params=params,
+        bridge_s=vad.onset_bridge_s,
+        raw_onset_volume=vad.onset_volume == "raw",
+    )
 
 
 def is_telephony_transport(transport: Any) -> bool:
@@ -153,14 +194,33 @@ def build_stop_strategy(turn: TurnOptions, *, stt_reports_segments: bool = False
 
 
 def build_user_turn_strategies(
-    turn: TurnOptions, *, echo_guard: bool, stt_name: str | None = None, stt_reports_segments: bool = False
+    turn: TurnOptions,
+    *,
+    echo_guard: bool,
+    stt_name: str | None = None,
+    stt_reports_segments: bool = False,
+    hold: PlaybackHold | None = None,
 ) -> UserTurnStrategies:
-    """Start strategies (echo guard, VAD, transcription) and stop strategies (speech timeout or Smart Turn, then
-    false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``: the STT
-    processor's name, so false-interruption decisions wait for its verdict on the speech."""
+    """Start strategies (barge-in decision or echo guard, VAD, transcription) and stop strategies (speech timeout or
+    Smart Turn, then false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``:
+    the STT processor's name, so decisions wait for its verdict on the speech. ``hold``: the session's
+    ``PlaybackHold`` (installed on its output transport), needed for ``turn.barge_in_hold``."""
     interrupt = turn.barge_in
     start: list = []
-    if echo_guard and interrupt:
+    if interrupt and turn.barge_in_hold and hold is not None:
+        start.append(
+            BargeInDecisionUserTurnStartStrategy(
+                hold=hold,
+                min_words=turn.barge_in_min_words,
+                min_speech_s=turn.barge_in_min_speech_s,
+                verdict_timeout_s=turn.barge_in_verdict_timeout_s,
+                backchannels=turn.backchannels,
+                stt_name=stt_name,
+                echo_window_s=turn.echo_guard_window_s if echo_guard else 0.0,
+                echo_min_words=turn.echo_guard_min_words,
+            )
+        )
+    elif echo_guard and interrupt:
         start.append(
             EchoGuardUserTurnStartStrategy(
                 window_s=turn.echo_guard_window_s,
@@ -188,6 +248,7 @@ class TurnPolicy:
 
     stop_strategy: str
     barge_in: bool
+    barge_in_hold: bool
     echo_guard: bool
     false_interruption_timeout_s: float | None
     telephony: bool
@@ -201,6 +262,7 @@ def resolve_policy(turn: TurnOptions, *, telephony: bool) -> TurnPolicy:
     return TurnPolicy(
         stop_strategy=turn.stop_strategy,
         barge_in=turn.barge_in,
+        barge_in_hold=turn.barge_in and turn.barge_in_hold,
         echo_guard=echo_guard_enabled(turn, telephony=telephony) and turn.barge_in,
         false_interruption_timeout_s=turn.false_interruption_timeout_s,
         telephony=telephony,
@@ -214,6 +276,7 @@ def build_user_aggregator_params(
     *,
     stt_name: str | None = None,
     stt_reports_segments: bool = False,
+    hold: PlaybackHold | None = None,
 ) -> LLMUserAggregatorParams:
     """VAD + turn strategies + timeouts for the user aggregator."""
     kwargs: dict[str, Any] = {}
@@ -222,7 +285,11 @@ def build_user_aggregator_params(
     return LLMUserAggregatorParams(
         vad_analyzer=build_vad_analyzer(vad),
         user_turn_strategies=build_user_turn_strategies(
-            turn, echo_guard=policy.echo_guard, stt_name=stt_name, stt_reports_segments=stt_reports_segments
+            turn,
+            echo_guard=policy.echo_guard,
+            stt_name=stt_name,
+            stt_reports_segments=stt_reports_segments,
+            hold=hold,
         ),
         user_turn_stop_timeout=turn.user_turn_stop_timeout_s,
         **kwargs,

@@ -1,7 +1,11 @@
 """``build_voice_agent``: the full-duplex voice pipeline, ready to run.
 
     [transport.input(), stt, user aggregator (Silero VAD + turn strategies), llm, ReplyResumer, tts,
-     IdleInterruptionFilter, transport.output(), assistant aggregator]
+     IdleInterruptionFilter, PlaybackClock, transport.output(), assistant aggregator]
+
+Speech over the bot first *holds* it (``turn.barge_in_hold``): ``pipelines.playback.PlaybackHold`` pauses the
+output transport's audio between two chunks and ``PlaybackClock`` keeps the word timestamps in step with the
+held audio, until the turn strategy has judged the sound: an interruption (below) or a resume where it stopped.
 
 Barge-in is pipecat's interruption, wired so nothing is lost: a user-turn start broadcasts ``InterruptionFrame``;
 the LLM's task is cancelled (its stream closed, the local engine's cancel event set); the TTS cancels ``run_tts``
@@ -42,6 +46,7 @@ from .endpointing import UnheardTurnMerger, UnplayedReplyGate
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
 from .options import AgentOptions
+from .playback import PlaybackClock, PlaybackHold, RemotePlayout
 from .policy import TurnPolicy, build_user_aggregator_params, is_telephony_transport, resolve_policy
 
 
@@ -61,6 +66,7 @@ class VoiceAgent:
     interruption_filter: IdleInterruptionFilter
     metrics: VoiceMetricsObserver
     policy: TurnPolicy
+    playback: PlaybackHold | None = None  # the output's hold (``turn.barge_in_hold``) and far-end playout
 
     async def run(
         self,
@@ -122,6 +128,7 @@ def build_voice_agent(
     audio_in_sample_rate: int = STT_SAMPLE_RATE,
     audio_out_sample_rate: int = TTS_SAMPLE_RATE,
     clock: BaseClock | None = None,
+    playout: RemotePlayout | None = None,
     **worker_kwargs: Any,
 ) -> VoiceAgent:
     """Build the pipeline and its worker for one session.
@@ -129,14 +136,17 @@ def build_voice_agent(
     ``stt`` / ``llm`` / ``tts``: services to use; missing ones are created from ``options`` with the engine catalogue
     (``pipelines.engines.create_services``). ``telephony``: whether the client is a phone call (decides
     ``echo_guard=auto``); None = detect from the transport's serializer / input rate. ``clock``: the pipeline clock
-    (a virtual clock for replays). Other keyword arguments go to ``PipelineWorker``.
+    (a virtual clock for replays). ``playout``: the far end's playback acknowledgements, for a transport whose
+    client reports them (a phone carrier's marks, ``agent.server.telephony_marks``): the context then holds the words
+    the far end confirmed playing. Other keyword arguments go to ``PipelineWorker``.
     """
     options = options or AgentOptions()
     if telephony is None:
         telephony = is_telephony_transport(transport)
     policy = resolve_policy(options.turn, telephony=telephony)
     logger.info(
-        f"voice agent: stop={policy.stop_strategy} barge_in={policy.barge_in} echo_guard={policy.echo_guard} "
+        f"voice agent: stop={policy.stop_strategy} barge_in={policy.barge_in} hold={policy.barge_in_hold} "
+        f"echo_guard={policy.echo_guard} "
         f"false_interruption_timeout={policy.false_interruption_timeout_s} telephony={policy.telephony}"
     )
 
@@ -146,11 +156,23 @@ def build_voice_agent(
         stt, llm, tts = create_services(options, stt=stt, llm=llm, tts=tts)
 
     context = context or LLMContext()
-    # EngineSTTService says when each segment is transcribed, words or not: turn decisions wait for it
+    # EngineSTTService says when each segment is transcribed, words or not: turn-end, barge-in and
+    # false-interruption decisions wait for it
     stt_reports_segments = isinstance(stt, EngineSTTService)
     stt_name = stt.name if stt_reports_segments else None
+    output = transport.output()
+    playback = None
+    if policy.barge_in_hold or playout is not None:
+        playback = PlaybackHold(playout=playout)
+        playback.install(output)
+    hold = playback if policy.barge_in_hold else None
     user_params = build_user_aggregator_params(
-        options.vad, options.turn, policy, stt_name=stt_name, stt_reports_segments=stt_reports_segments
+        options.vad,
+        options.turn,
+        policy,
+        stt_name=stt_name,
+        stt_reports_segments=stt_reports_segments,
+        hold=hold,
     )
     user, assistant = LLMContextAggregatorPair(context, user_params=user_params)
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
@@ -164,11 +186,14 @@ def build_voice_agent(
     processors: list[FrameProcessor] = [transport.input(), stt, user, *([unheard] if unheard else []), llm]
     if resumer is not None:
         processors.append(resumer)
-    processors += [tts, *([unplayed] if unplayed else []), interruption_filter, transport.output(), assistant]
+    processors += [tts, *([unplayed] if unplayed else []), interruption_filter]
+    if playback is not None:
+        processors.append(PlaybackClock(playback))
+    processors += [output, assistant]
     pipeline = Pipeline(processors)
 
     metrics = VoiceMetricsObserver()
-    metrics.bind(user=user, stt=stt, llm=llm, resumer=resumer, tts=tts, output=transport.output())
+    metrics.bind(user=user, stt=stt, llm=llm, resumer=resumer, tts=tts, output=output, playback=playback)
     worker_kwargs.setdefault("enable_rtvi", False)
     worker = PipelineWorker(
         pipeline,
@@ -194,4 +219,5 @@ def build_voice_agent(
         interruption_filter=interruption_filter,
         metrics=metrics,
         policy=policy,
+        playback=playback,
     )

@@ -139,6 +139,7 @@ def _qwen3_load(options: Any, device: str | None) -> Any:
         device=device,
         first_chunk_frames=options.first_chunk_frames,
         chunk_frames=options.chunk_frames,
+        max_streams=options.max_streams,
     )
     engine.warmup()  # CUDA graphs captured now, not during the first conversation
     return engine

@@ -7,10 +7,13 @@ generate up to four frames nobody hears). The probe wraps, on one engine object:
 * ``engine.stream``: to capture the ``cancel`` event of each call (the event the adapter, the server or the test
   hands to the engine);
 * ``engine._frame_loop``: every frame the talker/code-predictor loop yields is one frame generated; for each, the
-  probe records whether that stream's cancel event was already set when the frame was done.
+  probe records whether that stream's cancel event was already set when the frame was done. On a batched engine
+  (``max_streams``) the loop is a ``BatchedStream`` whose frames are made on the scheduler's step worker, which may
+  run ahead of the reader: there a frame counts when the worker hands it to the stream's queue, on the worker.
 
 ``hold_at=N`` holds the frame loop right after its N-th frame until the cancel event is set (by another thread),
-so a cancel lands at a known point, mid-chunk, on any machine; ``held`` is set while it waits.
+so a cancel lands at a known point, mid-chunk, on any machine; ``held`` is set while it waits (on a batched engine
+the step worker waits, before the frame reaches the reader).
 
     with FrameProbe(engine, hold_at=2) as probe:
         ... start engine.stream(...) in one thread, wait for probe.held, set the cancel event in another ...
@@ -62,6 +65,9 @@ class FrameProbe:
 
         def probed_frame_loop(prompt: Any, budget: int) -> Any:
             loop = frame_loop(prompt, budget)
+            if hasattr(loop, "_queue"):  # a BatchedStream: count where the worker hands frames out
+                loop._queue = _CountingQueue(loop._queue, self._done)
+                return loop
             frames = loop.frames
 
             def counted(cancel: threading.Event | None = None) -> Iterator[Any]:
@@ -97,3 +103,20 @@ class FrameProbe:
             if not self.cancel.wait(self.hold_timeout_s):
                 self.hold_expired = True
         return codes
+
+
+class _CountingQueue:
+    """A batched stream's frame queue that reports every frame put into it (on the step worker) before passing it
+    on; the end marker passes uncounted."""
+
+    def __init__(self, inner: Any, done: Any):
+        self.inner = inner
+        self.done = done
+
+    def put(self, item: Any) -> None:
+        if hasattr(item, "shape"):  # a frame's codes; the end marker is a plain object
+            item = self.done(item)
+        self.inner.put(item)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.get(*args, **kwargs)

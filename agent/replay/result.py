@@ -36,6 +36,7 @@ class TurnResult:
     interruptions: int = 0  # interruptions reaching the client within ``span``
     messages: list[dict[str, Any]] = field(default_factory=list)  # context messages its pipeline turns added
     merged_into: str | None = None  # spoken before the previous turn ended: part of that turn (named)
+    released_at: float | None = None  # the bot, held by this sound, played on from where it stopped (replay time)
     fed: bool = True  # False: the replay stopped (max_duration_s, an anchor event that never came) before it
 
     @property
@@ -62,13 +63,15 @@ class TurnResult:
 
     def latencies(self) -> dict[str, float | None]:
         """``voice_to_voice`` / ``tts_first_audio``: of the last pipeline turn the bot answered (the answer to the
-        whole utterance); ``barge_in_stop``: of the first pipeline turn that barged in."""
+        whole utterance); ``barge_in_stop``: of the first pipeline turn that barged in; ``resume``: from the end of
+        the sound to the bot playing on where it stopped, when the sound held the bot and was not an interruption."""
         answered = [m for m in self.pipeline if m.bot_started_at is not None]
         barged = [m for m in self.pipeline if m.barge_in is not None]
         return {
             "voice_to_voice": answered[-1].voice_to_voice if answered else None,
             "barge_in_stop": barged[0].barge_in.stop_latency_from_onset if barged else None,
             "tts_first_audio": answered[-1].tts_first_audio if answered else None,
+            "resume": None if self.released_at is None else self.released_at - self.speech_end,
         }
 
 
@@ -122,6 +125,8 @@ class ReplayResult:
                 lines.append(f"  [   -    ] {t.name}: never fed (the replay stopped before it)")
                 continue
             flags = [f for f, on in (("interrupted", t.interrupted), ("resumed", t.resumed)) if on]
+            if t.released_at is not None:
+                flags.append("held and released")
             if t.pipeline_turns != 1:
                 flags.append(f"{t.pipeline_turns} pipeline turns")
             if t.interruptions > 1:

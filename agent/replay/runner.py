@@ -122,7 +122,7 @@ def build_agent(
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-async def _run(scenario: Scenario, realtime: bool, settings: Settings):
+async def _run(scenario: Scenario, realtime: bool, settings: Settings, observers=()):
     utterances = build_utterances(scenario)
     rate = scenario.transport.sample_rate
     params = TransportParams(
@@ -131,7 +131,7 @@ async def _run(scenario: Scenario, realtime: bool, settings: Settings):
     transport = VirtualTransport(utterances, background=build_background(scenario), params=params)
     recorder = PipelineRecorder()
     clock = None if realtime else LoopClock()
-    agent = build_agent(scenario, transport, clock=clock, observers=[recorder], settings=settings)
+    agent = build_agent(scenario, transport, clock=clock, observers=[recorder, *observers], settings=settings)
     recorder.bind(
         user=agent.user_aggregator,
         stt=agent.stt,
@@ -187,10 +187,13 @@ def _run_in_loop(coro_factory, realtime: bool):
         loop.close()
 
 
-def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: bool | None = None) -> ReplayResult:
+def run_scenario(
+    scenario: Scenario, *, realtime: bool = False, inherit_env: bool | None = None, observers=()
+) -> ReplayResult:
     """Run ``scenario`` (in its own event loop; in a helper thread when called from inside a running loop).
     ``inherit_env``: read ``DUPLEX_*`` environment variables under the scenario's settings (default: the scenario's
-    ``inherit_env``, normally off: defaults plus the scenario)."""
+    ``inherit_env``, normally off: defaults plus the scenario). ``observers``: more pipecat observers of the
+    pipeline (for tests and tools that look at frames the result does not keep)."""
     inherit = scenario.inherit_env if inherit_env is None else inherit_env
     settings = scenario.agent_settings(inherit_env=inherit)
     source = "defaults + scenario"
@@ -208,7 +211,7 @@ def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: boo
 
         def target():
             try:
-                box["out"] = _run_in_loop(lambda: _run(scenario, realtime, settings), realtime)
+                box["out"] = _run_in_loop(lambda: _run(scenario, realtime, settings, observers), realtime)
             except BaseException as e:  # re-raised in the caller's thread
                 box["err"] = e
 
@@ -219,7 +222,9 @@ def run_scenario(scenario: Scenario, *, realtime: bool = False, inherit_env: boo
             raise box["err"]
         agent, transport, utterances, recorder = box["out"]
     else:
-        agent, transport, utterances, recorder = _run_in_loop(lambda: _run(scenario, realtime, settings), realtime)
+        agent, transport, utterances, recorder = _run_in_loop(
+            lambda: _run(scenario, realtime, settings, observers), realtime
+        )
     result = collect(
         scenario, agent, transport, utterances, recorder, realtime=realtime, wall_s=time.perf_counter() - wall0
     )
@@ -235,12 +240,13 @@ def replay(
     out: str | Path | None = None,
     check: bool = True,
     inherit_env: bool | None = None,
+    observers=(),
 ) -> ReplayResult:
     """Replay a scenario (a YAML path or a loaded ``Scenario``); write the reports to ``out`` if given; raise a
     readable ``AssertionError`` when an expectation fails (``check=False``: just return the result)."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
-    result = run_scenario(scenario, realtime=realtime, inherit_env=inherit_env)
+    result = run_scenario(scenario, realtime=realtime, inherit_env=inherit_env, observers=observers)
     if out is not None:
         write_reports(result, out)
     if check:
@@ -326,9 +332,14 @@ def collect(
             if rel(m.user_turn_start) <= tr.speech_start and (end is None or end >= tr.speech_start):
                 tr.merged_into = prev.name
 
-    def reacted(tr: TurnResult) -> float:  # when the pipeline took the utterance (its first turn's VAD start)
+    def reacted(tr: TurnResult) -> float:
+        """When the pipeline took the utterance: its first turn's VAD start, or for a barge-in the end of the bot's
+        last audio before it (words that played until the bot fell silent belong to the reply it cut)."""
         m = tr.pipeline[0]
-        return rel(m.vad_start if m.vad_start is not None else m.user_turn_start)
+        t = m.vad_start if m.vad_start is not None else m.user_turn_start
+        if m.barge_in is not None and m.barge_in.last_bot_audio is not None:
+            t = max(t, m.barge_in.last_bot_audio + 1e-6)
+        return rel(t)
 
     # the final context, split into the messages each pipeline turn's requests added
     context = [dict(m) for m in agent.context.get_messages()]
@@ -355,7 +366,18 @@ def collect(
         words = [w for t, w in recorder.played_words if tr.window[0] <= t - t0 < tr.window[1]]
         tr.reply = re.sub(r"\s+", " ", " ".join(w.strip() for w in words)).strip()
 
+    held = _hold_events(agent, t0)
+    for tr in turns:
+        released = [e["t"] for e in held if e["kind"] == "bot_released" and tr.speech_start <= e["t"] < tr.span[1]]
+        tr.released_at = released[0] if released else None
+        if tr.released_at is not None and not tr.pipeline:  # what the STT heard of a sound the bot played on over
+            heard = [
+                text for t, text, final in recorder.transcripts if final and tr.speech_start <= t - t0 <= tr.released_at
+            ]
+            tr.transcript = " ".join(heard)
+
     events = [{"t": e.t - t0, "kind": e.kind, "label": e.label} for e in transport.events]
+    events += held
     events += _vad_events(recorder, agent.metrics.turns, rel)
     events += [
         {"t": t - t0, "kind": "transcript" if final else "interim_transcript", "label": text}
@@ -421,6 +443,23 @@ def _llm_requests(recorder: PipelineRecorder, llm: Any, t0: float) -> list[dict[
             parts.append(f"reply {s.index if s.index is not None else '(none left)'}, {outcome}")
         entry["label"] = ", ".join(parts)
         out.append(entry)
+    return out
+
+
+def _hold_events(agent: VoiceAgent, t0: float) -> list[dict]:
+    """``bot_held`` when the bot's audio stopped for a sound over it (labelled with how it ended: ``released`` or
+    ``interrupted``), ``bot_released`` when it played on from where it stopped."""
+    out: list[dict] = []
+    held_at = None
+    for e in agent.playback.events if agent.playback is not None else []:
+        if e.kind == "hold":
+            held_at = e.t
+        elif e.kind in ("release", "drop") and held_at is not None:
+            outcome = "released" if e.kind == "release" else "interrupted"
+            out.append({"t": held_at - t0, "kind": "bot_held", "label": outcome})
+            if e.kind == "release":
+                out.append({"t": e.t - t0, "kind": "bot_released", "label": ""})
+            held_at = None
     return out
 
 

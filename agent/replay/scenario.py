@@ -40,8 +40,10 @@ EventKind = Literal[
     "bot_stopped_speaking",
     "interruption",
     "resumed",
+    "bot_held",
+    "bot_released",
 ]
-LATENCIES = ("voice_to_voice", "barge_in_stop", "tts_first_audio")
+LATENCIES = ("voice_to_voice", "barge_in_stop", "tts_first_audio", "resume")
 ROLES = ("user", "assistant", "system")
 
 
@@ -285,7 +287,7 @@ class Expectation(_Strict):
     pipeline_turns: Any = None  # how many pipeline user turns it produced (a count or {min, max})
     interruptions: Any = None  # interruptions reaching the client from its onset to the next utterance's
     context: ContextCheck | None = None
-    within_ms: dict[Literal["voice_to_voice", "barge_in_stop", "tts_first_audio"], float] | None = None
+    within_ms: dict[Literal["voice_to_voice", "barge_in_stop", "tts_first_audio", "resume"], float] | None = None
     absent: list[EventKind] | None = None  # events that must not happen (in this turn's span / the whole replay)
     count: dict[EventKind, Any] | None = None  # number of events (in this turn's span / the whole replay)
     any_of: list[Expectation] | None = Field(None, min_length=1)

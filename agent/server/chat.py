@@ -12,7 +12,9 @@ with credentials, and the limits); it needs the token when auth is on.
   "encoding": "pcm16", "voice", "language", "engines"}`` first; then binary frames of raw PCM16 mono at 24 kHz (the
   bot's voice, 40 ms each, paced in real time) and text events (``agent.server.sessions.SessionEvents``: ``state``,
   ``transcript``, ``latency``, ``interrupted`` — on ``interrupted`` drop audio not yet played, like Twilio's
-  ``clear`` —, ``warning``, and ``error`` with ``recoverable: true`` when a step fails mid-session).
+  ``clear`` —, ``warning``, and ``error`` with ``recoverable: true`` when a step fails mid-session) and ``flush``
+  (the bot holds while it judges a sound over it: drop audio not yet played; if it plays on, the audio from where
+  the page had got to comes again).
   Refusals: ``{"type": "error", "code", "message"}`` then close (``MODEL_LOADING``/``RATE_LIMITED``: 1013,
   ``UNAUTHORIZED``: 1008).
 
@@ -48,6 +50,7 @@ from pipecat.frames.frames import (
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_transport import TransportParams
 
+from pipelines.playback import RemotePlayout
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 
 from .context import ServerContext, get_context
@@ -68,6 +71,20 @@ WS_KIND = "browser_ws"
 WEBRTC_KIND = "browser_webrtc"
 
 router = APIRouter()
+
+
+class BrowserFlush:
+    """``/ws`` playback messages for ``pipelines.playback.RemotePlayout``: the page confirms nothing (the clock is
+    trusted); ``{"type": "flush"}`` makes it drop the audio it buffered when the bot holds for a sound over it (the
+    held audio is sent again from where the page had got to if the bot plays on)."""
+
+    @staticmethod
+    def mark_message(name: str) -> None:
+        return None
+
+    @staticmethod
+    def clear_message() -> dict[str, Any]:
+        return {"type": "flush"}
 
 
 class RawPCMSerializer(FrameSerializer):
@@ -203,6 +220,7 @@ async def ws_chat(websocket: WebSocket) -> None:
             events=events,
             language=language,
             kind=WS_KIND,
+            playout=RemotePlayout(BrowserFlush()),
         )
         client_input = SessionInput(ctx, agent, events, kind=WS_KIND)
         serializer.on_message = client_input.handle

@@ -321,6 +321,7 @@ async def build_session_agent(
     rtvi: bool = False,
     language: str | None = None,
     kind: str = "voice",
+    playout: Any = None,
 ) -> VoiceAgent:
     """A voice agent on the shared engines (``voice``: the TTS engine's voice object). Runtime voice switches go
     through the server's registry and voice cache. ``events``: an observer of the session's frames
@@ -328,7 +329,8 @@ async def build_session_agent(
     (RTVI) on the transport's message channel: pipecat's ``RTVIProcessor`` heads the pipeline and its
     ``RTVIObserver`` reports transcripts, speaking state, metrics and errors; the turn policy is unchanged.
     ``language``: the session's (``resolve_language``), None for the server's. Pipeline errors reach the client
-    (``watch_errors``; telephony callers hear an apology)."""
+    (``watch_errors``; telephony callers hear an apology). ``playout``: the client's playback acknowledgements
+    (``pipelines.playback.RemotePlayout``; phone carriers' marks)."""
     engines = ctx.engines
     options = session_options(ctx, language)
     stt_engine = await run_in_thread(engines.session_stt, name="duplex-stt-load")
@@ -350,6 +352,7 @@ async def build_session_agent(
         audio_out_sample_rate=audio_out_sample_rate,
         observers=[events] if events is not None else None,
         enable_rtvi=rtvi,
+        playout=playout,
     )
     if events is not None:
         events.agent = agent

@@ -11,6 +11,12 @@ buffered at the carrier stops at once. The call is
 detected as telephony (the serializer), so the echo guard is on with ``turn.echo_guard=auto``. When a step of the
 pipeline fails (an LLM endpoint gone, say) the caller hears a short apology and the call goes on.
 
+Played words (``turn.carrier_marks``, on by default): the server sends audio ahead of playback, so what it sent is
+not what the caller heard. Each carrier's playback acknowledgements (Twilio and Telnyx ``mark``, Plivo
+``checkpoint`` / ``playedStream``; ``agent.server.telephony_marks``) tell the pipeline what was played: the context
+after a barge-in holds the words the caller heard, and the barge-in hold clears the carrier's buffer at once and
+plays the cut audio again from the confirmed point if it was not an interruption.
+
 Auth: with a server token set, the stream URL must carry ``?token=<token>`` (Twilio cannot send headers on a
 stream; put it in the ``<Stream url=...>``). TwiML: docs/server.md.
 """
@@ -29,6 +35,7 @@ from processors.audio import TELEPHONY_SAMPLE_RATE
 from .context import get_context
 from .guards import presented_token, token_matches
 from .sessions import build_session_agent, resolve_voice, run_voice_session
+from .telephony_marks import marking_serializer
 
 log = logging.getLogger("duplex.server")
 
@@ -51,43 +58,46 @@ async def _read_start(websocket: WebSocket) -> dict[str, Any]:
     return await asyncio.wait_for(read(), START_TIMEOUT_S)
 
 
-def _twilio(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
+def _twilio(message: dict[str, Any]) -> tuple[Any, Any, str | None, dict]:
     from pipecat.serializers.twilio import TwilioFrameSerializer
 
     start = message["start"]
-    serializer = TwilioFrameSerializer(
-        stream_sid=message.get("streamSid") or start["streamSid"],
+    serializer, playout = marking_serializer(
+        "twilio",
+        message.get("streamSid") or start["streamSid"],
         call_sid=start.get("callSid"),
         params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
     )
-    return serializer, start.get("callSid"), start.get("customParameters") or {}
+    return serializer, playout, start.get("callSid"), start.get("customParameters") or {}
 
 
-def _telnyx(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
+def _telnyx(message: dict[str, Any]) -> tuple[Any, Any, str | None, dict]:
     from pipecat.serializers.telnyx import TelnyxFrameSerializer
 
     start = message.get("start") or {}
     encoding = (start.get("media_format") or {}).get("encoding") or "PCMU"
-    serializer = TelnyxFrameSerializer(
-        stream_id=message["stream_id"],
+    serializer, playout = marking_serializer(
+        "telnyx",
+        message["stream_id"],
         outbound_encoding=encoding,
         inbound_encoding=encoding,
         call_control_id=start.get("call_control_id"),
         params=TelnyxFrameSerializer.InputParams(auto_hang_up=False),
     )
-    return serializer, start.get("call_control_id"), start.get("custom_parameters") or {}
+    return serializer, playout, start.get("call_control_id"), start.get("custom_parameters") or {}
 
 
-def _plivo(message: dict[str, Any]) -> tuple[Any, str | None, dict]:
+def _plivo(message: dict[str, Any]) -> tuple[Any, Any, str | None, dict]:
     from pipecat.serializers.plivo import PlivoFrameSerializer
 
     start = message["start"]
-    serializer = PlivoFrameSerializer(
-        stream_id=start["streamId"],
+    serializer, playout = marking_serializer(
+        "plivo",
+        start["streamId"],
         call_id=start.get("callId"),
         params=PlivoFrameSerializer.InputParams(auto_hang_up=False),
     )
-    return serializer, start.get("callId"), message.get("extra_headers") or {}
+    return serializer, playout, start.get("callId"), message.get("extra_headers") or {}
 
 
 CARRIERS = {"twilio": _twilio, "telnyx": _telnyx, "plivo": _plivo}
@@ -112,7 +122,7 @@ async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
         return
     try:
         try:
-            serializer, call_id, custom = CARRIERS[kind](await _read_start(websocket))
+            serializer, playout, call_id, custom = CARRIERS[kind](await _read_start(websocket))
         except (TimeoutError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("%s: bad stream start (%s)", kind, e)
             ctx.metrics.errors.inc(kind=kind, code="INVALID_MESSAGE")
@@ -139,6 +149,7 @@ async def _carrier_stream(websocket: WebSocket, kind: str) -> None:
             audio_in_sample_rate=TELEPHONY_SAMPLE_RATE,
             audio_out_sample_rate=TELEPHONY_SAMPLE_RATE,
             voice=voice,
+            playout=playout if ctx.settings.turn.carrier_marks else None,
             kind=kind,
         )
 

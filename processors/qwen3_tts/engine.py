@@ -6,11 +6,18 @@ runs one 80 ms codec frame at a time (``frame_loop.py``) and new frames are deco
 so the first audio leaves after the first ``first_chunk_frames`` frames and generation stops within one frame of
 ``cancel`` being set.
 
-Thread-safety: the upstream model is not re-entrant (``talker.rope_deltas`` is module state, and the frame loop
-patches the talker briefly), so each engine allows ONE generation at a time: ``stream`` holds the engine lock from
-its first frame until the generator finishes or is closed. A second stream, from any thread, waits. Close
-abandoned generators (``gen.close()``) so the lock is released at once. Voice creation takes the same lock. With a
-``batching.BatchScheduler`` streams run concurrently and the lock is held only while a prompt is built.
+Concurrency: upstream's prompt building is not re-entrant (the frame loop patches the talker briefly), so it runs
+under the engine lock, as does voice creation. Frames are made apart from the consumer, and the consumer (the
+thread iterating ``stream``) decodes them to audio, so a consumer that reads slowly (a client pacing audio out in
+real time) never holds up another stream:
+
+* ``max_streams=n`` (what ``duplex serve`` and the catalogue load, n = 10 by default): a
+  ``batching.BatchScheduler`` steps up to n streams together, one more stream waiting for a free slot is prefilled
+  beside the batch;
+* ``max_streams=0``: one stream generates at a time, on a thread of its own that holds the engine lock while it
+  generates, never while the consumer is away; its frames wait in a queue for the consumer.
+
+Either way cancel (or closing the generator) stops generation within one frame.
 
 On a GPU the frame loop replays CUDA graphs (``cuda_graphs.py``); call ``warmup()`` once after loading so they are
 captured before the first request rather than during it.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import re
 import threading
 import time
@@ -52,6 +60,7 @@ from processors.tts_engine import (
     validate_text,
 )
 
+from .batching import BatchScheduler
 from .codec_stream import StreamingCodecDecoder
 from .cuda_graphs import build_lean_talker
 from .frame_loop import FrameLoop, capture_prompt
@@ -78,6 +87,24 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
 REQUIRED_FILES = ("config.json", "model.safetensors")  # what a usable model directory or cached snapshot holds
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _AnyEvent:
+    """Set when any of its events is (what the frame loops read as ``cancel``)."""
+
+    def __init__(self, *events: threading.Event | None):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 class ModelUnavailableError(TTSError):
@@ -142,16 +169,23 @@ class Qwen3TTSEngine:
         loop: str = "lean",
         threads: int | None = None,
         scheduler: Any = None,
+        max_streams: int = 0,
     ):
         if first_chunk_frames < 1 or chunk_frames < 1:
             raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
         if loop not in ("lean", "reference"):
             raise ValueError("loop must be 'lean' (static caches, lean_loop.py) or 'reference' (frame_loop.py)")
         self.loop = loop
-        self.threads = threads  # torch threads for generation (process-wide); None leaves the setting alone
+        # torch threads in every thread that runs this engine's work (a new thread starts with OpenMP's default,
+        # every core, whatever the process set; set here, a busy shared CPU is not oversubscribed); None: the count
+        # of the thread that builds the engine
+        self.threads = threads or torch.get_num_threads()
         self._lean = None  # LeanTalker, built on first use
-        # batching.BatchScheduler: streams of this engine run concurrently, stepped together; the engine lock is then
-        # held only while a prompt is built
+        if max_streams < 0:
+            raise ValueError("max_streams must be >= 0 (0: one stream at a time, unbatched)")
+        if scheduler is None and max_streams > 0:
+            scheduler = BatchScheduler(tts_model.model.talker, max_batch=max_streams, threads=self.threads)
+        # batching.BatchScheduler: streams of this engine run concurrently, stepped together (module docstring)
         self.scheduler = scheduler
         self.tts_model = tts_model  # qwen_tts.Qwen3TTSModel
         self.model_id = model_id
@@ -230,6 +264,16 @@ class Qwen3TTSEngine:
     @property
     def languages(self) -> tuple[str, ...]:
         return self._languages
+
+    @property
+    def max_streams(self) -> int:
+        """Streams generated together (0: one at a time)."""
+        return self.scheduler.max_batch if self.scheduler is not None else 0
+
+    def close(self) -> None:
+        """Stop the batch scheduler's threads (running streams end as cancelled); the engine is unusable after."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     def warmup(self) -> dict[str, float]:
         """Prepare generation before the first request: on a GPU, capture every CUDA graph the frame loop needs
@@ -345,22 +389,22 @@ class Qwen3TTSEngine:
     def _stream(self, text, voice, lang, cancel, first, every, budget, generation) -> Iterator[np.ndarray]:
         stats = StreamStats(frame_budget=budget)
         t0 = time.perf_counter()
-        batched = self.scheduler is not None
-        with contextlib.nullcontext() if batched else self._lock:
-            self.last_stats = stats
-            try:
-                with self._lock if batched else contextlib.nullcontext():
-                    prompt = capture_prompt(
-                        self.tts_model,
-                        text=text,
-                        language=lang,
-                        voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)],
-                        **generation,
-                    )
-                    decoder = self._decoder_for(voice)
-                loop = self._frame_loop(prompt, budget)
-                cancelled = lambda: cancel is not None and cancel.is_set()
-                frames = loop.frames(cancel)
+        self.last_stats = stats
+        torch.set_num_threads(self.threads)  # the consumer's thread decodes
+        try:
+            with self._lock:
+                prompt = capture_prompt(
+                    self.tts_model,
+                    text=text,
+                    language=lang,
+                    voice_clone_prompt=[to_model_device(voice, self.device, self.dtype)],
+                    **generation,
+                )
+                decoder = self._decoder_for(voice)
+            loop = self._frame_loop(prompt, budget)
+            cancelled = lambda: cancel is not None and cancel.is_set()
+            frames = loop.frames(cancel) if self.scheduler is not None else self._generate_apart(loop, cancel)
+            with contextlib.closing(frames):
                 pending: list[torch.Tensor] = []
                 t_gen = t_dec = 0.0
                 while True:
@@ -387,28 +431,76 @@ class Qwen3TTSEngine:
                     yield chunk
                     if codes is None:
                         break
-                stats.hit_budget = loop.hit_budget
-                stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
-                stats.timings = {"generate_s": t_gen, "decode_s": t_dec, **getattr(loop, "timings", {})}
-                if loop.hit_budget:
-                    log.warning(
-                        "Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
-                        "characters of text: the model missed its end token",
-                        stats.frames,
-                        stats.frames * 0.08,
-                        len(text),
-                    )
+            stats.hit_budget = loop.hit_budget
+            stats.cancelled = loop.cancelled or bool(cancel is not None and cancel.is_set())
+            stats.timings = {"generate_s": t_gen, "decode_s": t_dec, **getattr(loop, "timings", {})}
+            if loop.hit_budget:
+                log.warning(
+                    "Qwen3-TTS: runaway guard stopped generation at %d frames (%.1f s of audio) for %d "
+                    "characters of text: the model missed its end token",
+                    stats.frames,
+                    stats.frames * 0.08,
+                    len(text),
+                )
+        finally:
+            stats.total_s = time.perf_counter() - t0
+
+    def _generate_apart(self, loop: Any, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
+        """Without a scheduler: ``loop``'s frames, made on a thread of their own that holds the engine lock while it
+        generates (one stream at a time) and hands each frame over through a queue. The lock is never held while the
+        consumer is away, so a slow consumer does not keep the next stream waiting; its frames wait in the queue
+        (128 bytes each, at most its frame budget). Closing this generator stops the thread within one frame and
+        joins it."""
+        stop = threading.Event()
+        either = _AnyEvent(stop, cancel)
+        frames: queue.SimpleQueue = queue.SimpleQueue()
+
+        def generate() -> None:
+            torch.set_num_threads(self.threads)
+            try:
+                while not self._lock.acquire(timeout=0.05):  # another stream is generating
+                    if either.is_set():
+                        return
+                try:
+                    for codes in loop.frames(either):
+                        frames.put(codes)
+                finally:
+                    self._lock.release()
+            except BaseException as e:  # raised by the consumer
+                frames.put(_Failed(e))
             finally:
-                stats.total_s = time.perf_counter() - t0
+                frames.put(_END)
+
+        thread = threading.Thread(target=generate, name="qwen3-tts-generate", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = frames.get(timeout=0.05)
+                except queue.Empty:
+                    if either.is_set():
+                        return  # cancelled: nothing more is delivered
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            thread.join()
 
     def _frame_loop(self, prompt, budget: int):
-        """The loop chosen by ``loop=``; the lean one keeps its static caches across utterances (engine lock held)."""
+        """The loop chosen by ``loop=`` (or the scheduler's stream); the lean one keeps its static caches across
+        utterances (used under the engine lock)."""
         if self.scheduler is not None:
             return self.scheduler.submit(prompt, budget)
         if self.loop == "reference":
             return FrameLoop(self.tts_model.model.talker, prompt, budget)
         if self._lean is None:
-            self._lean = build_lean_talker(self.tts_model.model.talker)
+            with self._lock:
+                if self._lean is None:
+                    self._lean = build_lean_talker(self.tts_model.model.talker)
         return LeanFrameLoop(self._lean, prompt, budget, threads=self.threads)
 
     def _decode(self, decoder: StreamingCodecDecoder, frames: list[torch.Tensor]) -> np.ndarray:

@@ -33,7 +33,9 @@ below and CUDA's kernels, so its output is close to upstream's but not bit-ident
 compare graphs with the eager loop on the same device, not with a CPU run.
 
 Batching: one ``LeanTalker`` serves up to ``max_batch`` streams in slots ``0..n-1``; linears then run with M = n, so
-each weight is read once per step for all streams (``batching.py`` schedules them). Attention is per stream
+each weight is read once per step for all streams (``batching.py`` schedules them). A stream's prompt is prefilled
+apart (``prefill_apart``: into KV caches of its own, reading only weights, so another thread may run it while the
+steps go on) and copied into its slot at a frame boundary (``adopt``). Attention is per stream
 (``attention="sliced"``: each stream attends to exactly its own prefix) or, for CUDA graphs, one call over a window
 of the static cache with a position mask (``attention="masked"``, fixed shapes). The masked call is laid out for
 the fused kernels: the query heads that share a KV head become that head's query rows ``(batch, kv_heads, group,
@@ -272,7 +274,8 @@ class DecoderStack:
         return [*out, self.capacity]
 
     def work(self, batch: int, tokens: int, keep: bool = True) -> _Work:
-        w = self._work.get((batch, tokens))
+        """The workspace for (batch, tokens); ``keep=False``: a fresh one nobody else holds (any thread may use it)."""
+        w = self._work.get((batch, tokens)) if keep else None
         if w is None:
             w = _Work(batch, tokens, self.hidden, self.n_heads, self.n_kv, self.head_dim, self.inter, self.dtype,
                       self.device)  # fmt: skip
@@ -295,14 +298,16 @@ class DecoderStack:
         pos: torch.Tensor | None = None,
         slot: int = 0,
         window: int | None = None,
+        cache: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Run all layers on ``w.x`` ((batch*tokens, hidden), row b*tokens + t = stream b, position starts[b] + t).
 
         Streams occupy cache slots ``slot .. slot+batch-1``. ``tokens > 1`` only at a stream's start (prefill: all
         starts 0, causal attention). ``pos`` (batch,) LongTensor holds the positions on the device: needed when
         starts differ and for masked attention, which reads the cache window ``window`` (default: the one covering
-        ``max(starts) + 1``; with an explicit window ``starts`` may be None). Returns the final-normed hidden states
-        (a workspace buffer, valid until the next call)."""
+        ``max(starts) + 1``; with an explicit window ``starts`` may be None). ``cache``: (k, v) lists of caches of
+        the stream's own to use instead of the shared ones (a prefill apart from the batch). Returns the final-normed
+        hidden states (a workspace buffer, valid until the next call)."""
         D = self.head_dim
         masked = self.attention == "masked" and tokens == 1
         same = starts is not None and all(s == starts[0] for s in starts)
@@ -337,7 +342,7 @@ class DecoderStack:
             _into(L.v(h, w.v_out), w.v_out)
             qk = _rms(w.qk, L.qk_norm, self.eps, w.qk_n, w.qk_sq, w.qk_var)
             _rope(qk, cos, sin, w.qk_rot, w.qk_emb)  # -> q4 (batch, H, tokens, D), k (batch, tokens, KV, D)
-            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc, vc = (self.k_cache[li], self.v_cache[li]) if cache is None else (cache[0][li], cache[1][li])
             if masked:
                 kc.transpose(1, 2).index_put_((rows, pos), k[:, 0])
                 vc.transpose(1, 2).index_put_((rows, pos), v[:, 0])
@@ -411,6 +416,19 @@ def _predictor_rope(predictor) -> Callable[[int], tuple[torch.Tensor, torch.Tens
         return cos[0].contiguous(), sin[0].contiguous()
 
     return table
+
+
+@dataclass
+class Prefill:
+    """A stream's prompt run through the talker apart from the batch (``LeanTalker.prefill_apart``): its own KV
+    caches, its last hidden state and codebook-0 logits, ready to be copied into a slot (``LeanTalker.adopt``)."""
+
+    length: int  # prompt positions
+    k: list[torch.Tensor]  # per layer (1, kv_heads, length, head_dim)
+    v: list[torch.Tensor]
+    hidden: torch.Tensor  # (hidden,)
+    logits: torch.Tensor  # (vocab,)
+    ready: Any = None  # on a GPU: a CUDA event recorded after the work, on the stream that ran it
 
 
 class LeanTalker:
@@ -538,20 +556,52 @@ class LeanTalker:
     def prefill(
         self, slot: int, inputs_embeds: torch.Tensor, capacity: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run a stream's prompt (1, L, hidden) into cache slot ``slot``; fills ``hidden_rows[slot]`` and
-        ``logits0[slot]`` and returns them ((1, H), (1, V) views). ``capacity``: positions to reserve first.
-
-        Like upstream, the codec head runs over every prompt row (the row count changes kernels' rounding)."""
+        """Run a stream's prompt (1, L, hidden) into cache slot ``slot`` (``prefill_apart``, then ``adopt``); fills
+        ``hidden_rows[slot]`` and ``logits0[slot]`` and returns them ((1, H), (1, V) views). ``capacity``: positions
+        to reserve."""
         with self.timer.span("prefill_s", self.timings):
-            L = inputs_embeds.shape[1]
-            self.reserve(max(capacity or 0, L + 1))
-            w = self.stack.work(1, L, keep=False)
-            w.x.copy_(inputs_embeds[0])
-            hidden = self.stack.forward(w, 1, L, [0], slot=slot)
-            logits = self.codec_head(hidden, None)
-            self.hidden_rows[slot].copy_(hidden[-1])
-            self.logits0[slot].copy_(logits[-1])
+            self.adopt(slot, self.prefill_apart(inputs_embeds), capacity)
         return self.hidden_rows[slot : slot + 1], self.logits0[slot : slot + 1]
+
+    def prefill_apart(self, inputs_embeds: torch.Tensor) -> Prefill:
+        """Run a stream's prompt (1, L, hidden) through the talker into KV caches of its own.
+
+        It reads only weights and writes only buffers of its own, so another thread may run it while the batched
+        steps go on (on a GPU on its own CUDA stream: wait for ``Prefill.ready`` before handing it over); ``adopt``
+        then brings the stream into a slot at a frame boundary. Like upstream, the codec head runs over every prompt
+        row (the row count changes kernels' rounding)."""
+        st = self.stack
+        L = inputs_embeds.shape[1]
+        shape = (1, st.n_kv, L, st.head_dim)
+        k = [torch.empty(shape, dtype=st.dtype, device=st.device) for _ in range(st.n_layers)]
+        v = [torch.empty(shape, dtype=st.dtype, device=st.device) for _ in range(st.n_layers)]
+        w = st.work(1, L, keep=False)
+        w.x.copy_(inputs_embeds[0])
+        hidden = st.forward(w, 1, L, [0], cache=(k, v))
+        logits = self.codec_head(hidden, None)
+        done = Prefill(L, k, v, hidden[-1].clone(), logits[-1].clone())
+        if st.device.type == "cuda":
+            done.ready = torch.cuda.Event()
+            done.ready.record(torch.cuda.current_stream(st.device))
+        return done
+
+    def adopt(self, slot: int, prefill: Prefill, capacity: int | None = None) -> None:
+        """Copy a ``Prefill`` into cache slot ``slot`` and the slot's state rows (``hidden_rows``, ``logits0``), by
+        the thread that runs the steps; ``capacity``: positions to reserve first. A copy of the prompt's positions:
+        far cheaper than the prefill itself."""
+        L = prefill.length
+        self.reserve(max(capacity or 0, L + 1))
+        stream = None
+        if prefill.ready is not None:  # made on another CUDA stream: this one waits for it on the device
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(prefill.ready)
+        for dst, src in zip(self.stack.k_cache + self.stack.v_cache, prefill.k + prefill.v):
+            dst[slot, :, :L].copy_(src[0])
+        self.hidden_rows[slot].copy_(prefill.hidden)
+        self.logits0[slot].copy_(prefill.logits)
+        if stream is not None:  # its buffers are not reused by their own stream before these copies ran
+            for t in (*prefill.k, *prefill.v, prefill.hidden, prefill.logits):
+                t.record_stream(stream)
 
     def step(self, n: int, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One talker step for streams 0..n-1 on ``self.emb_sum[:n]`` (already holding the next input embeddings).

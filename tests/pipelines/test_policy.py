@@ -46,15 +46,19 @@ from pipelines.endpointing import (
     SmartTurnJudge,
 )
 from pipelines.interruptions import (
+    BargeInDecisionUserTurnStartStrategy,
     EchoGuardUserTurnStartStrategy,
     FalseInterruptionFrame,
     FalseInterruptionUserTurnStopStrategy,
     IdleInterruptionFilter,
     ReplyResumer,
     ResumedResponseStartFrame,
+    interrupting_words,
     unspoken_remainder,
 )
+from pipelines.onset_vad import OnsetSileroVADAnalyzer
 from pipelines.options import AgentOptions
+from pipelines.playback import PlaybackHold
 from pipelines.policy import (
     build_user_aggregator_params,
     build_user_turn_strategies,
@@ -73,8 +77,11 @@ def turn_settings(**kw):
 
 
 def test_default_strategies():
-    s = build_user_turn_strategies(turn_settings(), echo_guard=False, stt_name="stt#0", stt_reports_segments=True)
+    s = build_user_turn_strategies(
+        turn_settings(), echo_guard=False, stt_name="stt#0", stt_reports_segments=True, hold=PlaybackHold()
+    )
     assert [type(x) for x in s.start] == [
+        BargeInDecisionUserTurnStartStrategy,
         VADUserTurnStartStrategy,
         LateTranscriptUserTurnStartStrategy,
         TranscriptionUserTurnStartStrategy,
@@ -84,12 +91,21 @@ def test_default_strategies():
     assert isinstance(stop.judge, SmartTurnJudge) and stop.preemptive and stop.wait_for_stt
     assert (stop.complete_wait_s, stop.incomplete_wait_s, stop.threshold) == (0.1, 1.0, 0.5)
     assert s.stop[1].timeout_s == 1.5 and s.stop[1].stt_name == "stt#0"
+    decide = s.start[0]
+    assert (decide.min_words, decide.min_speech_s, decide.verdict_timeout_s) == (1, 2.0, 1.0)
+    assert decide.stt_name == "stt#0" and decide.echo_window_s == 0 and "uh huh" in decide.backchannels
+    s = build_user_turn_strategies(turn_settings(), echo_guard=False, stt_name="stt#0")  # no hold: nothing to hold
+    assert [type(x) for x in s.start] == [
+        VADUserTurnStartStrategy,
+        LateTranscriptUserTurnStartStrategy,
+        TranscriptionUserTurnStartStrategy,
+    ]
 
 
 def test_pipecat_policies_stay_expressible():
     """pipecat's speech timeout and the transcription start strategy alone, as before the endpointing work."""
     s = build_user_turn_strategies(
-        turn_settings(stop_strategy="speech_timeout", late_transcripts="new_turn"), echo_guard=False
+        turn_settings(stop_strategy="speech_timeout", late_transcripts="new_turn"), echo_guard=False, stt_name="stt#0"
     )
     assert [type(x) for x in s.start] == [VADUserTurnStartStrategy, TranscriptionUserTurnStartStrategy]
     assert [type(x) for x in s.stop] == [SpeechTimeoutUserTurnStopStrategy, FalseInterruptionUserTurnStopStrategy]
@@ -108,6 +124,30 @@ def test_smart_turn_echo_guard_and_no_recovery():
     assert isinstance(s.start[0], EchoGuardUserTurnStartStrategy)
     assert [type(x) for x in s.stop] == [TurnAnalyzerUserTurnStopStrategy]
     assert s.stop[0]._turn_analyzer.params.stop_secs == 2.0
+
+
+def test_hold_replaces_the_echo_guard_and_applies_its_window():
+    hold = PlaybackHold()
+    s = build_user_turn_strategies(
+        turn_settings(echo_guard_window_s=2.5, echo_guard_min_words=3), echo_guard=True, hold=hold
+    )
+    assert isinstance(s.start[0], BargeInDecisionUserTurnStartStrategy) and s.start[0].hold is hold
+    assert (s.start[0].echo_window_s, s.start[0].echo_min_words) == (2.5, 3)
+    assert not any(isinstance(x, EchoGuardUserTurnStartStrategy) for x in s.start)
+    s = build_user_turn_strategies(turn_settings(barge_in_hold=False), echo_guard=True, hold=hold)
+    assert isinstance(s.start[0], EchoGuardUserTurnStartStrategy)  # the hold off: the echo guard as before
+    assert resolve_policy(turn_settings(barge_in_hold=False), telephony=False).barge_in_hold is False
+    assert resolve_policy(turn_settings(barge_in=False), telephony=False).barge_in_hold is False
+
+
+def test_onset_vad_options():
+    settings = AgentOptions()
+    params = build_user_aggregator_params(settings.vad, settings.turn, resolve_policy(settings.turn, telephony=False))
+    vad = params.vad_analyzer
+    assert isinstance(vad, OnsetSileroVADAnalyzer) and vad.bridge_s == 0.064 and vad.raw_onset_volume
+    settings.vad = settings.vad.model_copy(update={"onset_bridge_s": 0.0, "onset_volume": "smoothed"})
+    params = build_user_aggregator_params(settings.vad, settings.turn, resolve_policy(settings.turn, telephony=False))
+    assert params.vad_analyzer.bridge_s == 0.0 and not params.vad_analyzer.raw_onset_volume
 
 
 def test_barge_in_off_means_no_interruptions():
@@ -248,6 +288,202 @@ async def test_echo_guard_words_and_outside_the_window():
         ],
     )
     assert names(down).count("UserStartedSpeakingFrame") == 1  # the bot is silent: nothing to guard
+
+
+# --- barge-in decision through the real user aggregator -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("mhm", []),
+        ("Uh-huh.", []),
+        ("yeah, yeah. I see!", []),
+        ("okay, got it", []),
+        ("Mm-hmm, right", []),
+        ("haha", []),
+        ("okay wait", ["wait"]),
+        ("Stop.", ["stop"]),
+        ("no, I meant Lyon", ["no", "i", "meant", "lyon"]),
+        ("I see what you mean but", ["what", "you", "mean", "but"]),
+        ("", []),
+    ],
+)
+def test_interrupting_words(text, words):
+    assert interrupting_words(text) == words
+
+
+@pytest.mark.parametrize(
+    "text, closed, open_",
+    [
+        ("I", ["i"], []),  # "I" may become "I see"
+        ("yeah all", ["all"], []),  # "all right"
+        ("okay thank", ["thank"], []),  # "thank you"
+        ("I meant", ["i", "meant"], ["i", "meant"]),  # no phrase goes on like that
+        ("stop", ["stop"], ["stop"]),
+    ],
+)
+def test_words_that_may_begin_a_backchannel_wait_while_more_may_follow(text, closed, open_):
+    assert interrupting_words(text) == closed and interrupting_words(text, open_end=True) == open_
+
+
+STT = "stt#0"
+
+
+def stt_done() -> SegmentTranscribedFrame:
+    return SegmentTranscribedFrame()
+
+
+def final(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text, "", time_now_iso8601(), finalized=True)
+
+
+def decider(**kw) -> tuple[BargeInDecisionUserTurnStartStrategy, LLMUserAggregator]:
+    kw.setdefault("hold", PlaybackHold())
+    decide = BargeInDecisionUserTurnStartStrategy(stt_name=STT, **kw)
+    return decide, aggregator([decide, VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()])
+
+
+def over_the_bot(sound_s: float, *after) -> list:
+    """The bot speaks; 0.3 s later a sound of ``sound_s`` (its VAD start and stop), then ``after``."""
+    return [
+        BotStartedSpeakingFrame(),
+        *audio(0.3),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        *audio(sound_s - 0.2),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        *after,
+    ]
+
+
+async def test_backchannel_holds_then_resumes_without_a_turn():
+    decide, agg = decider()
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.66, final("mhm"), stt_done(), SleepFrame(0.2)))
+    assert "UserStartedSpeakingFrame" not in names(down) and "InterruptionFrame" not in names(down)
+    assert (decide.hold.holds, decide.hold.releases, decide.hold.drops) == (1, 1, 0) and not decide.hold.held
+    assert [(d.outcome, d.reason, d.words) for d in decide.decisions] == [("resume", "backchannel", "mhm")]
+    assert agg.aggregation_string() == ""  # the "mhm" is not kept for the next turn
+
+
+async def test_a_sound_with_no_words_resumes_once_the_stt_has_answered():
+    decide, agg = decider()
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(1.2, SleepFrame(0.3), stt_done(), SleepFrame(0.2)))
+    assert "UserStartedSpeakingFrame" not in names(down)
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "no words")]
+    assert 1.19 <= decide.decisions[0].speech_s <= 1.21  # counted in audio from the onset
+
+
+async def test_words_that_are_not_backchannels_interrupt():
+    decide, agg = decider()
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.37, final("Stop."), stt_done(), SleepFrame(0.1)))
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and "InterruptionFrame" in names(down)
+    assert (decide.hold.drops, decide.hold.releases) == (1, 0)
+    assert [(d.outcome, d.reason, d.words) for d in decide.decisions] == [("interrupt", "words", "Stop.")]
+    # the turn's first words (run_test's EndFrame closed the turn: they went to the context)
+    assert [m["content"] for m in agg._context.get_messages()] == ["Stop."]
+
+
+async def test_interim_words_interrupt_while_the_user_still_speaks():
+    decide, agg = decider()
+    frames = [
+        BotStartedSpeakingFrame(),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        *audio(0.1),
+        InterimTranscriptionFrame("yeah", "", time_now_iso8601()),  # a backchannel so far: still held
+        *audio(0.1),
+    ]
+    down, _ = await run_test(agg, frames_to_send=frames)
+    assert "UserStartedSpeakingFrame" not in names(down)
+    assert decide.hold.holds == 1 and decide.decisions == []  # held until the end of the run (then released)
+    decide, agg = decider()
+    down, _ = await run_test(
+        agg, frames_to_send=[*frames, InterimTranscriptionFrame("yeah but wait", "", time_now_iso8601())]
+    )
+    assert names(down).count("UserStartedSpeakingFrame") == 1
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
+
+
+async def test_a_word_that_may_begin_a_backchannel_waits_for_the_next():
+    """The word "I" then (0.3 s later, a VAD segment of its own) "see": the first segment's "I" does not interrupt while
+    "see" may follow; "I" alone, with nothing after it, does."""
+    decide, agg = decider(prefix_wait_s=0.4)
+    frames = over_the_bot(
+        0.3,
+        final("I"),
+        stt_done(),
+        *audio(0.1),
+        VADUserStartedSpeakingFrame(start_secs=0.2),
+        *audio(0.3),
+        VADUserStoppedSpeakingFrame(stop_secs=0.2),
+        final("see"),
+        stt_done(),
+        SleepFrame(0.2),
+    )
+    down, _ = await run_test(agg, frames_to_send=frames)
+    assert "UserStartedSpeakingFrame" not in names(down)
+    assert [(d.outcome, d.words) for d in decide.decisions] == [("resume", "I see")]
+    decide, agg = decider(prefix_wait_s=0.2)
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.3, final("I"), stt_done(), SleepFrame(0.4)))
+    assert names(down).count("UserStartedSpeakingFrame") == 1
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
+
+
+async def test_a_long_sound_interrupts_without_words():
+    decide, agg = decider(min_speech_s=0.8)
+    frames = [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(start_secs=0.2), *audio(0.58)]
+    down, _ = await run_test(agg, frames_to_send=frames)
+    assert "UserStartedSpeakingFrame" not in names(down)  # 0.2 + 0.58 s < 0.8 s
+    decide, agg = decider(min_speech_s=0.8)
+    down, _ = await run_test(agg, frames_to_send=[*frames, *audio(0.04)])
+    assert names(down).count("UserStartedSpeakingFrame") == 1
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "sustained sound")]
+
+
+async def test_a_slow_stt_is_waited_for_while_the_bot_is_held():
+    """The STT's verdict comes 0.35 s after the sound (longer than ``verdict_timeout_s``): the bot stays held until
+    it does, then "stop it" interrupts without the bot having played on; "okay" resumes it."""
+    decide, agg = decider(verdict_timeout_s=0.2)
+    down, _ = await run_test(
+        agg,
+        frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("stop it"), stt_done(), SleepFrame(0.1)),
+    )
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("interrupt", "words")]
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.releases == 0
+    decide, agg = decider(verdict_timeout_s=0.2)
+    down, _ = await run_test(
+        agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("okay"), stt_done(), SleepFrame(0.1))
+    )
+    assert "UserStartedSpeakingFrame" not in names(down) and agg.aggregation_string() == ""
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "backchannel")]
+
+
+async def test_a_broken_stt_resumes_at_the_grace_and_late_words_still_interrupt():
+    decide, agg = decider(stt_grace_s=0.2)
+    down, _ = await run_test(
+        agg,
+        frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("stop it"), stt_done(), SleepFrame(0.1)),
+    )
+    assert [(d.outcome, d.reason) for d in decide.decisions] == [("resume", "stt timeout"), ("interrupt", "late words")]
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.releases == 1
+    decide, agg = decider(stt_grace_s=0.2)
+    down, _ = await run_test(
+        agg, frames_to_send=over_the_bot(0.4, SleepFrame(0.35), final("okay"), stt_done(), SleepFrame(0.1))
+    )
+    assert "UserStartedSpeakingFrame" not in names(down) and agg.aggregation_string() == ""
+
+
+async def test_echo_window_needs_more_words_and_the_bot_silent_needs_none():
+    decide, agg = decider(echo_window_s=1.5, echo_min_words=2)
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, final("sunny"), stt_done(), SleepFrame(0.2)))
+    assert "UserStartedSpeakingFrame" not in names(down)  # one word in the bot's first moments: its own echo?
+    decide, agg = decider(echo_window_s=1.5, echo_min_words=2)
+    down, _ = await run_test(agg, frames_to_send=over_the_bot(0.4, final("no stop"), stt_done(), SleepFrame(0.2)))
+    assert names(down).count("UserStartedSpeakingFrame") == 1
+    decide, agg = decider()
+    down, _ = await run_test(
+        agg, frames_to_send=[BotStartedSpeakingFrame(), BotStoppedSpeakingFrame(), VADUserStartedSpeakingFrame()]
+    )
+    assert names(down).count("UserStartedSpeakingFrame") == 1 and decide.hold.holds == 0  # nothing to hold
 
 
 # --- false-interruption stop strategy ---------------------------------------------------------------------------

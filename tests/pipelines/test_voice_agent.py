@@ -211,10 +211,11 @@ class WorkerWatch(BaseObserver):
 async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
     """Real: espeak speech, Silero VAD, tiny random Parakeet (garbage words), tiny random Qwen3-TTS (generating
     while the bot speaks). Scripted: the LLM reply (its words are checked against the context), streamed slowly so
-    the LLM is still generating at the barge-in."""
+    the LLM is still generating at the barge-in. pipecat's immediate interruption (no hold): the VAD start itself
+    interrupts; ``test_held_barge_in_one_second_into_reply`` is the same with the hold."""
     import asyncio
 
-    settings = settings_for()
+    settings = settings_for(barge_in_hold=False)
     transport = VirtualTransport(
         [
             UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
@@ -277,6 +278,73 @@ async def test_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
     assert abs(spoken[0].pts / 1e9 - first_reply[0].start) < 0.1
 
 
+async def test_held_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tts):
+    """The same barge-in with the hold (the default): the bot's audio stops within one output chunk of the VAD start,
+    while the TTS worker keeps generating; the sound is judged (here by its duration: barge_in_min_speech_s is
+    shorter than the "wait, wait" clip, whatever the tiny Parakeet makes of it), and only then pipecat's interruption
+    runs: the TTS worker stops within about one codec frame of it, the LLM stream is closed, and the context holds
+    exactly the words whose audio had started before the hold stopped it. Real: espeak speech, Silero VAD, tiny
+    random Parakeet, tiny random Qwen3-TTS. Scripted: the LLM reply, streamed slowly."""
+    import asyncio
+
+    settings = settings_for(barge_in_min_speech_s=0.8)
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
+            UserUtterance(
+                speech("espeak_wait_en-f3_200.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"
+            ),
+        ]
+    )
+    llm = ScriptedLLMService([BARGE_REPLY, "Sure."], token_s=0.02, tail_token_s=0.25)
+    tts = tiny_qwen_tts()
+    watch = WorkerWatch(tts, transport)
+    agent = build_voice_agent(
+        transport, settings, stt=stt_service(parakeet_engine, settings.stt), llm=llm, tts=tts, observers=[watch]
+    )
+    assert agent.policy.barge_in_hold and agent.playback is not None
+
+    def done():
+        if "bot_started_speaking" in kinds(transport):
+            watch.arm()
+        return kinds(transport).count("bot_started_speaking") >= 2 and kinds(transport)[-1] == "bot_stopped_speaking"
+
+    poller = asyncio.create_task(watch.poll())
+    try:
+        await run_agent(agent, transport, done, timeout=45, settle_s=0.2)
+    finally:
+        poller.cancel()
+
+    events = {e.kind: e.t for e in agent.playback.events}
+    assert list(events) == ["hold", "audio_stopped", "drop"], agent.playback.events
+    barge = agent.metrics.turns[1].barge_in
+    assert barge is not None and barge.interruption is not None, agent.metrics.turns
+    assert barge.vad_start == events["hold"]  # the barge-in is timed from the hold
+    # silent within one chunk of the hold; not a sample of the first reply after that
+    assert events["audio_stopped"] - events["hold"] <= CHUNK_S + 0.01
+    second_start = transport.event_times("bot_started_speaking")[1]
+    first_reply = [c for c in transport.audio if c.start < second_start]
+    assert max(c.end for c in first_reply) <= events["audio_stopped"] + 0.005
+    assert barge.stop_latency_from_vad <= CHUNK_S + 0.02
+    # the decision took the sustained-sound time (0.8 s from onset = 0.6 s after the VAD start), not the VAD's
+    decided = barge.interruption - events["hold"]
+    assert 0.5 <= decided < 0.9, decided
+    assert watch.alive_at_vad_start, "the TTS had finished before the barge-in: the test proves nothing"
+    assert watch.gone_at is not None and watch.gone_at - barge.interruption < 0.15
+    assert llm.cancelled == 1
+    # the context holds exactly the words whose audio had begun before the audio stopped
+    messages = agent.context.get_messages()
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    spoken = [f for t, f in transport.frames(TTSTextFrame) if t < second_start]
+    heard = [f.text for f in spoken if f.pts / 1e9 <= events["audio_stopped"] - 0.005]
+    assert messages[1]["content"].split() == heard and 1 <= len(heard) < len(BARGE_REPLY.split())
+    print(
+        f"held {1000 * decided:.0f} ms before interrupting; TTS worker gone "
+        f"{1000 * (watch.gone_at - barge.interruption):.0f} ms after the interruption; bot silent "
+        f"{1000 * barge.stop_latency_from_vad:.0f} ms after the VAD start"
+    )
+
+
 class InterruptionClock(BaseObserver):
     """``time.perf_counter()`` when the user aggregator last broadcast an InterruptionFrame downstream."""
 
@@ -291,8 +359,9 @@ class InterruptionClock(BaseObserver):
 
 async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
     """Real: flite speech, Silero VAD, pocketsphinx STT, SmolLM2 (bundled, asked for a long answer), espeak TTS.
-    Nothing scripted. The barge-in lands while the local LLM is still generating."""
-    settings = settings_for()
+    Nothing scripted. The barge-in lands while the local LLM is still generating. Immediate interruption (no hold),
+    so the stop is timed from the VAD start."""
+    settings = settings_for(barge_in_hold=False)
     transport = VirtualTransport(
         [
             UserUtterance(speech("flite_story_slt.wav"), at_s=0.2, label="question"),
@@ -346,8 +415,9 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
 async def test_cough_during_reply_resumes():
     """Real: espeak speech and a voiced cough-like burst through Silero VAD (it triggers a barge-in), espeak TTS.
     Scripted: the STT (the cough must yield no words; pocketsphinx would invent some) and the LLM reply (its
-    remainder is checked)."""
-    settings = settings_for(false_interruption_timeout_s=1.0)
+    remainder is checked). Immediate interruption (no hold): the false-interruption recovery is what brings the
+    reply back (with the hold the cough does not interrupt at all: examples/replay/cough.yaml)."""
+    settings = settings_for(false_interruption_timeout_s=1.0, barge_in_hold=False)
     transport = VirtualTransport(
         [
             UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
@@ -469,8 +539,11 @@ async def test_echo_guard_ignores_short_burst():
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT (its transcript of the burst is dropped by the
     guard), espeak TTS. Scripted: the LLM reply. Telephony client, so echo_guard=auto is on. The burst is the first
     0.4 s of a spoken "Yes, please" (Silero reports 0.22-0.28 s of speech for it at any frame alignment), like a
-    residual echo or a backchannel."""
-    settings = settings_for()
+    residual echo or a backchannel. The echo guard as such: no hold, and pipecat's onset rule, which its 0.5 s was
+    set against (the faster onset rule hears this burst from 0.2 s earlier, for 0.6 s: sustained to the guard; with
+    the hold on, the default, the burst is judged by its words instead)."""
+    settings = settings_for(barge_in_hold=False)
+    settings.vad = settings.vad.model_copy(update={"onset_bridge_s": 0.0, "onset_volume": "smoothed"})
     burst = speech("espeak_yes_please_en-f3_150.wav")[: int(0.4 * 16000)]
     transport = VirtualTransport(
         [
@@ -507,8 +580,8 @@ async def test_echo_guard_ignores_short_burst():
 
 async def test_echo_guard_lets_sustained_speech_interrupt():
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies.
-    The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s."""
-    settings = settings_for(echo_guard="on")
+    The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s. No hold."""
+    settings = settings_for(echo_guard="on", barge_in_hold=False)
     transport = VirtualTransport(
         [
             UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),

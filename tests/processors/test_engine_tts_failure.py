@@ -25,7 +25,12 @@ class LosesItsReplicaOnce(EspeakEngine):
         self.after, self.error, self.streams = after, error, []
 
     def stream(self, text, voice=None, language="English", cancel=None, **generation):
-        inner = super().stream(text, voice, language, cancel, **generation)
+        return self._fail_once(text, super().stream(text, voice, language, cancel, **generation))
+
+    def stream_timed(self, text, voice=None, language="English", cancel=None, **generation):
+        return self._fail_once(text, super().stream_timed(text, voice, language, cancel, **generation))
+
+    def _fail_once(self, text, inner):
         self.streams.append(text)
         if len(self.streams) > 1:
             return inner

@@ -144,6 +144,9 @@ function onEvent(ev) {
       if (player) player.flush();
       ui.botLine = null;
       break;
+    case "flush": // the bot holds for a sound over it: what it sends next continues where we had got to
+      if (player) player.flush();
+      break;
     case "warning":
       ui.add("system", ev.message);
       break;

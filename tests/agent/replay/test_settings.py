@@ -34,18 +34,19 @@ def test_unknown_keys_follow_the_settings_model():
 
 
 def test_the_shell_cannot_change_a_replay(monkeypatch):
-    """The backchannel example holds because of the echo guard. ``DUPLEX_TURN__ECHO_GUARD_MIN_SPEECH_S=0.05`` in
-    the shell (a setting the scenario leaves alone) breaks it only when the replay is asked to inherit the
-    environment: by the scenario's ``inherit_env``, which the caller's ``inherit_env`` overrides."""
-    monkeypatch.setenv("DUPLEX_TURN__ECHO_GUARD_MIN_SPEECH_S", "0.05")
+    """The backchannel example holds because the barge-in hold judges the "yeah" a backchannel.
+    ``DUPLEX_TURN__BARGE_IN_MIN_SPEECH_S=0.1`` in the shell (a setting the scenario leaves alone: any sound that long
+    interrupts) breaks it only when the replay is asked to inherit the environment: by the scenario's
+    ``inherit_env``, which the caller's ``inherit_env`` overrides."""
+    monkeypatch.setenv("DUPLEX_TURN__BARGE_IN_MIN_SPEECH_S", "0.1")
     scenario = load_scenario(EXAMPLES / "backchannel.yaml")
     clean = replay(scenario, check=False)
     assert clean.failures == [] and clean.settings_source == "defaults + scenario"
-    assert clean.settings.turn.echo_guard_min_speech_s == 0.5
+    assert clean.settings.turn.barge_in_min_speech_s == 2.0
     data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
     inheriting = parse_scenario({**data, "inherit_env": True}, base_dir=scenario.base_dir)
     leaky = replay(inheriting, check=False)
-    assert leaky.settings.turn.echo_guard_min_speech_s == 0.05
-    assert leaky.settings_source == "environment (DUPLEX_TURN__ECHO_GUARD_MIN_SPEECH_S) + scenario"
+    assert leaky.settings.turn.barge_in_min_speech_s == 0.1
+    assert leaky.settings_source == "environment (DUPLEX_TURN__BARGE_IN_MIN_SPEECH_S) + scenario"
     assert any(f.startswith("none of 2 alternatives held") for f in leaky.failures), leaky.failures
     assert replay(inheriting, check=False, inherit_env=False).failures == []

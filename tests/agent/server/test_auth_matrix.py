@@ -31,6 +31,7 @@ PUBLIC = {
     ("GET", "/readyz"),
     ("GET", "/"),
     ("GET", "/static/{name}"),
+    ("GET", "/favicon.ico"),
     ("GET", "/api/docs"),
     ("GET", "/api/openapi.json"),
     ("GET", "/docs/oauth2-redirect"),
@@ -110,6 +111,8 @@ async def _ws_outcome(live: LiveServer, path: str, how: str) -> tuple[str, Any]:
                     message = json.loads(frame)
                     if message.get("code") == "UNAUTHORIZED":
                         return "refused", message
+                    if (message.get("error") or {}).get("type") == "authentication_error":
+                        continue  # the Realtime convention: an error event, then the close decides
                     if message.get("type") == "error":
                         return "accepted", message  # refused for another reason, past the token
         except websockets.ConnectionClosed as e:

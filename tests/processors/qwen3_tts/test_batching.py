@@ -5,6 +5,7 @@ streams join, finish at different lengths, get cancelled, and overflow max_batch
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,99 @@ def test_cancel_stops_delivery_within_one_frame(engine, prompts):
                 break
             threading.Event().wait(0.01)
         assert not sched._active and sched.frames_out <= made + 1
+
+
+def _frames_of(stream, out: list, cancel=None, gate: threading.Event | None = None, after: int = 0):
+    """Consume ``stream`` into ``out`` (a thread target); with ``gate``, stop reading after ``after`` frames until
+    the gate opens (a consumer that does not read)."""
+    for codes in stream.frames(cancel):
+        out.append(codes.clone())
+        if gate is not None and len(out) == after:
+            assert gate.wait(timeout=60)
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_prefill_runs_beside_the_batch(engine, prompts, solo):
+    """While a new stream's prefill is in progress (held open here), the running stream keeps getting frames: the
+    prefill does not pause the batch. Then the new stream joins and both give their solo codes."""
+    talker = engine.tts_model.model.talker
+    with BatchScheduler(talker, max_batch=2) as sched:
+        real = sched.lean.prefill_apart
+        entered, release = threading.Event(), threading.Event()
+
+        def held(inputs_embeds):
+            if inputs_embeds is prompts[2].inputs_embeds:
+                entered.set()
+                assert release.wait(timeout=60)
+            return real(inputs_embeds)
+
+        sched.lean.prefill_apart = held
+        a, b = sched.submit(prompts[0], JOBS[0][2]), sched.submit(prompts[2], JOBS[2][2])
+        got_a: list[torch.Tensor] = []
+        got_b: list[torch.Tensor] = []
+        ta = threading.Thread(target=_frames_of, args=(a, got_a))
+        ta.start()
+        _wait_for(lambda: len(got_a) >= 2)
+        tb = threading.Thread(target=_frames_of, args=(b, got_b))
+        tb.start()
+        assert entered.wait(timeout=60)
+        during = len(got_a)
+        _wait_for(lambda: len(got_a) >= during + 5)  # the batch goes on while b's prefill runs
+        assert b.slot < 0 and not got_b
+        release.set()
+        ta.join(timeout=60)
+        tb.join(timeout=60)
+    assert torch.equal(torch.stack(got_a), solo[0]) and torch.equal(torch.stack(got_b), solo[2])
+    assert sched.max_active == 2 and sched.prefills == 2
+
+
+def test_streams_joining_at_different_times_equal_solo(engine, prompts, solo):
+    """Streams of different lengths start while others are mid-utterance (and one waits for a free slot): each
+    gives exactly its solo greedy codes."""
+    talker = engine.tts_model.model.talker
+    starts = {0: None, 1: (0, 3), 2: (0, 7), 3: (2, 4), 4: (3, 2)}  # stream -> (stream, frames it has) before it starts
+    with BatchScheduler(talker, max_batch=3) as sched:
+        streams = [sched.submit(p, b) for p, (_, _, b) in zip(prompts, JOBS)]
+        out: list[list[torch.Tensor]] = [[] for _ in streams]
+        threads = []
+        for i, after in starts.items():
+            if after is not None:
+                k, frames = after
+                _wait_for(lambda k=k, frames=frames: len(out[k]) >= frames or not threads[k].is_alive())
+            t = threading.Thread(target=_frames_of, args=(streams[i], out[i]))
+            t.start()
+            threads.append(t)
+        [t.join(timeout=120) for t in threads]
+    for i in range(len(JOBS)):
+        assert torch.equal(torch.stack(out[i]), solo[i]), f"stream {i} differs"
+    assert sched.max_active == 3
+
+
+def test_slow_consumer_does_not_hold_the_batch(engine, prompts, solo):
+    """A consumer that stops reading (a client pacing audio in real time) does not slow the others: its stream runs
+    ahead to its end (its codes wait in its queue), the other stream finishes meanwhile, and the slow one's codes
+    are still exact when it reads them."""
+    talker = engine.tts_model.model.talker
+    with BatchScheduler(talker, max_batch=2) as sched:
+        slow, fast = sched.submit(prompts[2], JOBS[2][2]), sched.submit(prompts[0], JOBS[0][2])
+        gate = threading.Event()
+        got_slow: list[torch.Tensor] = []
+        got_fast: list[torch.Tensor] = []
+        ts = threading.Thread(target=_frames_of, args=(slow, got_slow), kwargs=dict(gate=gate, after=1))
+        ts.start()
+        _wait_for(lambda: len(got_slow) == 1)
+        tf = threading.Thread(target=_frames_of, args=(fast, got_fast))
+        tf.start()
+        tf.join(timeout=60)
+        assert not tf.is_alive() and len(got_fast) == JOBS[0][2]
+        _wait_for(lambda: not sched._active)  # the slow stream generated everything without being read
+        assert len(got_slow) == 1 and slow._queue.qsize() >= JOBS[2][2] - 1
+        gate.set()
+        ts.join(timeout=60)
+    assert torch.equal(torch.stack(got_fast), solo[0]) and torch.equal(torch.stack(got_slow), solo[2])
