@@ -171,6 +171,11 @@ class RecentAudio:
             return -100.0
         return float(np.percentile([lv for _, lv in self._levels], 20))
 
+    def sounded_since(self, t: float) -> bool:
+        """Whether a frame after ``t`` is louder than the noise floor by ``margin_db`` (speech since then)."""
+        floor = self.floor_db()
+        return any(lv > floor + self.margin_db for ft, lv in self._levels if ft > t)
+
     def speech_resumed(self, quiet_since: float) -> bool:
         """Whether something in the last ``recent_s`` (about what Silero needs to confirm speech: ``start_secs`` and
         its lag) is louder than the pause itself (the median level of the frames since ``quiet_since``, the VAD
@@ -234,6 +239,8 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
         self._judging: asyncio.Task | None = None
         self._timer: asyncio.Task | None = None
         self._stt_pending = 0
+        self._last_stop: float | None = None  # the last VAD stop, turn or not
+        self._quiet_words = ""  # words heard while no turn was open (a turn opened after the speech: its words)
         self._speculation: UserTurnSpeculation | None = None
         self._armed_complete = False
         self.decisions: list[dict[str, Any]] = []  # one per VAD stop judged (for tests, logs and the benchmark)
@@ -246,10 +253,21 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
         self._verdict = None
         if self._turn_audio_from is None:
             self._turn_audio_from = self._now() - self.pre_speech_s - 0.3
+        words, self._quiet_words = self._quiet_words, ""
+        if self._speaking or self._last_stop is None or self._audio.sounded_since(self._last_stop):
+            return  # a turn opened by speech (its VAD start reaches this strategy after the start strategies)
+        # the turn opened after the speech ended (a barge-in verdict on its words, a transcript): judge it from that
+        # stop now, or nothing would end it but the stop timeout
+        self._text = words
+        self._stopped_at = self._last_stop
+        await self._cancel(self._judging)
+        self._judging = self.task_manager.create_task(self._judge(self._stopped_at), f"{self}::judge")
 
     async def handle_user_turn_stopped(self):
         self._turn_active = False
         self._text = ""
+        self._quiet_words = ""
+        self._last_stop = None
         self._stopped_at = None
         self._turn_audio_from = None
         await self._cancel(self._timer)
@@ -285,6 +303,8 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
             if frame.text.strip() and self._turn_active:
                 self._text = f"{self._text} {frame.text.strip()}".strip()
                 await self._progress()
+            elif frame.text.strip():
+                self._quiet_words = f"{self._quiet_words} {frame.text.strip()}".strip()
         elif isinstance(frame, SegmentTranscribedFrame) and self.wait_for_stt:
             self._stt_pending = max(0, self._stt_pending - 1)
             await self._progress()
@@ -293,6 +313,8 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
     async def _on_speech_started(self, frame: VADUserStartedSpeakingFrame):
         self._speaking = True
         self._stopped_at = None
+        if not self._turn_active:
+            self._quiet_words = ""  # what was said before did not open a turn (a backchannel the hold let go)
         if self._turn_audio_from is None or not self._turn_active:
             self._turn_audio_from = self._now() - (frame.start_secs or 0.0) - self.pre_speech_s - 0.1
         await self._cancel(self._timer)
@@ -305,6 +327,7 @@ class EndpointingUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _on_speech_stopped(self):
         self._speaking = False
+        self._last_stop = self._now()
         if self.wait_for_stt:
             self._stt_pending += 1
         if not self._turn_active:
