@@ -16,6 +16,7 @@ BENCHMARKS = {
     "memory": "benchmarks.session_memory",
     "soak": "benchmarks.soak",
     "scale": "benchmarks.scale",
+    "turns": "benchmarks.turns",
 }
 
 

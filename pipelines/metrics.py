@@ -14,7 +14,9 @@ One ``TurnMetrics`` per user turn (``UserStartedSpeakingFrame`` from the user ag
                           segmented STT it includes waiting for the transcript)
 * ``stt``                VAD stop -> final ``TranscriptionFrame`` (overlaps ``turn_end_wait``)
 * ``llm_first_sentence`` ``LLMContextFrame`` -> the TTS starts the first sentence (``TTSStartedFrame`` /
-                          ``AggregatedTextFrame``): model TTFB + tokens up to the first sentence end
+                          ``AggregatedTextFrame``): model TTFB + tokens up to the first sentence end; with
+                          preemptive generation the request is the early one made while the turn was open (so it
+                          can start before the turn's end and overlap ``turn_end_wait``)
 * ``tts_first_audio``    first sentence -> first ``TTSAudioRawFrame`` out of the TTS
 * ``output``             first TTS audio -> ``BotStartedSpeakingFrame`` (output transport queue/chunking)
 * ``voice_to_voice``     speech end -> ``BotStartedSpeakingFrame`` (the first bot audio handed to the client)
@@ -36,6 +38,7 @@ from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    EagerEndOfTurnCancelFrame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseStartFrame,
@@ -101,6 +104,8 @@ class TurnMetrics:
     bot_started_at: float | None = None
     interrupted_bot: bool = False  # the turn started while the bot was speaking
     resumed: bool = False  # the answer was the resumed remainder of the interrupted reply (false interruption)
+    speculative_request_at: float | None = None  # an early (speculative) LLM request while the turn was open
+    preemptive: bool = False  # the answer was that early request, confirmed when the turn ended
     barge_in: BargeInMetrics | None = None
 
     @property
@@ -234,11 +239,22 @@ class VoiceMetricsObserver(BaseObserver):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if turn is not None and turn.user_turn_end is None:
                 turn.user_turn_end = t
+                if turn.llm_request_at is None and turn.speculative_request_at is not None:
+                    turn.llm_request_at = turn.speculative_request_at  # the early answer is this turn's answer
+                    turn.preemptive = True
         elif isinstance(frame, LLMContextFrame):
-            if turn is not None and turn.llm_request_at is None:
-                turn.llm_request_at = t
-                # the aggregator runs the LLM just before it announces the turn's end
-                turn.user_turn_end = turn.user_turn_end or t
+            if turn is None or turn.llm_request_at is not None:
+                return
+            if getattr(frame, "speculation", False):
+                # an early answer while the turn is open: its request time counts once the turn ends on it
+                turn.speculative_request_at = t
+                return
+            turn.llm_request_at = t
+            # the aggregator runs the LLM just before it announces the turn's end
+            turn.user_turn_end = turn.user_turn_end or t
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            if turn is not None:
+                turn.speculative_request_at = None  # withdrawn: the user went on
 
     def _on_stt(self, frame, t: float) -> None:
         turn = self.current

@@ -11,14 +11,26 @@ VAD (``VADOptions``) — Silero VAD (ships in the pipecat wheel, 16 kHz) on the 
   (``raw``) rather than pipecat's smoothed value, which lags ~220 ms; ``0`` / ``smoothed`` = pipecat's rule.
 
 End of the user's turn (``turn.stop_strategy``):
-  ``"speech_timeout"`` (default, deterministic): ``SpeechTimeoutUserTurnStopStrategy`` — the turn ends
-  ``turn.stop_secs`` after the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses
-  longer mid-sentence.
-  ``"smart_turn"``: ``TurnAnalyzerUserTurnStopStrategy(LocalSmartTurnAnalyzerV3)`` — the Smart Turn v3 model (ships
-  in the wheel, CPU ONNX, one copy per process) judges at each VAD stop whether the utterance is complete; an
-  INCOMPLETE verdict waits up to ``turn.smart_turn_stop_secs`` of silence. Better at pauses; costs a model call per
-  VAD stop (40-80 ms here).
+  ``"endpointing"`` (default): ``pipelines.endpointing.EndpointingUserTurnStopStrategy`` — at each VAD stop the Smart
+  Turn v3 model (``turn.end_of_turn_model``; CPU ONNX in the pipecat wheel, one copy per process, fed the turn's own
+  audio at 16 kHz) and the words judge whether the utterance sounds finished; a finished one ends
+  ``turn.complete_wait_s`` after the VAD stop, another ``turn.incomplete_wait_s`` after it, unless the user speaks
+  again (the last frames' energy is checked, not only the lagging VAD). With ``turn.preemptive_generation`` the LLM
+  starts on the words so far as soon as the user goes quiet; its answer is held until the turn ends and dropped
+  unheard if the user goes on.
+  ``"speech_timeout"`` (pipecat's): ``SpeechTimeoutUserTurnStopStrategy`` — the turn ends ``turn.stop_secs`` after
+  the VAD stop, once a transcript has arrived. Predictable, but cuts off a user who pauses longer mid-sentence.
+  ``"smart_turn"`` (pipecat's default, as pipecat wires it): ``TurnAnalyzerUserTurnStopStrategy(
+  LocalSmartTurnAnalyzerV3)`` — one verdict at each VAD stop; an INCOMPLETE one waits up to
+  ``turn.smart_turn_stop_secs`` of silence (a complete utterance it misjudges costs all of that).
   ``turn.user_turn_stop_timeout_s``: a turn with no stop signal at all (no transcript ever) ends after this.
+
+Replies nobody heard (``turn.drop_unplayed_replies``): when the user speaks again after the turn ended but before
+  any audio of the answer played, the answer is dropped without telling the client (no interruption), and what the
+  user said before and after becomes one user message (``pipelines.endpointing.UnplayedReplyGate`` and
+  ``UnheardTurnMerger``). ``turn.late_transcripts``: ``"join"`` — a final transcript of speech that ended before
+  the last turn did (a slow STT) adds its words to that turn instead of opening a turn of its own (pipecat's
+  ``"new_turn"``).
 
 Start of the user's turn = barge-in (``turn.barge_in``): pipecat's ``VADUserTurnStartStrategy`` (a VAD start opens the
   turn and broadcasts ``InterruptionFrame``: LLM stream closed, TTS worker told to stop, queued audio dropped, assistant
@@ -100,9 +112,16 @@ class TurnOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stop_strategy: Literal["speech_timeout", "smart_turn"] = "speech_timeout"
+    stop_strategy: Literal["endpointing", "speech_timeout", "smart_turn"] = "endpointing"
     stop_secs: float = Field(0.6, ge=0.0)  # speech_timeout: silence after VAD stop that ends the user's turn
     smart_turn_stop_secs: float = Field(3.0, gt=0.0)  # smart_turn: silence that ends the turn on an INCOMPLETE verdict
+    end_of_turn_model: Literal["smart_turn", "none"] = "smart_turn"  # endpointing: judges whether the user finished
+    complete_wait_s: float = Field(0.1, ge=0.0)  # endpointing: silence after the VAD stop when it sounds finished
+    incomplete_wait_s: float = Field(1.0, ge=0.0)  # endpointing: ... when it does not (a pause of 1 s holds)
+    complete_threshold: float = Field(0.5, ge=0.0, le=1.0)  # endpointing: the model's P(finished) that counts
+    preemptive_generation: bool = True  # endpointing: start the LLM when the user goes quiet (held, or dropped)
+    drop_unplayed_replies: bool = True  # the user speaks again before the answer played: drop it, one message
+    late_transcripts: Literal["join", "new_turn"] = "join"  # a transcript after its turn ended
     user_turn_stop_timeout_s: float = Field(5.0, gt=0.0)  # a turn with no stop signal at all ends after this
     barge_in: bool = True  # False: the user cannot interrupt the bot (speech while it talks still forms a turn)
     false_interruption_timeout_s: float | None = Field(1.5, gt=0.0)  # resume after a barge-in with no words
@@ -153,8 +172,35 @@ def echo_guard_enabled(turn: TurnOptions, *, telephony: bool) -> bool:
     return turn.echo_guard == "on"
 
 
+def build_stop_strategy(turn: TurnOptions, *, stt_reports_segments: bool = False):
+    """The stop strategy ``turn.stop_strategy`` names, configured. ``stt_reports_segments``: the STT is an
+    ``EngineSTTService`` (it reports every segment it transcribed, so the turn can wait for its words)."""
+    if turn.stop_strategy == "endpointing":
+        from .endpointing import EndpointingUserTurnStopStrategy, SmartTurnJudge
+
+        return EndpointingUserTurnStopStrategy(
+            judge=SmartTurnJudge() if turn.end_of_turn_model == "smart_turn" else None,
+            complete_wait_s=turn.complete_wait_s,
+            incomplete_wait_s=turn.incomplete_wait_s,
+            threshold=turn.complete_threshold,
+            preemptive=turn.preemptive_generation,
+            wait_for_stt=stt_reports_segments,
+        )
+    if turn.stop_strategy == "smart_turn":
+        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+
+        analyzer = SharedSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
+        return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)
+    return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)
+
+
 def build_user_turn_strategies(
-    turn: TurnOptions, *, echo_guard: bool, stt_name: str | None = None, hold: PlaybackHold | None = None
+    turn: TurnOptions,
+    *,
+    echo_guard: bool,
+    stt_name: str | None = None,
+    stt_reports_segments: bool = False,
+    hold: PlaybackHold | None = None,
 ) -> UserTurnStrategies:
     """Start strategies (barge-in decision or echo guard, VAD, transcription) and stop strategies (speech timeout or
     Smart Turn, then false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``:
@@ -183,17 +229,13 @@ def build_user_turn_strategies(
                 min_words=turn.echo_guard_min_words,
             )
         )
-    start += [
-        VADUserTurnStartStrategy(enable_interruptions=interrupt),
-        TranscriptionUserTurnStartStrategy(enable_interruptions=interrupt),
-    ]
-    if turn.stop_strategy == "smart_turn":
-        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+    start.append(VADUserTurnStartStrategy(enable_interruptions=interrupt))
+    if turn.late_transcripts == "join":
+        from .endpointing import LateTranscriptUserTurnStartStrategy
 
-        analyzer = SharedSmartTurnAnalyzer(params=SmartTurnParams(stop_secs=turn.smart_turn_stop_secs))
-        stop: list = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
-    else:
-        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.stop_secs)]
+        start.append(LateTranscriptUserTurnStartStrategy())
+    start.append(TranscriptionUserTurnStartStrategy(enable_interruptions=interrupt))
+    stop: list = [build_stop_strategy(turn, stt_reports_segments=stt_reports_segments)]
     if turn.false_interruption_timeout_s is not None and interrupt:
         stop.append(
             FalseInterruptionUserTurnStopStrategy(timeout_s=turn.false_interruption_timeout_s, stt_name=stt_name)
@@ -234,6 +276,7 @@ def build_user_aggregator_params(
     policy: TurnPolicy,
     *,
     stt_name: str | None = None,
+    stt_reports_segments: bool = False,
     hold: PlaybackHold | None = None,
 ) -> LLMUserAggregatorParams:
     """VAD + turn strategies + timeouts for the user aggregator."""
@@ -243,7 +286,11 @@ def build_user_aggregator_params(
     return LLMUserAggregatorParams(
         vad_analyzer=build_vad_analyzer(vad),
         user_turn_strategies=build_user_turn_strategies(
-            turn, echo_guard=policy.echo_guard, stt_name=stt_name, hold=hold
+            turn,
+            echo_guard=policy.echo_guard,
+            stt_name=stt_name,
+            stt_reports_segments=stt_reports_segments,
+            hold=hold,
         ),
         user_turn_stop_timeout=turn.user_turn_stop_timeout_s,
         **kwargs,

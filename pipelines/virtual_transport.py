@@ -9,6 +9,8 @@ write returns when the chunk has played), recording:
 * ``audio``     — every bot audio chunk written, ``AudioChunk(start, end, pcm, sample_rate)``;
 * ``user_speech`` / ``user_segments`` — ground truth from the utterances' own audio (before any background is mixed
   in): each utterance's voiced span, and each voiced stretch (``voiced_segments``, or the utterance's labels);
+* ``user_words`` — the words an utterance is labelled with (``UserUtterance.words``), on the clock, from the moment
+  it starts playing (a labelled STT reads them);
 * ``events``    — a timeline: ``user_speech_start`` / ``user_speech_end`` (the utterance's voiced span, ground truth),
   ``bot_started_speaking`` / ``bot_stopped_speaking`` (what the output pushes), ``interruption`` (an
   ``InterruptionFrame`` reaching the output, i.e. the client).
@@ -137,7 +139,8 @@ def voiced_span(audio: np.ndarray, sample_rate: int) -> tuple[float, float]:
 @dataclass
 class UserUtterance:
     """One stretch of user audio (float32 mono) and when it starts. ``segments``: its voiced stretches as
-    ``[(start, end), ...]`` seconds from its first sample, when known (labels); None = ``voiced_segments``."""
+    ``[(start, end), ...]`` seconds from its first sample, when known (labels); None = ``voiced_segments``.
+    ``words``: what is said, ``[(start, end, word), ...]`` seconds from its first sample (labels; optional)."""
 
     audio: np.ndarray
     sample_rate: int = STT_SAMPLE_RATE
@@ -146,6 +149,7 @@ class UserUtterance:
     offset_s: float = 0.0
     label: str = ""
     segments: Sequence[tuple[float, float]] | None = None
+    words: Sequence[tuple[float, float, str]] = ()
 
     def __post_init__(self):
         self.audio = np.asarray(self.audio, dtype=np.float32).reshape(-1)
@@ -255,6 +259,7 @@ class VirtualInputTransport(BaseInputTransport):
                     current, pos, started = self._prepare(vt.schedule[idx], rate), 0, tick
                     idx += 1
                     vt.record(started + current.span[0], "user_speech_start", current.utterance.label)
+                    vt.user_words.extend((started + a, started + b, w) for a, b, w in current.utterance.words)
             chunk = np.zeros(n, dtype=np.float32)
             if current is not None:
                 part = current.audio[pos : pos + n]
@@ -360,6 +365,7 @@ class VirtualTransport(BaseTransport):
         self.events: list[TimelineEvent] = []
         self.user_speech: list[tuple[float, float, str]] = []  # (voiced start, voiced end, label) per utterance
         self.user_segments: list[tuple[float, float, str]] = []  # (start, end, label) per voiced stretch
+        self.user_words: list[tuple[float, float, str]] = []  # (start, end, word) labelled, from the start of feeding
         self.schedule_done = asyncio.Event()
         self.feed_started_at: float | None = None
         if not self.schedule:

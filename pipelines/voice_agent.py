@@ -42,6 +42,7 @@ from pipecat.workers.runner import WorkerRunner
 from processors.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from processors.segmented_stt import EngineSTTService
 
+from .endpointing import UnheardTurnMerger, UnplayedReplyGate
 from .interruptions import IdleInterruptionFilter, ReplyResumer
 from .metrics import VoiceMetricsObserver
 from .options import AgentOptions
@@ -155,26 +156,37 @@ def build_voice_agent(
         stt, llm, tts = create_services(options, stt=stt, llm=llm, tts=tts)
 
     context = context or LLMContext()
-    # EngineSTTService says when each segment is transcribed, words or not: barge-in and false-interruption
-    # decisions wait for it
-    stt_name = stt.name if isinstance(stt, EngineSTTService) else None
+    # EngineSTTService says when each segment is transcribed, words or not: turn-end, barge-in and
+    # false-interruption decisions wait for it
+    stt_reports_segments = isinstance(stt, EngineSTTService)
+    stt_name = stt.name if stt_reports_segments else None
     output = transport.output()
     playback = None
     if policy.barge_in_hold or playout is not None:
         playback = PlaybackHold(playout=playout)
         playback.install(output)
     hold = playback if policy.barge_in_hold else None
-    user, assistant = LLMContextAggregatorPair(
-        context,
-        user_params=build_user_aggregator_params(options.vad, options.turn, policy, stt_name=stt_name, hold=hold),
+    user_params = build_user_aggregator_params(
+        options.vad,
+        options.turn,
+        policy,
+        stt_name=stt_name,
+        stt_reports_segments=stt_reports_segments,
+        hold=hold,
     )
+    user, assistant = LLMContextAggregatorPair(context, user_params=user_params)
     resumer = ReplyResumer(context=context, assistant=assistant) if policy.false_interruption_recovery else None
     interruption_filter = IdleInterruptionFilter()
+    unheard = unplayed = None
+    if options.turn.drop_unplayed_replies or options.turn.late_transcripts == "join":
+        unheard = UnheardTurnMerger(context=context)
+    if options.turn.drop_unplayed_replies:
+        unplayed = UnplayedReplyGate()
 
-    processors: list[FrameProcessor] = [transport.input(), stt, user, llm]
+    processors: list[FrameProcessor] = [transport.input(), stt, user, *([unheard] if unheard else []), llm]
     if resumer is not None:
         processors.append(resumer)
-    processors += [tts, interruption_filter]
+    processors += [tts, *([unplayed] if unplayed else []), interruption_filter]
     if playback is not None:
         processors.append(PlaybackClock(playback))
     processors += [output, assistant]

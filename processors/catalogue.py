@@ -205,11 +205,13 @@ def _pocketsphinx_session(loaded: Any) -> Any:
 def stt_service(engine: Any, options: Any, **kwargs: Any) -> Any:
     """``EngineSTTService`` (the one STT adapter) over any ``STTEngine``, with the kind's options."""
     from processors.segmented_stt import EngineSTTService
+    from processors.stt_engine import StreamingSTTEngine
 
     interim = options.interim_interval_s
-    if interim and getattr(engine, "holds_gil", False):
+    if interim and getattr(engine, "holds_gil", False) and not isinstance(engine, StreamingSTTEngine):
         # an engine that holds the GIL while it decodes would stall the event loop if it re-transcribed the growing
-        # utterance every second (measured with pocketsphinx: VAD stops 2-4 s late on a 6.6 s utterance)
+        # utterance every second (measured with pocketsphinx's whole-utterance passes: VAD stops 2-4 s late on a
+        # 6.6 s utterance); one that decodes incrementally only ever decodes the newest 0.1 s
         interim = None
     return EngineSTTService(engine, interim_interval_s=interim, **kwargs)
 
@@ -288,7 +290,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
     EngineEntry(
         kind="stt",
         name="parakeet",
-        summary="NVIDIA Parakeet TDT 0.6B through NeMo (faster than real time on a CPU)",
+        summary="NVIDIA Parakeet TDT 0.6B through NeMo (faster than real time on a CPU); re-transcribes for interims",
         options=ParakeetOptions,
         auto=_parakeet_auto,
         load=_parakeet_load,
@@ -298,7 +300,7 @@ CATALOGUE: tuple[EngineEntry, ...] = (
     EngineEntry(
         kind="stt",
         name="pocketsphinx",
-        summary="CMU PocketSphinx with the en-us model from its wheel: offline, a weak fallback",
+        summary="CMU PocketSphinx with the en-us model from its wheel: offline, a weak fallback; decodes incrementally",
         auto=lambda options, device: (True, "pocketsphinx ships in a wheel and runs anywhere"),
         fallback=True,
         load=_pocketsphinx_load,

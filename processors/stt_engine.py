@@ -4,6 +4,12 @@ An engine is plain Python (no pipecat): ``transcribe`` takes one whole utterance
 ``STT_SAMPLE_RATE`` (16 kHz) and returns a :class:`Transcript`. It blocks; callers on an event loop run it in a
 worker thread. Each engine's docstring states whether calls from several threads at once are safe (engines
 serialise them with a lock where the model is not re-entrant).
+
+Words while the user speaks: an engine that decodes incrementally also offers ``open_stream()`` (the
+:class:`StreamingSTTEngine` protocol): an :class:`STTStream` takes the utterance piece by piece as it is spoken,
+gives its hypothesis so far after each piece, and the final transcript at the end at the cost of only the last
+piece. Any other engine can re-transcribe the growing utterance (:class:`RetranscribingStream`): words early too,
+at the price of a whole pass each time, and a final pass at the end.
 """
 
 from __future__ import annotations
@@ -76,11 +82,94 @@ class STTEngine(Protocol):
     # Optional: ``ttfs_p99_s`` (float), P99 seconds from the end of speech to the final transcript in a pipeline
     # (VAD stop_secs + one pass + a queued interim pass); EngineSTTService hands it to pipecat's turn-stop strategies.
     # Optional: ``holds_gil`` (bool), True when ``transcribe`` blocks other Python threads while it runs, so the
-    # adapter skips interim passes that would stall the event loop.
+    # adapter skips re-transcribing passes that would stall the event loop (an incremental stream is cheap enough).
+    # Optional: ``open_stream()`` (see ``StreamingSTTEngine``) when it decodes incrementally.
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
         """Transcribe one utterance; raises STTInputError for unusable audio, STTError when the model fails."""
         ...
+
+
+class STTStream(Protocol):
+    """One utterance decoded as it is spoken (from an engine's ``open_stream``). Calls come from one thread at a
+    time (the adapter's worker); the stream holds whatever it needs of the engine until ``finish`` or ``close``."""
+
+    def feed(self, audio: np.ndarray) -> Transcript | None:
+        """Add the next piece (float32 mono 16 kHz); the hypothesis so far, or None when it has not changed."""
+        ...
+
+    def finish(self) -> Transcript:
+        """The final transcript of everything fed (the stream is closed: no more calls)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the utterance unfinished (idempotent; a finished stream is already closed)."""
+        ...
+
+
+@runtime_checkable
+class StreamingSTTEngine(STTEngine, Protocol):
+    """An engine that decodes incrementally: a hypothesis per piece almost for free, the final one at the end.
+    ``source_rate``: the rate the audio was captured at before it was resampled to 16 kHz (8000 for a telephone
+    call: an engine may decode narrowband audio differently)."""
+
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> STTStream: ...
+
+
+class RetranscribingStream:
+    """``STTStream`` over any engine: keeps the utterance and transcribes all of it again (``transcribe_long``) when
+    ``interval_s`` of new audio has come since the last pass (None: never before the end) and the utterance is at
+    most ``max_s`` long; ``finish`` transcribes it whole with ``trailing_pad_s`` of silence (models drop a last word
+    that ends abruptly). Each pass costs what one final pass costs: words early, not a cheaper final."""
+
+    def __init__(
+        self,
+        engine: STTEngine,
+        *,
+        interval_s: float | None = None,
+        max_s: float = 15.0,
+        trailing_pad_s: float = 0.5,
+        max_segment_s: float = STT_MAX_SEGMENT_SECONDS,
+    ):
+        self.engine = engine
+        self.interval_s = interval_s
+        self.max_s = max_s
+        self.trailing_pad_s = trailing_pad_s
+        self.max_segment_s = max_segment_s
+        self._pieces: list[np.ndarray] = []
+        self._samples = 0
+        self._since_pass = 0
+        self._last_text: str | None = None
+        self.passes = 0
+
+    def feed(self, audio: np.ndarray) -> Transcript | None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self._pieces.append(audio)
+        self._samples += audio.size
+        self._since_pass += audio.size
+        if self.interval_s is None or self._since_pass < int(self.interval_s * STT_SAMPLE_RATE):
+            return None
+        if self._samples > self.max_s * STT_SAMPLE_RATE:
+            return None
+        self._since_pass = 0
+        self.passes += 1
+        transcript = transcribe_long(self.engine, self._audio(), max_seconds=self.max_segment_s)
+        if transcript.text == self._last_text:
+            return None
+        self._last_text = transcript.text
+        return transcript
+
+    def finish(self) -> Transcript:
+        pad = np.zeros(int(self.trailing_pad_s * STT_SAMPLE_RATE), np.float32)
+        audio = np.concatenate([self._audio(), pad])
+        self._pieces = []
+        return transcribe_long(self.engine, audio, max_seconds=self.max_segment_s)
+
+    def close(self) -> None:
+        self._pieces = []
+
+    def _audio(self) -> np.ndarray:
+        return np.concatenate(self._pieces) if self._pieces else np.zeros(0, np.float32)
 
 
 def validate_audio(

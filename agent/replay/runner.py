@@ -49,6 +49,7 @@ def build_utterances(scenario: Scenario) -> list[UserUtterance]:
                 offset_s=turn.offset_ms / 1000,
                 label=scenario.turn_label(i),
                 segments=turn.speech_s,
+                words=scenario.turn_words(i) if scenario.stt.labelled else (),
                 **kwargs,
             )
         )
@@ -75,10 +76,24 @@ def build_agent(
 
     settings = settings or scenario.agent_settings()
     stt = None
+    engine = None
     if scenario.stt.scripted is not None:
         from .scripted import ScriptedSTTEngine
 
-        stt = stt_service(ScriptedSTTEngine(scenario.stt.scripted), settings.stt)
+        engine = ScriptedSTTEngine(scenario.stt.scripted)
+    elif scenario.stt.labelled:
+        from processors.segmented_stt import TRAILING_SILENCE_S
+
+        from .scripted import LabelledSTTEngine
+
+        engine = LabelledSTTEngine(lambda: transport.user_words, transport.now, TRAILING_SILENCE_S)
+    if engine is not None and scenario.stt.latency_ms:
+        from .scripted import SlowSTTService
+
+        latency = scenario.stt.latency_ms / 1000
+        stt = SlowSTTService(engine, latency_s=latency, interim_interval_s=settings.stt.interim_interval_s)
+    elif engine is not None:
+        stt = stt_service(engine, settings.stt)
     llm = None
     if scenario.llm.scripted is not None:
         from .scripted import ScriptedLLMService
@@ -329,7 +344,8 @@ def collect(
     # the final context, split into the messages each pipeline turn's requests added
     context = [dict(m) for m in agent.context.get_messages()]
     by_turn: dict[int, list[dict]] = {}
-    requests = [r for r in recorder.requests if not r.speculative]
+    recorder.finish()
+    requests = [r for r in recorder.requests if r.answers_turn]
     for request, messages in zip(requests, recorder.messages_by_request(context)):
         if request.turn is not None:
             by_turn.setdefault(request.turn, []).extend(messages)
@@ -368,8 +384,9 @@ def collect(
         for t, text, final in recorder.transcripts
     ]
     llm_requests = _llm_requests(recorder, agent.llm, t0)
-    for r in llm_requests:
-        events.append({"t": r["t"], "kind": "llm_request", "label": r["label"]})
+    for r in llm_requests:  # an early request the user talked over is not a request the conversation kept
+        kind = "llm_request_dropped" if r["speculative"] and not r.get("confirmed") else "llm_request"
+        events.append({"t": r["t"], "kind": kind, "label": r["label"]})
     for m in agent.metrics.turns:
         for kind, v in (("user_turn_start", m.user_turn_start), ("user_turn_end", m.user_turn_end)):
             if v is not None:
@@ -415,7 +432,10 @@ def _llm_requests(recorder: PipelineRecorder, llm: Any, t0: float) -> list[dict[
     out = []
     for k, r in enumerate(recorder.requests):
         entry: dict[str, Any] = {"t": r.t - t0, "turn": r.turn, "speculative": r.speculative}
-        parts = [f"turn {r.turn}" if r.turn is not None else "no turn"] + (["speculative"] if r.speculative else [])
+        parts = [f"turn {r.turn}" if r.turn is not None else "no turn"]
+        if r.speculative:
+            entry["confirmed"] = r.confirmed
+            parts.append("early, confirmed" if r.confirmed else "early, withdrawn" if r.withdrawn else "speculative")
         if k < len(log):
             s = log[k]
             outcome = "withdrawn" if s.withdrawn else "heard" if s.heard else "not heard"

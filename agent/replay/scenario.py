@@ -35,6 +35,7 @@ EventKind = Literal[
     "transcript",
     "interim_transcript",
     "llm_request",
+    "llm_request_dropped",
     "bot_started_speaking",
     "bot_stopped_speaking",
     "interruption",
@@ -64,9 +65,23 @@ class LLMSpec(_Strict):
 
 
 class STTSpec(_Strict):
-    """``scripted``: transcripts in order, one per STT segment ("" = nothing heard); omitted: ``settings.stt``."""
+    """``scripted``: transcripts in order, one per STT segment ("" = nothing heard). ``labelled``: the STT hears the
+    words the scenario labels (each sound's ``words``; a ``text`` sound's own text), wherever the VAD cuts the
+    segments (``agent.replay.scripted.LabelledSTTEngine``). Neither: ``settings.stt``'s engine. ``latency_ms``: the
+    scripted or labelled STT's final transcripts come that long after their segment ended, as a slow CPU STT's do
+    (compute takes no time on the virtual clock: this is how a replay shows what a slow STT does to turns)."""
 
     scripted: list[str] | None = None
+    labelled: bool = False
+    latency_ms: float = Field(0.0, ge=0.0)  # scripted / labelled: each final transcript comes this late (a slow STT)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.labelled and self.scripted is not None:
+            raise ValueError("give either 'scripted' transcripts or 'labelled: true', not both")
+        if self.latency_ms and not (self.labelled or self.scripted is not None):
+            raise ValueError("'latency_ms' slows a scripted or labelled STT (a real engine takes the time it takes)")
+        return self
 
 
 class TTSSpec(_Strict):
@@ -84,26 +99,35 @@ Span = tuple[float, float]
 
 
 class _Sound(_Strict):
-    """Where an utterance's audio comes from: ``audio`` (a file, any rate/format; optionally cut to ``from_ms`` ..
-    ``to_ms``) or ``text`` (synthesised offline with espeak-ng)."""
+    """Where an utterance's audio comes from: ``audio`` (a file, any rate/format) or ``text`` (synthesised offline
+    with espeak-ng), optionally cut to ``from_ms`` .. ``to_ms`` (a sentence cut mid-way keeps its mid-sentence
+    prosody, which synthesising the fragment alone would not)."""
 
     audio: str | None = None  # path relative to the scenario file, ``clip:NAME`` (testkit/audio), ``human:NAME``
-    from_ms: float = Field(0.0, ge=0.0)  # ``audio``: start here
-    to_ms: float | None = Field(None, gt=0.0)  # ``audio``: end here (None: the end of the file)
+    from_ms: float = Field(0.0, ge=0.0)  # start here (``audio``, or the synthesised ``text``)
+    to_ms: float | None = Field(None, gt=0.0)  # end here (None: the end)
     text: str | None = None
     voice: str = "English"  # espeak language for ``text`` (e.g. "English", "en-gb")
     variant: str | None = None  # espeak variant for ``text`` (e.g. "f3")
     rate: int = Field(170, ge=80, le=450)  # espeak words per minute for ``text``
     gain: float = Field(1.0, gt=0.0, le=10.0)
+    words: str | None = None  # what is said (``stt: {labelled: true}``); default: a ``text``, a whole ``clip:``
+    labels: dict[str, Any] = Field(default_factory=dict)  # free-form, for tools that read scenarios (not the replay)
 
     def _check_sound(self, sources: dict[str, bool]) -> None:
         given = [name for name, on in sources.items() if on]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {' or '.join(repr(n) for n in sources)}")
-        if ("from_ms" in self.model_fields_set or self.to_ms is not None) and self.audio is None:
-            raise ValueError("'from_ms' / 'to_ms' cut an 'audio' file")
+        if ("from_ms" in self.model_fields_set or self.to_ms is not None) and self.audio is None and self.text is None:
+            raise ValueError("'from_ms' / 'to_ms' cut an 'audio' file or synthesised 'text'")
         if self.to_ms is not None and self.to_ms <= self.from_ms:
             raise ValueError("'to_ms' must be after 'from_ms'")
+
+    def said(self) -> str:
+        """The words labelled as said in this sound (its ``words``, else a ``text`` sound's text)."""
+        if self.words is not None:
+            return self.words
+        return self.text or ""
 
 
 class Part(_Sound):
@@ -115,6 +139,8 @@ class Part(_Sound):
     def _one_source(self):
         sources = {"audio": self.audio is not None, "text": self.text is not None}
         self._check_sound({**sources, "silence_ms": self.silence_ms is not None})
+        if self.silence_ms is not None and self.words:
+            raise ValueError("a silence says no 'words'")
         return self
 
 
@@ -132,6 +158,8 @@ class Turn(_Sound):
     @model_validator(mode="after")
     def _one_source(self):
         self._check_sound({"audio": self.audio is not None, "text": self.text is not None, "parts": bool(self.parts)})
+        if self.parts and self.words is not None:
+            raise ValueError("with 'parts', label the 'words' of each part")
         if self.at_ms is not None and "after" in self.model_fields_set:
             raise ValueError("give either 'at_ms' or 'after' (+ 'offset_ms'), not both")
         if self.offset_ms < 0:
@@ -341,6 +369,7 @@ class Scenario(_Strict):
     settle_ms: float = Field(1500.0, ge=0.0)  # keep running this long after the last turn and the bot fell silent
     max_duration_s: float = Field(120.0, gt=0.0)  # give up (on the replay clock) after this
     expect: list[Expectation] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)  # free-form, for tools that read scenarios (not the replay)
     base_dir: Path = Field(default=Path("."), exclude=True)
     _audio: _AudioCache = PrivateAttr(default_factory=lambda: _AudioCache())
 
@@ -426,21 +455,25 @@ class Scenario(_Strict):
         """One file stretch or synthesised text, gain applied (float32 mono) and its rate."""
         if sound.audio is not None:
             audio, rate = self._decoded(sound.audio)
-            first = int(round(sound.from_ms / 1000 * rate))
-            last = None if sound.to_ms is None else int(round(sound.to_ms / 1000 * rate))
-            if first >= len(audio):
-                raise ScenarioAudioError(f"'from_ms' {sound.from_ms:g} is past the end ({len(audio) / rate:.2f} s)")
-            audio = audio[first:last]
         else:
             audio, rate = synthesise(sound.text, voice=sound.voice, variant=sound.variant, rate=sound.rate)
+        first = int(round(sound.from_ms / 1000 * rate))
+        last = None if sound.to_ms is None else int(round(sound.to_ms / 1000 * rate))
+        if first >= len(audio):
+            raise ScenarioAudioError(f"'from_ms' {sound.from_ms:g} is past the end ({len(audio) / rate:.2f} s)")
+        audio = audio[first:last]
         return np.clip(np.asarray(audio, dtype=np.float32) * sound.gain, -1.0, 1.0), rate
 
     def turn_audio(self, i: int) -> tuple[np.ndarray, int]:
         """Turn ``i``'s audio (float32 mono: its parts back to back at the first one's rate, gains applied)."""
-        turn = self.turns[i]
+        out, rate = self._pieces(i)
+        return np.concatenate(out).astype(np.float32), rate
+
+    def _pieces(self, i: int) -> tuple[list[np.ndarray], int]:
+        """Turn ``i``'s sounds as audio at one rate (the first sound's), silences included."""
         pieces: list[np.ndarray | float] = []
         rate = None
-        for sound in turn.sounds():
+        for sound in self.turns[i].sounds():
             if isinstance(sound, Part) and sound.silence_ms is not None:
                 pieces.append(sound.silence_ms / 1000)
                 continue
@@ -448,8 +481,40 @@ class Scenario(_Strict):
             rate = rate or r
             pieces.append(audio if r == rate else resample(audio, r, rate))
         rate = rate or NOISE_RATE
-        out = [np.zeros(int(round(p * rate)), np.float32) if isinstance(p, float) else p for p in pieces]
-        return np.concatenate(out).astype(np.float32), rate
+        return [np.zeros(int(round(p * rate)), np.float32) if isinstance(p, float) else p for p in pieces], rate
+
+    def part_spans(self, i: int) -> list[tuple[float, float]]:
+        """Where each of turn ``i``'s sounds (its ``parts``, or the turn itself) lies in its audio: seconds from the
+        utterance's first sample."""
+        pieces, rate = self._pieces(i)
+        spans, t = [], 0.0
+        for piece in pieces:
+            spans.append((t, t + len(piece) / rate))
+            t += len(piece) / rate
+        return spans
+
+    def turn_words(self, i: int) -> list[tuple[float, float, str]]:
+        """The labelled words of turn ``i`` (each sound's ``said()``), as ``(start, end, word)`` seconds from the
+        utterance's first sample: a sound's words spread over its voiced stretch in proportion to their length
+        (labels say what was said, not exactly when)."""
+        from pipelines.virtual_transport import voiced_span
+
+        pieces, rate = self._pieces(i)
+        out, t = [], 0.0
+        for sound, piece in zip(self.turns[i].sounds(), pieces):
+            words = _said(sound).split()
+            if words:
+                a, b = voiced_span(piece, rate)
+                if b <= a:
+                    a, b = 0.0, len(piece) / rate
+                total = sum(len(w) + 1 for w in words)
+                pos = 0
+                for w in words:
+                    w0 = a + (b - a) * pos / total
+                    pos += len(w) + 1
+                    out.append((t + w0, t + a + (b - a) * pos / total, w))
+            t += len(piece) / rate
+        return out
 
     def noise_audio(self, i: int) -> tuple[np.ndarray, int]:
         """Noise bed ``i`` at its level (float32 mono) and its rate."""
@@ -464,6 +529,19 @@ class Scenario(_Strict):
         else:
             scale = bed.gain if bed.gain is not None else 1.0
         return (np.asarray(audio, dtype=np.float32) * scale).astype(np.float32), rate
+
+
+def _said(sound: _Sound) -> str:
+    """What a sound says: its labels, or the manifest's text of a whole committed clip (``clip:NAME``)."""
+    if sound.words is None and sound.text is None and sound.audio and sound.audio.startswith("clip:"):
+        from testkit.clips import ClipNotFoundError, clip_text
+
+        if sound.from_ms == 0 and sound.to_ms is None:
+            try:
+                return clip_text(sound.audio[len("clip:") :])
+            except ClipNotFoundError:  # a clip without a manifest entry (a cough) says nothing
+                return ""
+    return sound.said()
 
 
 def _reference_errors(names: list[str], expect: list[Any]) -> list[str]:

@@ -1,5 +1,6 @@
-"""Scripted stand-ins for scenarios that must know the words: an ``STTEngine`` returning prepared transcripts and a
-pipecat LLM service streaming prepared replies. Everything else in a replay (VAD, turn strategies, TTS, transport,
+"""Scripted stand-ins for scenarios that must know the words: ``STTEngine``s returning prepared transcripts (in order,
+one per segment; or the scenario's word labels, wherever the VAD cuts the segments) and a pipecat LLM service
+streaming prepared replies. Everything else in a replay (VAD, turn strategies, TTS, transport,
 interruptions) is the real pipeline. Both behave like the real parts where timing matters: the STT runs in the
 segmented STT service's worker thread, the LLM streams word by word and is cancelled by interruptions.
 
@@ -15,7 +16,7 @@ previous reply (no interruption: ``turn.barge_in: false``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,8 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 
 from processors.audio import STT_SAMPLE_RATE
-from processors.stt_engine import Transcript
+from processors.segmented_stt import EngineSTTService
+from processors.stt_engine import Transcript, Word
 
 
 class ScriptedSTTEngine:
@@ -51,6 +53,100 @@ class ScriptedSTTEngine:
         self.calls.append(len(audio) / sample_rate)
         text = self.texts.pop(0) if self.texts else ""
         return Transcript(text=text, language="en", audio_seconds=len(audio) / sample_rate)
+
+
+LabelledWord = tuple[float, float, str]  # (start, end, word) on the replay's clock
+
+
+class LabelledSTTEngine:
+    """``STTEngine`` protocol: hears exactly the words the scenario labels, wherever the VAD cuts the segments.
+
+    ``words()`` gives every labelled word fed so far, ``(start, end, word)`` on the clock that ``now()`` reads (the
+    transport's). Audio handed to ``transcribe`` ends ``trailing_pad_s`` of padding after ``now()`` (the segmented
+    STT appends that much silence to each segment; the pass runs at the VAD stop, and compute takes no time on the
+    virtual clock), so it covers ``now() - (seconds - trailing_pad_s)`` .. ``now()``: the transcript is the words
+    whose middle lies in that stretch. Words are where the labels put them (spread over each sound's voiced span),
+    so a segment that ends inside a word hears the word if most of it was said."""
+
+    name = "labelled"
+    language = "en"
+
+    def __init__(self, words: Callable[[], Sequence[LabelledWord]], now: Callable[[], float], trailing_pad_s: float):
+        self._words = words
+        self._now = now
+        self.trailing_pad_s = trailing_pad_s
+        self.calls: list[tuple[float, float]] = []  # (start, end) clock times each call covered
+
+    def heard(self, start: float, end: float) -> list[LabelledWord]:
+        """The labelled words whose middle lies in ``start`` .. ``end`` (clock times), in order."""
+        return sorted(w for w in self._words() if start <= (w[0] + w[1]) / 2 < end)
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
+        seconds = len(audio) / sample_rate
+        end = self._now()
+        start = end - max(0.0, seconds - self.trailing_pad_s)
+        self.calls.append((start, end))
+        return self._transcript(self.heard(start, end), start, seconds)
+
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> LabelledSTTStream:
+        """Words as the utterance is spoken: it incrementally decodes, as far as the adapter can tell."""
+        return LabelledSTTStream(self)
+
+    def _transcript(self, words: list[LabelledWord], start: float, seconds: float) -> Transcript:
+        return Transcript(
+            text=" ".join(w for _, _, w in words),
+            words=tuple(Word(w, max(0.0, a - start), min(seconds, b - start)) for a, b, w in words),
+            language="en",
+            audio_seconds=seconds,
+        )
+
+
+class LabelledSTTStream:
+    """``STTStream`` of ``LabelledSTTEngine``: the first piece (the pre-roll, fed at the VAD start) ends ``now()``,
+    the rest follow it back to back; the hypothesis is the labelled words already said in the audio fed (ended by
+    its end), the final transcript the words whose middle lies in it."""
+
+    def __init__(self, engine: LabelledSTTEngine):
+        self._engine = engine
+        self._start: float | None = None
+        self._seconds = 0.0
+        self._last: str | None = None
+
+    def feed(self, audio: np.ndarray) -> Transcript | None:
+        self._seconds += len(audio) / STT_SAMPLE_RATE
+        if self._start is None:  # the first piece (the pre-roll at the VAD start) ends now
+            self._start = self._engine._now() - self._seconds
+        end = self._start + self._seconds  # the audio's own time: a late feed (a slow STT) does not hear ahead
+        words = [w for w in self._engine.heard(self._start, end) if w[1] <= end]
+        text = " ".join(w for _, _, w in words)
+        if text == self._last:
+            return None
+        self._last = text
+        return self._engine._transcript(words, self._start, self._seconds)
+
+    def finish(self) -> Transcript:
+        start = self._start if self._start is not None else self._engine._now()
+        end = start + self._seconds
+        self._engine.calls.append((start, end))
+        return self._engine._transcript(self._engine.heard(start, end), start, self._seconds)
+
+    def close(self) -> None:
+        pass
+
+
+class SlowSTTService(EngineSTTService):
+    """``EngineSTTService`` whose final transcripts come ``latency_s`` after their segment ended, on the loop's clock:
+    a slow STT on the virtual clock (where the engine's compute takes no time). Segments still queue one after the
+    other, as they do behind a busy engine."""
+
+    def __init__(self, engine, *, latency_s: float, **kwargs):
+        super().__init__(engine, **kwargs)
+        self.latency_s = latency_s
+
+    async def run_stt(self, audio: bytes):
+        await asyncio.sleep(self.latency_s)
+        async for frame in super().run_stt(audio):
+            yield frame
 
 
 @dataclass

@@ -4,16 +4,19 @@ It exists so Duplex transcribes something with no model download at all. Expect 
 far worse with noise, telephone audio or unusual voices, and mangled numbers (general English LM). English only.
 Use Parakeet whenever you can.
 
-One decoder per process, one channel state per session: the Decoder carries its cepstral mean (channel
+One engine per process, one channel state per session: the Decoder carries its cepstral mean (channel
 normalisation) from one utterance to the next, so one caller's channel would colour another's results. A server
-loads one ``PocketsphinxEngine`` (its acoustic model, LM and dictionary: ~60 MB of C memory) and gives each voice
-session ``engine.session()``, a view that keeps that session's own cepstral mean and puts it back into the shared
-decoder when another caller used it in between. A session's first utterance decodes exactly as on a new decoder;
-later ones start from the session's own mean (only the running mean's weighting restarts at such a switch: same
-words as a decoder of its own on the test clips, word times within 20 ms). A view costs nothing, where a decoder per
-session cost 8-90 MB each that the C allocator did not give back when the session ended.
-Thread-safety: calls are serialised by a lock (a Decoder is not re-entrant; decoding holds the GIL anyway, so
-separate decoders would not run in parallel either).
+loads one ``PocketsphinxEngine`` and gives each voice session ``engine.session()``, a view that keeps that session's
+own cepstral mean and puts it into the decoder it is given for each utterance. A session's first utterance decodes
+exactly as on a new decoder; later ones start from the session's own mean (only the running mean's weighting
+restarts at such a switch: same words as a decoder of its own on the test clips, word times within 20 ms).
+Decoders (each holds the acoustic model, LM and dictionary: ~60 MB of C memory) live in a pool: an utterance takes
+one for as long as it decodes and gives it back, so the process holds as many as utterances were ever decoded at
+the same moment, and creating and destroying one per session (8-90 MB each that the C allocator did not give back)
+never happens. ``open_stream`` decodes one utterance as it is spoken (``start_utt``, ``process_raw`` per piece,
+``end_utt``): a hypothesis after every piece for the cost of decoding that piece, and the final transcript at the end
+for the cost of the last one; the stream holds its decoder until it finishes. Thread-safe: a decoder is used by one
+utterance at a time (decoding holds the GIL, so utterances of different sessions take turns at the CPU anyway).
 
 Exact digital silence (zeros: padding, muted mics, the adapter's trailing silence) upsets it: 2 s of zeros decode as
 "dog", and zeros cost search time. So an all-zero input is answered with an empty transcript at once, exact zeros
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -64,7 +68,7 @@ def dither_digital_silence(
 
 
 class PocketsphinxEngine:
-    """PocketSphinx en-us decoder (see module docstring: weak fallback; ``session()`` for each caller)."""
+    """PocketSphinx en-us decoders (see module docstring: weak fallback; ``session()`` for each caller)."""
 
     name = "pocketsphinx"
     language = "en"
@@ -87,29 +91,65 @@ class PocketsphinxEngine:
             from pocketsphinx import Decoder
         except ImportError as e:
             raise STTError(f"pocketsphinx is not installed ({e}); pip install pocketsphinx") from e
-        options = {"loglevel": "FATAL", "samprate": STT_SAMPLE_RATE, **decoder_options}
+        self._decoder_cls = Decoder
+        self._options = {"loglevel": "FATAL", "samprate": STT_SAMPLE_RATE, **decoder_options}
+        self._pool_lock = threading.Lock()
+        self._idle: list[_Decoder] = []
+        self.decoders = 0  # decoders made so far (the most utterances decoded at one moment)
         with Stopwatch() as sw:
-            try:
-                self._decoder = Decoder(**options)
-            except Exception as e:  # bad model paths raise RuntimeError/ValueError from the C library
-                raise STTError(f"could not create the pocketsphinx decoder: {type(e).__name__}: {e}") from e
-        self._frame_seconds = 1.0 / float(self._decoder.config["frate"])
+            first = self._new_decoder()  # bad model paths fail here, at load
+        self._frame_seconds = 1.0 / float(first.decoder.config["frate"])
+        self._initial_cmn: str = first.cmn
+        self._idle.append(first)
+        self._own = _Channel(self._initial_cmn)  # the state of calls made on the engine itself
         self.dither_dbfs = dither_dbfs
         self.edge_silence_s = edge_silence_s
-        self._lock = threading.Lock()
-        self._initial_cmn: str = self._decoder.get_cmn(False)
-        self._loaded_cmn = self._initial_cmn  # the cepstral mean the decoder holds now
-        self._own = _Channel(self._initial_cmn)  # the state of calls made on the engine itself
         logger.debug(f"pocketsphinx: decoder ready in {sw.seconds:.2f} s (weak fallback STT)")
 
     def session(self) -> PocketsphinxSession:
-        """An engine for one caller (a voice session) on this decoder, starting from the model's initial cepstral
-        mean, as a new decoder would."""
+        """An engine for one caller (a voice session) on this engine's decoders, starting from the model's initial
+        cepstral mean, as a new decoder would."""
         return PocketsphinxSession(self)
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
-        """Transcribe one utterance (float32 mono 16 kHz). Blocks; serialised with other callers."""
+        """Transcribe one utterance (float32 mono 16 kHz). Blocks; thread-safe."""
         return self._transcribe(audio, sample_rate, self._own)
+
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> PocketsphinxStream:
+        """Decode one utterance as it comes (see the module docstring and ``PocketsphinxStream``)."""
+        return PocketsphinxStream(self, self._own, source_rate=source_rate)
+
+    # --- the decoder pool ------------------------------------------------------------------------------------------
+    def _new_decoder(self) -> _Decoder:
+        try:
+            decoder = self._decoder_cls(**self._options)
+        except Exception as e:  # bad model paths raise RuntimeError/ValueError from the C library
+            raise STTError(f"could not create the pocketsphinx decoder: {type(e).__name__}: {e}") from e
+        self.decoders += 1
+        return _Decoder(decoder, decoder.get_cmn(False))
+
+    def _take(self, channel: _Channel) -> _Decoder:
+        """An idle decoder (a new one when every decoder is busy) holding ``channel``'s cepstral mean."""
+        with self._pool_lock:
+            slot = self._idle.pop() if self._idle else None
+        if slot is None:
+            slot = self._new_decoder()
+        if slot.cmn != channel.cmn:  # another caller's state is loaded: put this caller's in
+            slot.decoder.reinit_feat()
+            slot.decoder.set_cmn(channel.cmn)
+            slot.cmn = channel.cmn
+        return slot
+
+    def _give_back(self, slot: _Decoder, channel: _Channel, *, ok: bool) -> None:
+        """Return ``slot`` to the pool; after a decoded utterance the caller's channel keeps the updated mean."""
+        try:
+            slot.cmn = slot.decoder.get_cmn(False) if ok else ""  # unknown after a failure: the next user sets it
+            if ok:
+                channel.cmn = slot.cmn
+        except Exception:
+            slot.cmn = ""
+        with self._pool_lock:
+            self._idle.append(slot)
 
     def _transcribe(self, audio: np.ndarray, sample_rate: int, channel: _Channel) -> Transcript:
         audio = validate_audio(audio, sample_rate)
@@ -123,21 +163,24 @@ class PocketsphinxEngine:
         if self.dither_dbfs is not None:
             audio = dither_digital_silence(audio, self.dither_dbfs)
         pcm = float_to_pcm16(audio)
-        with self._lock, Stopwatch() as sw:
+        slot = self._take(channel)
+        ok = False
+        with Stopwatch() as sw:
             try:
-                d = self._decoder
-                if channel.cmn != self._loaded_cmn:  # another caller's state is loaded: put this caller's back
-                    d.reinit_feat()
-                    d.set_cmn(channel.cmn)
+                d = slot.decoder
                 d.start_utt()
                 d.process_raw(pcm, no_search=False, full_utt=True)
                 d.end_utt()
                 hyp = d.hyp()
                 segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
-                channel.cmn = self._loaded_cmn = d.get_cmn(False)
+                ok = True
             except Exception as e:
-                self._loaded_cmn = ""  # unknown after a failure: the next call sets its own
                 raise STTError(f"pocketsphinx decoding failed: {type(e).__name__}: {e}") from e
+            finally:
+                self._give_back(slot, channel, ok=ok)
+        return self._transcript(hyp, segments, offset, seconds, sw.seconds)
+
+    def _transcript(self, hyp, segments, offset: float, seconds: float, compute: float) -> Transcript:
         words = []
         for token, sf, ef in segments:
             if _FILLERS.match(token):
@@ -147,8 +190,147 @@ class PocketsphinxEngine:
             words.append(Word(word, min(start, seconds), min(end, seconds)))
         text = " ".join(w.word for w in words) if words else (hyp.hypstr.strip() if hyp is not None else "")
         return Transcript(
-            text=text, words=tuple(words), language=self.language, audio_seconds=seconds, compute_seconds=sw.seconds
+            text=text, words=tuple(words), language=self.language, audio_seconds=seconds, compute_seconds=compute
         )
+
+
+class PocketsphinxStream:
+    """One utterance through one of the engine's decoders, piece by piece (``STTStream``), with a caller's channel
+    state; it holds the decoder from its first decoded piece until ``finish`` or ``close``. As in ``transcribe``,
+    exact zeros before the first sound are cut to ``edge_silence_s`` and other runs of zeros get the engine's dither.
+
+    Wideband audio is decoded live: a hypothesis per piece, and the final costs the last piece. Audio captured at a
+    lower rate (``source_rate`` below 16 kHz: a telephone call) is kept and decoded in one pass at the end, as
+    ``transcribe`` does, without hypotheses on the way: live decoding normalises the channel as it goes, starting
+    from wideband values, and on telephone audio that costs a lot (the flite clips band-limited to 8 kHz: 36-64 %
+    WER live against 21 % in one pass, and a live pass leaves the decoder worse for a one-pass decode after it; on
+    wideband audio 10-13 % both ways)."""
+
+    def __init__(self, engine: PocketsphinxEngine, channel: _Channel, *, source_rate: int = STT_SAMPLE_RATE):
+        self._engine = engine
+        self._channel = channel
+        self._slot: _Decoder | None = None  # taken from the pool when decoding starts
+        self._decoded = False  # an utterance went through end_utt: the channel's mean moves on
+        self._live = source_rate >= STT_SAMPLE_RATE
+        self._open = True
+        self._started = False  # the decoder's utterance is open (live decoding began)
+        self._offset = 0.0  # seconds of leading zeros not kept
+        self._heard = False  # a non-zero sample came
+        self._lead = np.zeros(0, np.float32)  # the latest leading zeros (kept up to edge_silence_s)
+        self._kept: list[np.ndarray] = []  # narrowband: what was fed (after the leading cut), for the one pass
+        self._samples = 0
+        self._compute = 0.0
+        self._last_text: str | None = None
+
+    def feed(self, audio: np.ndarray) -> Transcript | None:
+        if not self._open:
+            raise STTError("the pocketsphinx stream is closed")
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not self._heard:
+            audio = self._after_leading_zeros(audio)
+        if audio.size == 0:
+            return None
+        if self._engine.dither_dbfs is not None:
+            audio = dither_digital_silence(audio, self._engine.dither_dbfs, seed=self._samples)
+        self._samples += audio.size
+        if not self._live:
+            self._kept.append(audio)
+            return None
+        d = self._decoder()
+        with Stopwatch() as sw:
+            try:
+                if not self._started:
+                    d.start_utt()
+                    self._started = True
+                d.process_raw(float_to_pcm16(audio), no_search=False, full_utt=False)
+                hyp = d.hyp()
+                segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
+            except Exception as e:
+                self.close()
+                raise STTError(f"pocketsphinx decoding failed: {type(e).__name__}: {e}") from e
+        self._compute += sw.seconds
+        transcript = self._engine._transcript(hyp, segments, self._offset, self._seconds(), self._compute)
+        if transcript.text == self._last_text:
+            return None
+        self._last_text = transcript.text
+        return transcript
+
+    def finish(self) -> Transcript:
+        if not self._open:
+            raise STTError("the pocketsphinx stream is closed")
+        try:
+            with Stopwatch() as sw:
+                if not self._started and not self._kept:  # nothing but digital silence came
+                    return Transcript(text="", language=self._engine.language, audio_seconds=self._seconds())
+                d = self._decoder()
+                if not self._live:  # one pass, as transcribe does
+                    d.start_utt()
+                    self._started = True
+                    d.process_raw(float_to_pcm16(np.concatenate(self._kept)), no_search=False, full_utt=True)
+                d.end_utt()
+                self._started = False
+                self._decoded = True
+                hyp = d.hyp()
+                segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()] if hyp is not None else []
+        except Exception as e:
+            raise STTError(f"pocketsphinx decoding failed: {type(e).__name__}: {e}") from e
+        finally:
+            self._release()
+        self._compute += sw.seconds
+        return self._engine._transcript(hyp, segments, self._offset, self._seconds(), self._compute)
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        try:
+            if self._started and self._slot is not None:
+                self._slot.decoder.end_utt()
+        except Exception:
+            pass
+        finally:
+            self._started = False
+            self._release()
+
+    def _after_leading_zeros(self, audio: np.ndarray) -> np.ndarray:
+        """What to keep of ``audio`` while nothing but zeros came before: from the first sound on, with at most
+        ``edge_silence_s`` of the zeros before it."""
+        keep = self._engine.edge_silence_s
+        if keep is None:
+            self._heard = True
+            return audio
+        audible = np.flatnonzero(audio)
+        lead = np.concatenate([self._lead, audio if audible.size == 0 else audio[: audible[0]]])
+        cut = max(0, lead.size - int(keep * STT_SAMPLE_RATE))
+        self._offset += cut / STT_SAMPLE_RATE
+        if audible.size == 0:
+            self._lead = lead[cut:]
+            return np.zeros(0, np.float32)
+        self._heard = True
+        return np.concatenate([lead[cut:], audio[audible[0] :]])
+
+    def _seconds(self) -> float:
+        return self._offset + self._samples / STT_SAMPLE_RATE
+
+    def _decoder(self) -> Any:
+        if self._slot is None:
+            self._slot = self._engine._take(self._channel)
+        return self._slot.decoder
+
+    def _release(self) -> None:
+        if self._open:
+            self._open = False
+            if self._slot is not None:
+                slot, self._slot = self._slot, None
+                self._engine._give_back(slot, self._channel, ok=self._decoded)
+
+
+class _Decoder:
+    """A pooled ``pocketsphinx.Decoder`` and the cepstral mean it holds now (comma-separated text)."""
+
+    __slots__ = ("decoder", "cmn")
+
+    def __init__(self, decoder: Any, cmn: str):
+        self.decoder, self.cmn = decoder, cmn
 
 
 class _Channel:
@@ -161,7 +343,7 @@ class _Channel:
 
 
 class PocketsphinxSession:
-    """One voice session's pocketsphinx engine: the process's decoder with this session's own channel state."""
+    """One voice session's pocketsphinx engine: the process's decoders with this session's own channel state."""
 
     name = PocketsphinxEngine.name
     language = PocketsphinxEngine.language
@@ -175,3 +357,7 @@ class PocketsphinxSession:
     def transcribe(self, audio: np.ndarray, sample_rate: int = STT_SAMPLE_RATE) -> Transcript:
         """As ``PocketsphinxEngine.transcribe``, with this session's channel normalisation."""
         return self.engine._transcribe(audio, sample_rate, self._channel)
+
+    def open_stream(self, source_rate: int = STT_SAMPLE_RATE) -> PocketsphinxStream:
+        """As ``PocketsphinxEngine.open_stream``, with this session's channel normalisation."""
+        return PocketsphinxStream(self.engine, self._channel, source_rate=source_rate)

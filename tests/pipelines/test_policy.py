@@ -40,6 +40,11 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnaly
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.time import time_now_iso8601
 
+from pipelines.endpointing import (
+    EndpointingUserTurnStopStrategy,
+    LateTranscriptUserTurnStartStrategy,
+    SmartTurnJudge,
+)
 from pipelines.interruptions import (
     BargeInDecisionUserTurnStartStrategy,
     EchoGuardUserTurnStartStrategy,
@@ -72,20 +77,43 @@ def turn_settings(**kw):
 
 
 def test_default_strategies():
-    s = build_user_turn_strategies(turn_settings(), echo_guard=False, stt_name="stt#0", hold=PlaybackHold())
+    s = build_user_turn_strategies(
+        turn_settings(), echo_guard=False, stt_name="stt#0", stt_reports_segments=True, hold=PlaybackHold()
+    )
     assert [type(x) for x in s.start] == [
         BargeInDecisionUserTurnStartStrategy,
         VADUserTurnStartStrategy,
+        LateTranscriptUserTurnStartStrategy,
         TranscriptionUserTurnStartStrategy,
     ]
+    assert [type(x) for x in s.stop] == [EndpointingUserTurnStopStrategy, FalseInterruptionUserTurnStopStrategy]
+    stop = s.stop[0]
+    assert isinstance(stop.judge, SmartTurnJudge) and stop.preemptive and stop.wait_for_stt
+    assert (stop.complete_wait_s, stop.incomplete_wait_s, stop.threshold) == (0.1, 1.0, 0.5)
+    assert s.stop[1].timeout_s == 1.5 and s.stop[1].stt_name == "stt#0"
     decide = s.start[0]
     assert (decide.min_words, decide.min_speech_s, decide.verdict_timeout_s) == (1, 2.0, 1.0)
     assert decide.stt_name == "stt#0" and decide.echo_window_s == 0 and "uh huh" in decide.backchannels
     s = build_user_turn_strategies(turn_settings(), echo_guard=False, stt_name="stt#0")  # no hold: nothing to hold
+    assert [type(x) for x in s.start] == [
+        VADUserTurnStartStrategy,
+        LateTranscriptUserTurnStartStrategy,
+        TranscriptionUserTurnStartStrategy,
+    ]
+
+
+def test_pipecat_policies_stay_expressible():
+    """pipecat's speech timeout and the transcription start strategy alone, as before the endpointing work."""
+    s = build_user_turn_strategies(
+        turn_settings(stop_strategy="speech_timeout", late_transcripts="new_turn"), echo_guard=False, stt_name="stt#0"
+    )
     assert [type(x) for x in s.start] == [VADUserTurnStartStrategy, TranscriptionUserTurnStartStrategy]
     assert [type(x) for x in s.stop] == [SpeechTimeoutUserTurnStopStrategy, FalseInterruptionUserTurnStopStrategy]
     assert s.stop[0]._user_speech_timeout == 0.6
-    assert s.stop[1].timeout_s == 1.5 and s.stop[1].stt_name == "stt#0"
+    plain = build_user_turn_strategies(
+        turn_settings(end_of_turn_model="none", preemptive_generation=False), echo_guard=False
+    )
+    assert plain.stop[0].judge is None and not plain.stop[0].preemptive and not plain.stop[0].wait_for_stt
 
 
 def test_smart_turn_echo_guard_and_no_recovery():
@@ -124,7 +152,7 @@ def test_onset_vad_options():
 
 def test_barge_in_off_means_no_interruptions():
     s = build_user_turn_strategies(turn_settings(barge_in=False), echo_guard=True)
-    assert all(not x._enable_interruptions for x in s.start)
+    assert all(not x._enable_interruptions for x in s.start if not isinstance(x, LateTranscriptUserTurnStartStrategy))
     assert not any(
         isinstance(x, (EchoGuardUserTurnStartStrategy, FalseInterruptionUserTurnStopStrategy))
         for x in [*s.start, *s.stop]

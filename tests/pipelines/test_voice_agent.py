@@ -89,12 +89,13 @@ def assert_stopped_within_one_chunk(barge, chunks) -> None:
 
 
 def check_turn_timeline(turn) -> None:
-    """The moments of one answered turn happen in pipeline order."""
+    """The moments of one answered turn happen in pipeline order. With preemptive generation the LLM request came
+    at or after the VAD stop but before the turn's end, and its answer was held until then."""
+    ends = [turn.llm_request_at, turn.user_turn_end] if turn.preemptive else [turn.user_turn_end, turn.llm_request_at]
     seq = [
         turn.speech_end,
         turn.vad_stop,
-        turn.user_turn_end,
-        turn.llm_request_at,
+        *ends,
         turn.first_sentence_at,
         turn.tts_first_audio_at,
         turn.bot_started_at,

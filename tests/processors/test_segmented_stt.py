@@ -202,7 +202,9 @@ async def test_telephony_8k_pipeline_is_resampled():
     finals = of_type(down, TranscriptionFrame)
     assert len(finals) == 1
     assert set(TELEPHONE_KEY_WORDS[name]) <= set(words_of(finals[0].text)), finals[0].text
-    assert finals[0].result.audio_seconds == pytest.approx(0.6 + 2.24 + 0.2 + 0.5, abs=0.1)
+    # decoded as it came (pocketsphinx streams): the pre-roll, the speech and the silence up to the VAD stop, without
+    # the padding a one-pass engine gets
+    assert finals[0].result.audio_seconds == pytest.approx(0.6 + 2.24 + 0.2, abs=0.1)
 
 
 async def test_frames_at_another_rate_than_the_pipeline_are_converted():
@@ -214,20 +216,64 @@ async def test_frames_at_another_rate_than_the_pipeline_are_converted():
 
 
 async def test_interim_words_arrive_while_the_user_speaks():
-    """Interims carry real words before the VAD stop: what turn/interruption policy needs."""
+    """Interims carry real words before the VAD stop, growing as the user speaks (pocketsphinx decodes each piece as
+    it comes): what turn and interruption policy need. Paced like real audio, with time to decode."""
     stt = PocketsphinxSTTService(interim_interval_s=1.0)
-    frames = utterance(speech("flite_meeting_rms.wav"))
+    frames = utterance(speech("flite_meeting_rms.wav"), sleep_every_s=0.2, sleep_s=0.1)
     stop = frames.pop()  # VAD stop last
-    cut = next(i for i, f in enumerate(frames) if isinstance(f, VADUserStartedSpeakingFrame)) + int(2.5 / FRAME_S)
-    frames = [*frames[:cut], SleepFrame(sleep=2.5), *frames[cut:], stop]  # let the pass on ~2.5 s of speech finish
-    down, up = await run(stt, frames)
+    down, up = await run(stt, [*frames, SleepFrame(sleep=1.0), stop])
     interims, finals = of_type(down, InterimTranscriptionFrame), of_type(down, TranscriptionFrame)
-    assert interims, f"{stt.interim_passes} passes, {stt.interim_skipped} skipped"
-    assert "meeting" in words_of(interims[0].text)
-    assert "lunch" not in words_of(interims[0].text)  # not yet spoken
+    assert len(interims) >= 3, f"{stt.interim_passes} hypotheses, {stt.interim_skipped} pieces held back"
+
+    def heard_at(frame) -> float:  # seconds of input audio that had passed the service when it came
+        i = down.index(frame)
+        return sum(f.num_frames for f in down[:i] if isinstance(f, InputAudioRawFrame)) / STT_SAMPLE_RATE
+
+    early = [f for f in interims if heard_at(f) < 0.6 + 3.0]  # "... moved to Thursday" is said by then
+    assert any("meeting" in words_of(f.text) for f in early), [f.text for f in early]
+    assert not any("lunch" in words_of(f.text) for f in early)  # not yet spoken
+    assert len({f.text for f in interims}) == len(interims)  # only changed hypotheses are sent
     stop_at = down.index(of_type(down, VADUserStoppedSpeakingFrame)[0])
     assert all(down.index(f) < stop_at for f in interims)
     assert len(finals) == 1 and {"meeting", "lunch"} <= set(words_of(finals[0].text))
+
+
+async def test_the_final_transcript_costs_only_the_last_piece():
+    """With an incremental engine the utterance is decoded while it is spoken: at the VAD stop only the audio not
+    yet fed is left, so the final transcript does not wait for a pass over the whole utterance."""
+
+    class Counting(PocketsphinxEngine):
+        def __init__(self):
+            super().__init__()
+            self.fed: list[float] = []
+            self.whole = 0
+
+        def transcribe(self, audio, sample_rate=STT_SAMPLE_RATE):
+            self.whole += 1
+            return super().transcribe(audio, sample_rate)
+
+        def open_stream(self, source_rate=STT_SAMPLE_RATE):
+            stream = super().open_stream(source_rate)
+            feed = stream.feed
+
+            def counted(audio):
+                self.fed.append(len(audio) / STT_SAMPLE_RATE)
+                return feed(audio)
+
+            stream.feed = counted
+            return stream
+
+    engine = Counting()
+    stt = PocketsphinxSTTService(engine=engine)  # no interim frames: the stream serves the final alone
+    frames = utterance(speech("flite_meeting_rms.wav"), sleep_every_s=0.2, sleep_s=0.1)
+    stop = frames.pop()
+    down, _ = await run(stt, [*frames, SleepFrame(sleep=1.0), stop])
+    finals = of_type(down, TranscriptionFrame)
+    assert len(finals) == 1 and {"meeting", "lunch"} <= set(words_of(finals[0].text))
+    assert not of_type(down, InterimTranscriptionFrame)
+    assert engine.whole == 0  # no one-pass decode of the segment
+    assert sum(engine.fed) == pytest.approx(finals[0].result.audio_seconds, abs=0.25)
+    assert engine.fed[-1] <= 0.25  # what was left for the VAD stop: the last piece, not the utterance
 
 
 async def test_muted_service_transcribes_nothing():

@@ -74,8 +74,8 @@ def load_reply(i: int) -> str:
 
 def test_whole_context_and_counts(barge_in):
     assert failures(barge_in, context={"roles": ["user", "assistant", "user", "assistant"]}) == []
-    assert failures(barge_in, context={"not_contains": {"user": "wait"}}) == [
-        f"context should not contain 'wait' in a user message, was [{', '.join(shown(barge_in.context))}]"
+    assert failures(barge_in, context={"not_contains": {"user": "weather"}}) == [
+        f"context should not contain 'weather' in a user message, was [{', '.join(shown(barge_in.context))}]"
     ]
     assert failures(barge_in, count={"interruption": {"min": 1, "max": 1}, "llm_request": 2}) == []
     assert failures(barge_in, count={"interruption": {"min": 2}}) == ["expected >= 2 interruption event(s), got 1"]
@@ -127,11 +127,12 @@ def test_an_utterance_over_several_pipeline_turns(two_questions):
     assert abs(rel(second.speech_start) - s1) < 1e-6 and abs(rel(second.speech_end) - e1) < 1e-6
     assert e1 == t.speech_end
     for m in t.pipeline:
-        assert 0.2 <= m.vad_stop_wait < 0.5 and 0.5 < m.voice_to_voice < 1.5, m.breakdown()
+        assert 0.2 <= m.vad_stop_wait < 0.5 and m.turn_end_wait >= 0 and 0.3 < m.voice_to_voice < 1.5, m.breakdown()
     assert t.latencies()["voice_to_voice"] == second.voice_to_voice
     assert second.barge_in is not None and t.latencies()["barge_in_stop"] == second.barge_in.stop_latency_from_onset
     assert [m["role"] for m in t.messages] == ["user", "assistant", "user", "assistant"]
     assert "weather" in t.messages[0]["content"] and "table" in t.messages[2]["content"]
     assert t.reply.startswith("It is sunny in Paris today.") and t.reply.endswith("Yes, a table for two is booked.")
     summary = two_questions.summary()
-    assert "(interrupted, 2 pipeline turns)" in summary and "voice_to_voice 1" in summary
+    assert "(interrupted, 2 pipeline turns)" in summary
+    assert f"voice_to_voice {second.voice_to_voice * 1000:.0f} ms" in summary

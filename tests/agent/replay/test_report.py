@@ -102,7 +102,7 @@ def test_timeline_png_rows_legend_and_words(replayed, tmp_path):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    short = timeline_figure(replayed("barge_in"))
+    short = timeline_figure(replayed("simple_qa"))  # a replay shorter than SINGLE_ROW_MAX_S
     assert len(short.axes) == 1
 
 

@@ -13,9 +13,12 @@ LONG = "Sure, it is sunny in Paris today. There is a light breeze from the west,
 
 
 def split_turn(pause_ms: float, token_ms: float, replies: list[str] = REPLIES) -> dict:
-    """One utterance: a question, a pause, a second question (the pause ends the first pipeline turn)."""
+    """One utterance: a question, a pause, a second question (the pause ends the first pipeline turn). The speech
+    timeout ends turns, and a reply dropped before it played is not folded into the next turn: these tests are about
+    the scripted LLM's replies over split turns, so they make them split."""
+    policy = {"stop_strategy": "speech_timeout", "drop_unplayed_replies": False, "late_transcripts": "new_turn"}
     return {
-        "settings": {"tts": {"engine": "espeak"}, "stt": {"interim_interval_s": None}},
+        "settings": {"tts": {"engine": "espeak"}, "stt": {"interim_interval_s": None}, "turn": policy},
         "stt": {"scripted": ["what is the weather like in paris today", "can you book a table for two"]},
         "llm": {"scripted": replies, "token_ms": token_ms},
         "turns": [

@@ -121,3 +121,38 @@ def test_sessions_on_one_decoder_decode_as_their_own_decoders_would():
     fresh = shared.session()  # a new session starts from the model's initial mean, like a new decoder
     assert fresh._channel.cmn == PocketsphinxEngine()._own.cmn
     assert isinstance(a, STTEngine) and a.name == "pocketsphinx" and a.holds_gil
+
+
+def test_streams_of_sessions_at_once_take_a_decoder_each_and_give_it_back():
+    """Two sessions decoding live at the same moment each hold a decoder of the pool (neither waits for the other's
+    utterance to end); sessions one after another reuse the same decoder, so the pool does not grow with sessions.
+    Each session's first live utterance hears exactly what a decoder of its own hears."""
+    engine = PocketsphinxEngine()
+    a, b = engine.session(), engine.session()
+    x, y = speech("flite_story_slt.wav"), speech("flite_lights_slt.wav")
+    sa, sb = a.open_stream(), b.open_stream()
+    half = STT_SAMPLE_RATE // 2
+    for i in range(0, max(x.size, y.size), half):  # interleaved, piece by piece, in one thread: no lock held across
+        if i < x.size:
+            sa.feed(x[i : i + half])
+        if i < y.size:
+            sb.feed(y[i : i + half])
+    got_a, got_b = sa.finish(), sb.finish()
+    assert engine.decoders == 2
+    for audio, got in ((x, got_a), (y, got_b)):
+        alone = PocketsphinxEngine().open_stream()
+        for i in range(0, audio.size, half):
+            alone.feed(audio[i : i + half])
+        assert got.text == alone.finish().text
+    for _ in range(5):  # later sessions, one after another: the pool's decoders again
+        s = engine.session()
+        stream = s.open_stream()
+        stream.feed(x)
+        assert stream.finish().text
+        s.transcribe(y)
+    assert engine.decoders == 2
+    closed = engine.session().open_stream()
+    closed.feed(x[:half])
+    closed.close()  # a stream closed mid-utterance gives its decoder back too
+    engine.transcribe(y)
+    assert engine.decoders == 2
