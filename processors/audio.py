@@ -162,7 +162,13 @@ def _decode_soundfile(data: bytes, max_seconds: float | None) -> DecodedAudio:
             raise AudioTooLongError(max_seconds, f.frames / rate)
         limit = None if max_seconds is None else int(max_seconds * rate)
         blocks, total = [], 0
-        for block in f.blocks(blocksize=max(1, int(rate * DECODE_BLOCK_SECONDS)), dtype="float32", always_2d=True):
+        blocksize = max(1, int(rate * DECODE_BLOCK_SECONDS))
+        while True:
+            # read() returns what was decoded; blocks() would not do here: it trusts the header's length, and an MP3
+            # header can promise more frames than the stream holds (it then yields stale buffer contents)
+            block = f.read(blocksize, dtype="float32", always_2d=True)
+            if len(block) == 0:
+                break
             blocks.append(to_mono_float32(block))
             total += len(block)
             if limit is not None and total > limit:

@@ -89,8 +89,11 @@ STREAM_PIECE_S = 0.1  # an incremental stream gets the utterance in pieces of th
 @dataclass
 class SegmentTranscribedFrame(DataFrame):
     """The STT has finished one VAD-bounded segment: pushed after its ``TranscriptionFrame`` (if it heard words), in
-    the same ordered stream, so a processor that sees this has seen the segment's transcript."""
+    the same ordered stream, so a processor that sees this has seen the segment's transcript. Uninterruptible, like
+    the transcript: an interruption decided on the transcript (a barge-in) must not drop it, or what waits for the
+    STT's verdict on the segment would wait for nothing."""
 
+    interruptible: bool = field(default=False, init=False)
     words: int = 0
     vad_stop_at: float | None = None  # when the VAD stop that ended the segment came (the loop's clock)
 

@@ -86,3 +86,22 @@ def test_within_the_limit_decodes_whole_and_mono():
     assert load_audio(flac(40)).seconds == pytest.approx(40)  # no limit asked: everything
     with pytest.raises(AudioTooLongError):
         load_audio((np.zeros(RATE * 31, np.float32), RATE), max_seconds=30)
+
+
+def test_an_mp3_decodes_to_what_it_holds_not_what_its_header_promises():
+    """The gradio wheel's MP3s promise more frames in their header than their stream holds (heath_ledger.mp3: 113152
+    against 96768 decoded by libsndfile and by FFmpeg alike); a block reader that trusted the header appended 0.5 s
+    of stale samples to every such file. Decoded by blocks, the audio is the whole-file decode."""
+    import av
+
+    from testkit.clips import human_clip_path
+
+    path = human_clip_path("heath_ledger.mp3")
+    with sf.SoundFile(str(path)) as f:
+        promised = f.frames
+    whole, _ = sf.read(str(path), dtype="float32")
+    with av.open(str(path)) as container:
+        ffmpeg = sum(frame.samples for frame in container.decode(audio=0))
+    got = load_audio(path).samples
+    assert promised > len(whole) == ffmpeg  # the file really is one of those
+    assert len(got) == len(whole) and np.allclose(got, whole, atol=1e-6)  # float rounding of the MP3 decoder
