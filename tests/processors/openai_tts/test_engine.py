@@ -89,7 +89,7 @@ def test_cancel_stops_the_server_within_a_step(live):
 def test_endpoint_down_or_dying_is_unavailable(espeak, server_factory):
     with pytest.raises(EngineUnavailableError, match="cannot reach"):
         list(OpenAISpeechEngine("http://127.0.0.1:9/v1", model="x", timeout_s=2).stream("Hello.", "default"))
-    dying = server_factory(espeak)
+    dying = server_factory(espeak, max_speak_audio_s=3600)  # the response must outlive the graceful shutdown
     engine = OpenAISpeechEngine(f"{dying.http}/v1", model="x")
     stream = engine.stream(LONG_TEXT, "default", "English", speed=0.25)
     next(stream)
