@@ -86,6 +86,22 @@ def make_settings(voices_dir: Path, **server: Any) -> Settings:
     )
 
 
+def fallback_voice_server(voices_dir: Path, *, llm_max_tokens: int = 8, **server: Any) -> LiveServer:
+    """A started server with the fallback engines as ``duplex serve`` loads them (espeak, pocketsphinx, the local
+    LLM, greedy), for voice-session tests; ``server``: ``ServerSettings`` fields."""
+    from agent.serve import build_app
+    from pipelines.engines import load_engines
+
+    settings = Settings(
+        voices_dir=voices_dir,
+        tts=TTSSettings(engine="espeak"),
+        stt=STTSettings(engine="pocketsphinx"),
+        llm=LLMSettings(backend="local", max_tokens=llm_max_tokens, temperature=0.0),
+        server=ServerSettings(**server),
+    )
+    return LiveServer(build_app(settings, load_engines(settings))).start()
+
+
 class LiveServer:
     """uvicorn in a background thread on an already-bound loopback socket."""
 

@@ -26,15 +26,12 @@ import pytest
 import websockets
 from loguru import logger
 
-from agent.serve import build_app
 from agent.server.protocol import ErrorCode
-from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
-from pipelines.engines import load_engines
 from processors.audio import float_to_pcm16
 from testkit.protocol_fuzz import FuzzReport, Target, fuzz_http, fuzz_ws, json_reply
 from testkit.voice_clients import mulaw_payloads, twilio_media, twilio_start
 
-from .conftest import LiveServer, await_until, speak_threads
+from .conftest import await_until, fallback_voice_server, speak_threads
 
 CASES = int(os.environ.get("DUPLEX_FUZZ_CASES", "400"))
 SEED = int(os.environ.get("DUPLEX_FUZZ_SEED", "0"))
@@ -235,23 +232,17 @@ TARGETS = [
 # --- the server and its healthy sessions ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"),
-        tts=TTSSettings(engine="espeak"),
-        stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=8, temperature=0.0),
-        server=ServerSettings(
-            auth_token=TOKEN,
-            max_sessions=6,
-            idle_timeout_s=5,
-            voice_connect_timeout_s=2,
-            voice_idle_timeout_s=3,
-            send_timeout_s=3,
-            max_speak_audio_s=20,
-            max_message_bytes=256 * 1024,
-        ),
+    live = fallback_voice_server(
+        tmp_path_factory.mktemp("voices"),
+        auth_token=TOKEN,
+        max_sessions=6,
+        idle_timeout_s=5,
+        voice_connect_timeout_s=2,
+        voice_idle_timeout_s=3,
+        send_timeout_s=3,
+        max_speak_audio_s=20,
+        max_message_bytes=256 * 1024,
     )
-    live = LiveServer(build_app(settings, load_engines(settings))).start()
     yield live
     live.stop()
 

@@ -14,6 +14,8 @@ import pytest
 
 from testkit.voice_clients import twilio_call, ws_session
 
+from .conftest import fallback_voice_server
+
 MAX_GROWTH_MB = 40.0  # one session of the old kind kept 80-90 MB
 
 
@@ -30,20 +32,7 @@ def _fds() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from agent.serve import build_app
-    from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
-    from pipelines.engines import load_engines
-
-    from .conftest import LiveServer
-
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"),
-        tts=TTSSettings(engine="espeak"),
-        stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=8, temperature=0.0),
-        server=ServerSettings(),
-    )
-    live = LiveServer(build_app(settings, load_engines(settings))).start()
+    live = fallback_voice_server(tmp_path_factory.mktemp("voices"))
     yield live
     live.stop()
 

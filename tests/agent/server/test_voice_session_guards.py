@@ -20,7 +20,7 @@ from processors.audio import float_to_pcm16
 from testkit.local_servers import ChatEndpoint
 from testkit.voice_clients import mulaw_payloads, twilio_media, twilio_start
 
-from .conftest import LiveServer, await_until
+from .conftest import LiveServer, await_until, fallback_voice_server
 
 CONNECT_S, IDLE_S = 2.0, 3.0
 SILENCE = float_to_pcm16(np.zeros(320, np.float32))
@@ -28,14 +28,13 @@ SILENCE = float_to_pcm16(np.zeros(320, np.float32))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"),
-        tts=TTSSettings(engine="espeak"),
-        stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=12, temperature=0.0),
-        server=ServerSettings(voice_connect_timeout_s=CONNECT_S, voice_idle_timeout_s=IDLE_S, max_sessions=4),
+    live = fallback_voice_server(
+        tmp_path_factory.mktemp("voices"),
+        llm_max_tokens=12,
+        voice_connect_timeout_s=CONNECT_S,
+        voice_idle_timeout_s=IDLE_S,
+        max_sessions=4,
     )
-    live = LiveServer(build_app(settings, load_engines(settings))).start()
     yield live
     live.stop()
 

@@ -10,11 +10,7 @@ import time
 import httpx
 import pytest
 
-from agent.serve import build_app
-from agent.settings import LLMSettings, ServerSettings, Settings, STTSettings, TTSSettings
-from pipelines.engines import load_engines
-
-from .conftest import LiveServer, await_until
+from .conftest import await_until, fallback_voice_server
 
 CONNECT_S = 2.0
 NO_MEDIA_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -22,14 +18,11 @@ NO_MEDIA_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = Settings(
-        voices_dir=tmp_path_factory.mktemp("voices"),
-        tts=TTSSettings(engine="espeak"),
-        stt=STTSettings(engine="pocketsphinx"),
-        llm=LLMSettings(backend="local", max_tokens=8),
-        server=ServerSettings(max_sessions=2, voice_connect_timeout_s=CONNECT_S),
+    live = fallback_voice_server(
+        tmp_path_factory.mktemp("voices"),
+        max_sessions=2,
+        voice_connect_timeout_s=CONNECT_S,
     )
-    live = LiveServer(build_app(settings, load_engines(settings))).start()
     yield live
     live.stop()
 
