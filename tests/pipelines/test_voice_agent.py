@@ -399,7 +399,10 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
 
     stats = local_llm_engine.last_stats
     assert stats.cancelled and stats.new_tokens < 200  # the generation was stopped, not finished
-    assert stats.ended_at - clock.at < 0.2  # within a token or two of the interruption
+    # within a few tokens of the interruption (its own token time: on a busy 2-core machine every thread is slower;
+    # an uncancelled generation would run on for seconds)
+    per_token = (stats.total_s - stats.time_to_first_piece_s) / max(1, stats.new_tokens - 1)
+    assert stats.ended_at - clock.at < max(0.2, 5 * per_token), (stats.ended_at - clock.at, per_token)
     barge = agent.metrics.turns[1].barge_in
     assert_stopped_within_one_chunk(barge, transport.audio)
     said = [m["content"] for m in agent.context.get_messages() if m["role"] == "assistant"]
