@@ -29,6 +29,7 @@ elsewhere) 13-18 %, too loud next to quiet speech. On the six committed fixtures
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from typing import Any
@@ -125,7 +126,8 @@ class PocketsphinxEngine:
             decoder = self._decoder_cls(**self._options)
         except Exception as e:  # bad model paths raise RuntimeError/ValueError from the C library
             raise STTError(f"could not create the pocketsphinx decoder: {type(e).__name__}: {e}") from e
-        self.decoders += 1
+        with self._pool_lock:
+            self.decoders += 1
         return _Decoder(decoder, decoder.get_cmn(False))
 
     def _take(self, channel: _Channel) -> _Decoder:
@@ -135,13 +137,20 @@ class PocketsphinxEngine:
         if slot is None:
             slot = self._new_decoder()
         if slot.cmn != channel.cmn:  # another caller's state is loaded: put this caller's in
-            slot.decoder.reinit_feat()
-            slot.decoder.set_cmn(channel.cmn)
+            try:
+                slot.decoder.reinit_feat()
+                slot.decoder.set_cmn(channel.cmn)
+            except Exception as e:
+                self._give_back(slot, channel, ok=False)
+                raise STTError(f"pocketsphinx could not load the caller's channel state: {e}") from e
             slot.cmn = channel.cmn
         return slot
 
     def _give_back(self, slot: _Decoder, channel: _Channel, *, ok: bool) -> None:
         """Return ``slot`` to the pool; after a decoded utterance the caller's channel keeps the updated mean."""
+        if not ok:  # a failure may leave an utterance open, which the next start_utt would trip over
+            with contextlib.suppress(Exception):
+                slot.decoder.end_utt()
         try:
             slot.cmn = slot.decoder.get_cmn(False) if ok else ""  # unknown after a failure: the next user sets it
             if ok:
