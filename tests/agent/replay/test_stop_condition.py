@@ -33,3 +33,14 @@ def test_realtime_replay_waits_for_a_slow_stt(monkeypatch):
     print(f"\n{result.summary()}")
     # the transcript came later than the settle time after the VAD stop (the case this is about), and was answered
     assert turn.metrics.stt > scenario.settle_ms / 1000 and turn.answered
+
+
+def test_replay_waits_for_a_slow_llm():
+    """An LLM whose first word comes 2.5 s after the request (longer than the settle time): the turn has ended and
+    the LLM was asked, nothing happens for a while, and the replay still waits for the answer it is owed."""
+    scenario = load_scenario(EXAMPLES / "simple_qa.yaml")
+    data = scenario.model_dump(exclude={"base_dir"}, exclude_unset=True)
+    data["llm"] = {**data["llm"], "token_ms": 2500.0}  # 2.5 s before each word: the first sentence is enough here
+    data["expect"] = [{"turn": "question", "answered": True, "reply_contains": "sunny in paris"}]
+    result = replay(parse_scenario(data, base_dir=scenario.base_dir))
+    assert result.turns[0].answered, result.summary()
