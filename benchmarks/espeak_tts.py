@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     )
     body = (
         "## TTS fallback: espeak (`python -m benchmarks.espeak_tts`)\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores shared with other work, "
+        f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}; load average {load:.1f} when it started: the min column is the "
         "uncontended cost, medians and p95 include preemption in ~4 ms scheduler slices), "
         "libespeak-ng 1.52 from espeakng-loader, en-us, 175 wpm, "

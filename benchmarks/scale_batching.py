@@ -310,8 +310,8 @@ def report(args: argparse.Namespace, results: dict, stall: dict | None) -> str:
         "## Scale (a): concurrent /api/v1/speak sessions in one process, batched vs one-lock "
         "(`duplex bench scale batching`)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
-        f"people's jobs; load average in the table), no GPU; {args.model} random Qwen3-TTS model in fp32, "
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs (load average in the "
+        f"table), no GPU; {args.model} random Qwen3-TTS model in fp32, "
         f"{args.threads} torch thread(s) per thread. One server process (the engine loaded as `duplex serve --tts "
         "qwen3 --tts-model DIR` loads it) serves both modes on the same weights, rounds alternating between them; "
         "every session of a round sends its `speak` at once, paces audio in real time (24 kHz pcm16) and speaks a "

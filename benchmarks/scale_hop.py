@@ -241,7 +241,7 @@ def report(rows: list[dict], args: argparse.Namespace, load: tuple) -> str:
     lines = [
         "## Scale (b): the Ray Serve hop (`duplex bench scale hop`)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on one {cpu} machine ({os.cpu_count()} CPUs shared with other jobs, no "
+        f"Measured {time.strftime('%Y-%m-%d')} on one {cpu} machine ({os.cpu_count()} CPUs, no "
         f"GPU), Ray {ray.__version__}, a local Ray instance with one replica of 1 CPU; {args.runs} timed utterances "
         "per side after 2 warm-ups, local and remote alternated; medians. The same engine, voice and text on both "
         f'sides: "{TEXT}". Qwen3-TTS: the tiny random model, greedy, {args.frames} frames (first chunk 1 frame, '

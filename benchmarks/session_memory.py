@@ -108,7 +108,7 @@ def report(r: dict, args: argparse.Namespace) -> str:
             "",
             f"`duplex serve` in its own process (espeak, pocketsphinx, SmolLM2 with {args.max_tokens}-token replies); "
             f"clients one at a time on loopback; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-            "(shared with other work while it ran).",
+            f"(load average {os.getloadavg()[0]:.1f} at the end).",
             "",
             markdown_table(
                 ["what", "server RSS"],

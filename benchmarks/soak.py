@@ -213,8 +213,8 @@ def report(t: Tally, args: argparse.Namespace, load_before: tuple, load_after: t
         f"{args.max_tokens}-token replies); concurrently {args.speak_clients} speak clients (five speaks per session, "
         f"one cancelled), {args.voice_clients} `/ws` and {args.twilio_clients} Twilio clients speaking flite questions "
         f"in real time, each reconnecting after every session. {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs shared with other work while it ran (load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after): latencies are this machine's on that day, not the server's alone.",
+        f"{os.cpu_count()} CPUs (load average {load_before[0]:.1f} before, {load_after[0]:.1f} after): latencies "
+        "include whatever else the machine ran, not the server's alone.",
         "",
         markdown_table(["clients", "sessions", "turns", "errors", "first audio p50 (ms)", "p95 (ms)"], rows),
         "",
