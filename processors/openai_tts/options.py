@@ -5,21 +5,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.qwen3_tts.options import DEFAULT_MODEL
+from processors.qwen3_tts.options import DEFAULT_MODEL, SUPPORTED_LANGUAGES
 
 # The languages the default model (Qwen3-TTS) speaks: what vLLM-Omni serves it with.
-DEFAULT_LANGUAGES = (
-    "Chinese",
-    "English",
-    "Japanese",
-    "Korean",
-    "German",
-    "French",
-    "Russian",
-    "Portuguese",
-    "Spanish",
-    "Italian",
-)
+DEFAULT_LANGUAGES = SUPPORTED_LANGUAGES
 
 
 class OpenAITTSOptions(BaseModel):

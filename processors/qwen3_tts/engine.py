@@ -65,24 +65,12 @@ from .codec_stream import StreamingCodecDecoder
 from .cuda_graphs import build_lean_talker
 from .frame_loop import FrameLoop, capture_prompt
 from .lean_loop import LeanFrameLoop
-from .options import DEFAULT_MODEL
+from .options import DEFAULT_MODEL, SUPPORTED_LANGUAGES
 from .precision import QUANTIZE_MODES, prepare_talker
 from .voice import VoicePrompt, VoicePromptCache, prompt_key, to_model_device
 
 log = logging.getLogger("duplex.qwen3_tts")
 
-SUPPORTED_LANGUAGES = (
-    "Chinese",
-    "English",
-    "Japanese",
-    "Korean",
-    "German",
-    "French",
-    "Russian",
-    "Portuguese",
-    "Spanish",
-    "Italian",
-)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 

@@ -5,6 +5,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The languages the model speaks (its own names for them).
+SUPPORTED_LANGUAGES = (
+    "Chinese",
+    "English",
+    "Japanese",
+    "Korean",
+    "German",
+    "French",
+    "Russian",
+    "Portuguese",
+    "Spanish",
+    "Italian",
+)
+
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 
 
