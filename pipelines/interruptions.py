@@ -97,17 +97,28 @@ class EchoGuardUserTurnStartStrategy(BaseUserTurnStartStrategy):
 
     Time is measured in audio, not on the wall clock: the window is the user audio received since the
     ``BotStartedSpeakingFrame``, and after a held VAD start the ``InputAudioRawFrame``s the user aggregator processes
-    are counted until ``min_speech_s - start_secs`` (the VAD start already took ``start_secs`` of speech) have passed
-    without a VAD stop. A stalled event loop or a replay faster than real time therefore changes nothing.
-    With Silero's own ~0.15 s detection lag and ``stop_secs`` = 0.2, bursts shorter than about
-    ``min_speech_s - 0.05`` s are dropped (measured: a 0.4 s burst stays below, 0.5 s of speech interrupts).
+    are counted until ``min_speech_s - start_secs + stop_secs`` have passed without a VAD stop: the VAD start already
+    took ``start_secs`` of speech, and the VAD stops only after ``stop_secs`` of silence, so until then the last
+    ``stop_secs`` heard may be silence. Speech is sustained when the VAD heard ``min_speech_s`` of it (counting
+    ``min_speech_s - start_secs`` alone judged a 0.4 s "yes, p" sustained at some alignments of the audio frames).
+    A stalled event loop or a replay faster than real time therefore changes nothing.
     """
 
-    def __init__(self, *, window_s: float = 1.5, min_speech_s: float = 0.5, min_words: int = 2, **kwargs):
+    def __init__(
+        self,
+        *,
+        window_s: float = 1.5,
+        min_speech_s: float = 0.5,
+        min_words: int = 2,
+        stop_secs: float = 0.2,
+        **kwargs,
+    ):
+        """``stop_secs``: the VAD's (``VADOptions.stop_secs``)."""
         super().__init__(**kwargs)
         self.window_s = window_s
         self.min_speech_s = min_speech_s
         self.min_words = min_words
+        self.stop_secs = stop_secs
         self._bot_speech_s: float | None = None  # input audio since BotStartedSpeakingFrame; None: bot not speaking
         self._turn_active = False
         self._held = False  # a VAD start is being held back (speech still running, not yet sustained)
@@ -145,7 +156,7 @@ class EchoGuardUserTurnStartStrategy(BaseUserTurnStartStrategy):
             if self._guarding():
                 self._held = True
                 self._held_audio_s = 0.0
-                self._needed_s = max(0.0, self.min_speech_s - (frame.start_secs or 0.0))
+                self._needed_s = max(0.0, self.min_speech_s - (frame.start_secs or 0.0)) + self.stop_secs
                 return ProcessFrameResult.STOP  # keep VADUserTurnStartStrategy from starting the turn now
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             if self._held:  # the speech ended before it was sustained: echo or a backchannel

@@ -42,7 +42,8 @@ Echo guard (``turn.echo_guard`` auto/on/off; ``echo_guard_window_s``, ``echo_gua
   sustained speech or ``min_words`` words in an interim transcript; shorter bursts (its own voice echoed back by a
   speakerphone, a "mhm") are ignored. ``auto`` = on for telephony (8 kHz serializer transports: phones are often on
   speaker, and an echo canceller needs a moment to converge), off for browser/headset clients (they run AEC, and the
-  guard's extra 0.3 s of barge-in delay would only cost).
+  guard's extra 0.5 s of barge-in delay, ``min_speech_s - start_secs + stop_secs`` after the VAD start, would only
+  cost).
   See ``pipelines.interruptions.EchoGuardUserTurnStartStrategy``.
 
 Barge-in decision (``turn.barge_in_hold``, on by default; ``barge_in_min_words``, ``barge_in_min_speech_s``,
@@ -201,11 +202,13 @@ def build_user_turn_strategies(
     stt_name: str | None = None,
     stt_reports_segments: bool = False,
     hold: PlaybackHold | None = None,
+    vad_stop_secs: float | None = None,
 ) -> UserTurnStrategies:
     """Start strategies (barge-in decision or echo guard, VAD, transcription) and stop strategies (speech timeout or
     Smart Turn, then false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``:
     the STT processor's name, so decisions wait for its verdict on the speech. ``hold``: the session's
-    ``PlaybackHold`` (installed on its output transport), needed for ``turn.barge_in_hold``."""
+    ``PlaybackHold`` (installed on its output transport), needed for ``turn.barge_in_hold``. ``vad_stop_secs``: the
+    VAD's ``stop_secs`` (default ``VADOptions``'), which the echo guard's speech count allows for."""
     interrupt = turn.barge_in
     start: list = []
     if interrupt and turn.barge_in_hold and hold is not None:
@@ -227,6 +230,7 @@ def build_user_turn_strategies(
                 window_s=turn.echo_guard_window_s,
                 min_speech_s=turn.echo_guard_min_speech_s,
                 min_words=turn.echo_guard_min_words,
+                stop_secs=VADOptions().stop_secs if vad_stop_secs is None else vad_stop_secs,
             )
         )
     start.append(VADUserTurnStartStrategy(enable_interruptions=interrupt))
@@ -291,6 +295,7 @@ def build_user_aggregator_params(
             stt_name=stt_name,
             stt_reports_segments=stt_reports_segments,
             hold=hold,
+            vad_stop_secs=vad.stop_secs,
         ),
         user_turn_stop_timeout=turn.user_turn_stop_timeout_s,
         **kwargs,

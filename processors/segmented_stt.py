@@ -16,7 +16,9 @@ usually reach us travelling upstream), pads the segment with ``trailing_silence_
   much new speech, never more than one pass at a time, none past ``interim_max_s``) and a final pass at the VAD stop;
   without either, the final pass over the segment is all. An engine that holds the GIL while it decodes
   (``holds_gil``: pocketsphinx) is not fed while the bot speaks: each piece would stall the event loop, and with it
-  a barge-in's interruption; what gathered is fed when the bot stops, or decoded at the VAD stop;
+  the bot's audio and a barge-in's interruption; what gathered is fed when the bot stops, or decoded at the VAD stop.
+  While the bot's audio is paused (``bot_audio_paused``: a barge-in being decided) it is fed again: nothing the user
+  hears waits on the loop then, and the words are what the barge-in is decided on;
 * hypotheses that change become ``InterimTranscriptionFrame``s (unless ``interim_interval_s`` is None) while the user
   still speaks; those arriving after the VAD stop are dropped (the final transcript supersedes them);
 * the final transcript leaves as a ``TranscriptionFrame`` (user_id, timestamp, language, ``result`` = the engine's
@@ -180,6 +182,7 @@ class EngineSTTService(SegmentedSTTService):
         # 0.1-0.2 s on a loaded CPU), which delays a barge-in's interruption: while the bot speaks its stream waits
         self._hold_while_bot_speaks = bool(getattr(engine, "holds_gil", False))
         self._bot_speaking = False
+        self._bot_paused = False
         self.pieces_held_for_bot = 0  # pieces not fed because the bot was speaking (diagnostics)
 
     def _stream_factory(self) -> Callable[[], STTStream] | None:
@@ -258,6 +261,14 @@ class EngineSTTService(SegmentedSTTService):
         if worker is not None:
             worker.shutdown(wait=False)
 
+    def bot_audio_paused(self, paused: bool) -> None:
+        """The bot's audio is paused while it speaks (a barge-in being decided), or plays again. Called from the
+        event loop by whoever pauses it (``pipelines.playback.PlaybackHold``): while paused, an engine that holds
+        the GIL is fed, so the words that decide the barge-in come while the user speaks, not only at the VAD stop."""
+        self._bot_paused = paused
+        if paused and self._current is not None and self._user_speaking:
+            self._maybe_feed(self._current)  # what gathered since the bot began to speak over the user
+
     # --- frames in ----------------------------------------------------------------------------------------
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -328,8 +339,8 @@ class EngineSTTService(SegmentedSTTService):
         """Hand the pending audio to the stream once a piece has gathered and the previous piece is done."""
         if u.failed or len(u.pending) < int(self._piece_s * self.sample_rate) * 2:
             return
-        if self._bot_speaking and self._hold_while_bot_speaks:  # fed once the bot stops, or decoded at the VAD stop
-            self.pieces_held_for_bot += 1
+        if self._bot_speaking and self._hold_while_bot_speaks and not self._bot_paused:
+            self.pieces_held_for_bot += 1  # fed once the bot stops or pauses, or decoded at the VAD stop
             return
         if u.feeding is not None and not u.feeding.done():
             self.interim_skipped += 1

@@ -10,14 +10,39 @@ Scripted parts (used only where a test needs to know the words; each test says w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
 
+from agent.replay.clock import LoopClock, VirtualTimeLoop, patched_wall_clock
 from agent.replay.scripted import ScriptedLLMService, ScriptedSTTEngine  # noqa: F401  (tests import them from here)
 from processors.audio import load_audio
 from testkit.clips import clip_text as manifest_text  # noqa: F401  (tests import them from here)
 from testkit.clips import cough_like, speech  # noqa: F401
+
+
+def on_virtual_time(test):
+    """Run an async whole-pipeline test on the replays' virtual clock (``agent.replay.clock``): the transport's audio,
+    pipecat's timers and the scripted LLM's pacing on a clock that stands still while anything computes (VAD, STT,
+    TTS), so where a sound falls among the 20 ms frames, and what the turn logic makes of it, depends on the audio
+    alone and not on the machine's load. The test builds its agent with ``clock=virtual_clock()``."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        loop = VirtualTimeLoop()
+        try:
+            with patched_wall_clock(loop):
+                return loop.run_until_complete(test(*args, **kwargs))
+        finally:
+            loop.close()
+
+    return run
+
+
+def virtual_clock() -> LoopClock:
+    """The pipeline clock for ``on_virtual_time`` tests (the loop's time, so recorded times are virtual too)."""
+    return LoopClock()
 
 
 async def run_agent(agent, transport, until: Callable[[], bool], *, timeout: float, settle_s: float = 0.0) -> None:

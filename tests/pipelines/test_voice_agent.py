@@ -1,4 +1,7 @@
-"""Whole-pipeline tests: ``build_voice_agent`` over the ``VirtualTransport``, in real time, offline.
+"""Whole-pipeline tests: ``build_voice_agent`` over the ``VirtualTransport``, offline: on the replays' virtual clock
+where a test is about what the turn logic makes of the audio (``on_virtual_time``: the outcome cannot depend on the
+machine's load), in real time where it is about engines working while the bot speaks (cancelling a generating LLM or
+TTS).
 
 User audio is real speech (the flite/espeak fixtures) through the real Silero VAD. Each test names what is real and
 what is scripted; scripts stand in only where the test must know the words (the reply whose played part is checked,
@@ -13,6 +16,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from pipecat.frames.frames import (
     InterruptionFrame,
     LLMTextFrame,
@@ -32,7 +36,15 @@ from processors.llm import LocalLLMService
 from processors.pocketsphinx_stt import PocketsphinxEngine
 from testkit.audio_compare import assert_same_waveform
 
-from .conftest import ScriptedLLMService, ScriptedSTTEngine, cough_like, run_agent, speech
+from .conftest import (
+    ScriptedLLMService,
+    ScriptedSTTEngine,
+    cough_like,
+    on_virtual_time,
+    run_agent,
+    speech,
+    virtual_clock,
+)
 
 CHUNK_S = 0.04  # the output transport writes 40 ms chunks (pipecat's default audio_out_10ms_chunks=4)
 LONG_REPLY = (
@@ -345,6 +357,51 @@ async def test_held_barge_in_one_second_into_reply(parakeet_engine, tiny_qwen_tt
     )
 
 
+@on_virtual_time
+async def test_held_barge_in_is_decided_on_words_the_stt_decodes_while_the_bot_is_held():
+    """pocketsphinx holds the GIL while it decodes, so its stream waits while the bot speaks; while the hold pauses
+    the bot it is fed again, and its interim words decide the barge-in long before the sustained-sound rule
+    (barge_in_min_speech_s, 2 s) would. Real: flite speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the
+    LLM replies. On the virtual clock, so the decision time counts audio, not this machine's load."""
+    settings = settings_for()
+    settings.stt = settings.stt.model_copy(update={"interim_interval_s": 0.5})  # interim words, as served
+    transport = VirtualTransport(
+        [
+            UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
+            UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
+        ]
+    )
+    llm = ScriptedLLMService([LONG_REPLY, "Yes, a table for two."])
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=stt_service(PocketsphinxEngine(), settings.stt),
+        llm=llm,
+        tts=EspeakTTSService(rate=220),
+        clock=virtual_clock(),
+    )
+    assert agent.policy.barge_in_hold
+    await run_agent(
+        agent,
+        transport,
+        lambda: (
+            len(agent.metrics.turns) > 1
+            and agent.metrics.turns[1].barge_in
+            and agent.metrics.turns[1].barge_in.interruption
+        ),
+        timeout=40,
+        settle_s=0.2,
+    )
+
+    strategy = agent.user_aggregator._params.user_turn_strategies.start[0]
+    decision = strategy.decisions[-1]
+    assert (decision.outcome, decision.reason) == ("interrupt", "words"), strategy.decisions
+    hold = next(e.t for e in agent.playback.events if e.kind == "hold")
+    decided = agent.metrics.turns[1].barge_in.interruption - hold
+    assert decided < 1.0 < settings.turn.barge_in_min_speech_s - settings.vad.start_secs, decided
+    print(f"held {1000 * decided:.0f} ms, then interrupted on {decision.words!r}")
+
+
 class InterruptionClock(BaseObserver):
     """``time.perf_counter()`` when the user aggregator last broadcast an InterruptionFrame downstream."""
 
@@ -415,6 +472,7 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@on_virtual_time
 async def test_cough_during_reply_resumes():
     """Real: espeak speech and a voiced cough-like burst through Silero VAD (it triggers a barge-in), espeak TTS.
     Scripted: the STT (the cough must yield no words; pocketsphinx would invent some) and the LLM reply (its
@@ -435,6 +493,7 @@ async def test_cough_during_reply_resumes():
         stt=stt_service(stt_engine, settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=240),
+        clock=virtual_clock(),
     )
 
     def done():
@@ -464,6 +523,7 @@ async def test_cough_during_reply_resumes():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@on_virtual_time
 async def test_speech_while_bot_silent_sends_no_interruption():
     """Real: flite speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies (short, fast)."""
     settings = settings_for()
@@ -480,6 +540,7 @@ async def test_speech_while_bot_silent_sends_no_interruption():
         stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=240),
+        clock=virtual_clock(),
     )
     await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=40)
 
@@ -538,20 +599,23 @@ async def test_two_quick_turns_real_engines(local_llm_engine):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-async def test_echo_guard_ignores_short_burst():
+@pytest.mark.parametrize("offset_s", [0.2, 0.208, 0.216, 0.224])
+@on_virtual_time
+async def test_echo_guard_ignores_short_burst(offset_s):
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT (its transcript of the burst is dropped by the
     guard), espeak TTS. Scripted: the LLM reply. Telephony client, so echo_guard=auto is on. The burst is the first
-    0.4 s of a spoken "Yes, please" (Silero reports 0.22-0.28 s of speech for it at any frame alignment), like a
-    residual echo or a backchannel. The echo guard as such: no hold, and pipecat's onset rule, which its 0.5 s was
-    set against (the faster onset rule hears this burst from 0.2 s earlier, for 0.6 s: sustained to the guard; with
-    the hold on, the default, the burst is judged by its words instead)."""
+    0.4 s of a spoken "Yes, please", like a residual echo or a backchannel, at four alignments across Silero's 32 ms
+    window (on the virtual clock each lands where it is asked to; before the guard allowed for the VAD's stop_secs,
+    0.224 was judged sustained). The echo guard as such: no hold,
+    and pipecat's onset rule (the faster onset rule hears this burst from 0.2 s earlier, for 0.6 s: sustained to the
+    guard; with the hold on, the default, the burst is judged by its words instead)."""
     settings = settings_for(barge_in_hold=False)
     settings.vad = settings.vad.model_copy(update={"onset_bridge_s": 0.0, "onset_volume": "smoothed"})
     burst = speech("espeak_yes_please_en-f3_150.wav")[: int(0.4 * 16000)]
     transport = VirtualTransport(
         [
             UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
-            UserUtterance(burst, after="bot_started_speaking", offset_s=0.2, label="burst"),
+            UserUtterance(burst, after="bot_started_speaking", offset_s=offset_s, label="burst"),
         ]
     )
     reply = "It is sunny and warm in Paris today. You will not need an umbrella."
@@ -563,6 +627,7 @@ async def test_echo_guard_ignores_short_burst():
         llm=llm,
         tts=EspeakTTSService(rate=220),
         telephony=True,
+        clock=virtual_clock(),
     )
     assert agent.policy.echo_guard
     await run_agent(
@@ -581,6 +646,7 @@ async def test_echo_guard_ignores_short_burst():
     assert words(messages[1]["content"]) == words(reply)  # the reply played to the end
 
 
+@on_virtual_time
 async def test_echo_guard_lets_sustained_speech_interrupt():
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies.
     The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s. No hold."""
@@ -598,6 +664,7 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
         stt=stt_service(PocketsphinxEngine(), settings.stt),
         llm=llm,
         tts=EspeakTTSService(rate=220),
+        clock=virtual_clock(),
     )
     await run_agent(
         agent,
@@ -613,10 +680,9 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
 
     turn = agent.metrics.turns[1]
     onset = next(e.t for e in transport.events if e.kind == "user_speech_start" and e.label == "over")
-    # the turn started once the speech had lasted min_speech_s of audio, not at VAD start. The guard counts audio,
-    # so the bound is on audio fed: the frames are fed at their real-time pace and processed no earlier (a pipeline
-    # running behind, e.g. cold or on a loaded CPU, processes a backlog faster than real time, so the wall time from
-    # VAD start to the turn start can be shorter than the audio it counted)
-    assert turn.user_turn_start >= onset + settings.turn.echo_guard_min_speech_s - 0.03, (turn, onset)
-    assert turn.vad_start < turn.user_turn_start < turn.vad_start + 0.6
+    # the turn started once the VAD had heard min_speech_s of speech with no stop in sight, not at the VAD start:
+    # min_speech_s - start_secs + stop_secs of audio after it (to a 20 ms frame; the virtual clock runs on audio)
+    needed = settings.turn.echo_guard_min_speech_s - settings.vad.start_secs + settings.vad.stop_secs
+    assert abs(turn.user_turn_start - turn.vad_start - needed) <= 0.021, (turn, needed)
+    assert turn.user_turn_start >= onset + settings.turn.echo_guard_min_speech_s + 0.15, (turn, onset)
     assert transport.frames(InterruptionFrame)

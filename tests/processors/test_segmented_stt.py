@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     ErrorFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
@@ -274,6 +275,25 @@ async def test_the_final_transcript_costs_only_the_last_piece():
     assert engine.whole == 0  # no one-pass decode of the segment
     assert sum(engine.fed) == pytest.approx(finals[0].result.audio_seconds, abs=0.25)
     assert engine.fed[-1] <= 0.25  # what was left for the VAD stop: the last piece, not the utterance
+
+
+async def test_a_gil_holding_engine_is_fed_while_the_bot_speaks_only_when_its_audio_is_paused():
+    """pocketsphinx holds the GIL while it decodes: while the bot speaks its stream waits (each piece would stall the
+    event loop, and the bot's audio with it), so no interims and the utterance is decoded at the VAD stop. While the
+    bot's audio is paused (a barge-in being decided) it is fed, so the words that decide come while the user speaks."""
+    frames = utterance(speech("flite_meeting_rms.wav"), sleep_every_s=0.2, sleep_s=0.1)
+    stop = frames.pop()
+    for paused in (False, True):
+        stt = PocketsphinxSTTService(interim_interval_s=1.0)
+        stt.bot_audio_paused(paused)
+        down, _ = await run(stt, [BotStartedSpeakingFrame(), *frames, SleepFrame(sleep=1.0), stop])
+        interims, finals = of_type(down, InterimTranscriptionFrame), of_type(down, TranscriptionFrame)
+        assert len(finals) == 1 and {"meeting", "lunch"} <= set(words_of(finals[0].text)), paused
+        if paused:
+            assert len(interims) >= 3 and stt.pieces_held_for_bot == 0
+            assert "meeting" in words_of(interims[0].text + " " + interims[-1].text)
+        else:
+            assert not interims and stt.pieces_held_for_bot > 0
 
 
 async def test_muted_service_transcribes_nothing():
