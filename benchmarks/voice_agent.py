@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import platform
 import statistics
@@ -32,9 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="conversations to run")
     p.add_argument("--max-tokens", type=int, default=24, help="LLM reply length")
     p.add_argument(
-        "--interim",
-        action="store_true",
-        help="keep interim STT passes on (pocketsphinx holds the GIL: they stall the event loop)",
+        "--no-interim",
+        dest="interim",
+        action="store_false",
+        help="no interim transcripts (pocketsphinx decodes each piece either way; without interims a barge-in is "
+        "judged on the final transcript or its duration)",
     )
     p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from processors.llm.local_engine import get_shared_engine
 
     engine = get_shared_engine(None)
+    load_before = os.getloadavg()[0]
     answered, barges = [], []
     for i in range(args.runs):
         turns, _, _ = asyncio.run(one_run(QUESTIONS[i % len(QUESTIONS)], args, engine))
@@ -122,16 +126,26 @@ def run(args: argparse.Namespace) -> int:
         ["barge-in: speech onset -> last bot audio", *ms(b.stop_latency_from_onset for b in barges)],
         ["barge-in: VAD start -> last bot audio", *ms(b.stop_latency_from_vad for b in barges)],
         [
-            "barge-in: VAD start -> InterruptionFrame at output",
+            "barge-in: VAD start -> InterruptionFrame at output (decided)",
             *ms(b.interruption_at_output - b.vad_start for b in barges if b.interruption_at_output),
         ],
     ]
     table = markdown_table(["stage", "median ms", "min ms", "max ms"], rows)
+    from agent.settings import Settings
+
+    settings = Settings()
+    hold = (
+        "barge-in hold on: the last bot audio is the hold's, the InterruptionFrame comes when the words decide"
+        if settings.turn.barge_in_hold
+        else "immediate barge-in"
+    )
     body = (
         "## Voice agent latency (fallback engines)\n\n"
-        f"`python -m benchmarks.voice_agent --runs {args.runs}` on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs: pocketsphinx STT (interim passes {'on' if args.interim else 'off'}), SmolLM2-135M "
-        f"(max {args.max_tokens} tokens), espeak-ng TTS, Silero VAD (stop 0.2 s), speech timeout 0.6 s. "
+        f"`python -m benchmarks.voice_agent --runs {args.runs}`, {datetime.date.today()}, on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load average {load_before:.1f} "
+        f"before, {os.getloadavg()[0]:.1f} after): pocketsphinx STT (interim transcripts "
+        f"{'on' if args.interim else 'off'}), SmolLM2-135M (max {args.max_tokens} tokens), espeak-ng TTS, Silero "
+        f"VAD (stop {settings.vad.stop_secs:g} s), turn end by {settings.turn.stop_strategy}, {hold}. "
         f"{len(answered)} answered turns, {len(barges)} barge-ins; true speech boundaries.\n\n" + table + "\n"
     )
     print(body)

@@ -312,6 +312,12 @@ class PlaybackHold:
     def held(self) -> bool:
         return self._held
 
+    @property
+    def audio_stopped(self) -> bool:
+        """Held, and the bot's audio has stopped: the output is parked before its next chunk, or the far end's
+        buffer was cleared."""
+        return self._held and self._stopped_at is not None
+
     def far_end_playing(self) -> bool:
         """The client is still playing audio the output sent ahead (after the output itself went quiet)."""
         return self.playout is not None and self._output is not None and self.playout.playing(self.now_ns())

@@ -167,9 +167,10 @@ def build_voice_agent(
         playback.install(output)
     hold = playback if policy.barge_in_hold else None
     if hold is not None and isinstance(stt, EngineSTTService):
-        # while the hold pauses the bot the STT decodes as the user speaks: the barge-in is decided on those words
+        # once the hold has stopped the bot's audio the STT decodes as the user speaks: the barge-in is decided on
+        # those words (not before: a decoder that holds the GIL would delay the stop itself)
         paused_stt = stt
-        hold.add_listener(lambda: paused_stt.bot_audio_paused(hold.held))
+        hold.add_listener(lambda: paused_stt.bot_audio_paused(hold.audio_stopped))
     user_params = build_user_aggregator_params(
         options.vad,
         options.turn,

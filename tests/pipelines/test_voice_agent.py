@@ -381,6 +381,9 @@ async def test_held_barge_in_is_decided_on_words_the_stt_decodes_while_the_bot_i
         clock=virtual_clock(),
     )
     assert agent.policy.barge_in_hold
+    told = []  # what the STT was told, and the hold's last step when it was
+    pause = agent.stt.bot_audio_paused
+    agent.stt.bot_audio_paused = lambda paused: (told.append((agent.playback.events[-1].kind, paused)), pause(paused))
     await run_agent(
         agent,
         transport,
@@ -399,6 +402,8 @@ async def test_held_barge_in_is_decided_on_words_the_stt_decodes_while_the_bot_i
     hold = next(e.t for e in agent.playback.events if e.kind == "hold")
     decided = agent.metrics.turns[1].barge_in.interruption - hold
     assert decided < 1.0 < settings.turn.barge_in_min_speech_s - settings.vad.start_secs, decided
+    # fed only once the bot's audio had stopped: a decoder holding the GIL must not delay the stop itself
+    assert ("hold", True) not in told and ("audio_stopped", True) in told, told
     print(f"held {1000 * decided:.0f} ms, then interrupted on {decision.words!r}")
 
 
