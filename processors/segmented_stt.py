@@ -18,7 +18,8 @@ usually reach us travelling upstream), pads the segment with ``trailing_silence_
   (``holds_gil``: pocketsphinx) is not fed while the bot speaks: each piece would stall the event loop, and with it
   the bot's audio and a barge-in's interruption; what gathered is fed when the bot stops, or decoded at the VAD stop.
   While the bot's audio is paused (``bot_audio_paused``: a barge-in being decided) it is fed again: nothing the user
-  hears waits on the loop then, and the words are what the barge-in is decided on;
+  hears waits on the loop then, and the words are what the barge-in is decided on. Such an engine gets a backlog
+  (the pre-roll, what gathered meanwhile) one piece per call, so the loop never waits for more than one piece;
 * hypotheses that change become ``InterimTranscriptionFrame``s (unless ``interim_interval_s`` is None) while the user
   still speaks; those arriving after the VAD stop are dropped (the final transcript supersedes them);
 * the final transcript leaves as a ``TranscriptionFrame`` (user_id, timestamp, language, ``result`` = the engine's
@@ -345,7 +346,13 @@ class EngineSTTService(SegmentedSTTService):
         if u.feeding is not None and not u.feeding.done():
             self.interim_skipped += 1
             return
-        pcm, u.pending = bytes(u.pending), bytearray()
+        if self._hold_while_bot_speaks:
+            # a backlog (the pre-roll at the VAD start, what gathered while the bot spoke) goes one piece per call:
+            # the worker lets go of the GIL between calls, so the loop stalls for one piece's decode, not the lot
+            cut = int(self._piece_s * self.sample_rate) * 2
+            pcm, u.pending = bytes(u.pending[:cut]), u.pending[cut:]
+        else:
+            pcm, u.pending = bytes(u.pending), bytearray()
         u.feeding = self.create_task(self._feed(u, pcm), name="stt_stream_feed")
 
     def _at_model_rate(self, u: _Utterance, pcm: bytes) -> np.ndarray:
