@@ -391,8 +391,9 @@ class EngineSTTService(SegmentedSTTService):
                             result=hypothesis,
                         )
                     )
-        if current:
-            self._maybe_feed(u)  # what gathered while this piece was decoded
+        if current:  # what gathered while this piece was decoded (this task is u.feeding: it ends here)
+            u.feeding = None
+            self._maybe_feed(u)
 
     def _finish_in_worker(self, u: _Utterance, audio: np.ndarray) -> Transcript:
         if u.stream is None:
@@ -421,8 +422,8 @@ class EngineSTTService(SegmentedSTTService):
     async def _final(self, u: _Utterance | None, pcm: bytes) -> Transcript:
         """The segment's final transcript: the stream finished (only what it had not been fed is decoded now), or
         the whole segment in one pass."""
-        if u is not None and u.feeding is not None:
-            await asyncio.shield(u.feeding)
+        while u is not None and u.feeding is not None and not u.feeding.done():
+            await asyncio.shield(u.feeding)  # a feed may chain the next before it ends
         if u is not None and not u.failed:
             rest, u.pending = bytes(u.pending), bytearray()
             try:
