@@ -85,6 +85,30 @@ def utterance(
     ]
 
 
+class CountingPocketsphinx(PocketsphinxEngine):
+    """The real engine, noting how much audio each stream feed gets (s) and how many one-pass decodes it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fed: list[float] = []
+        self.whole = 0
+
+    def transcribe(self, audio, sample_rate=STT_SAMPLE_RATE):
+        self.whole += 1
+        return super().transcribe(audio, sample_rate)
+
+    def open_stream(self, source_rate=STT_SAMPLE_RATE):
+        stream = super().open_stream(source_rate)
+        feed = stream.feed
+
+        def counted(audio):
+            self.fed.append(len(audio) / STT_SAMPLE_RATE)
+            return feed(audio)
+
+        stream.feed = counted
+        return stream
+
+
 def of_type(frames, cls):
     return [f for f in frames if isinstance(f, cls)]
 
@@ -244,28 +268,7 @@ async def test_the_final_transcript_costs_only_the_last_piece():
     """With an incremental engine the utterance is decoded while it is spoken: at the VAD stop only the audio not
     yet fed is left, so the final transcript does not wait for a pass over the whole utterance."""
 
-    class Counting(PocketsphinxEngine):
-        def __init__(self):
-            super().__init__()
-            self.fed: list[float] = []
-            self.whole = 0
-
-        def transcribe(self, audio, sample_rate=STT_SAMPLE_RATE):
-            self.whole += 1
-            return super().transcribe(audio, sample_rate)
-
-        def open_stream(self, source_rate=STT_SAMPLE_RATE):
-            stream = super().open_stream(source_rate)
-            feed = stream.feed
-
-            def counted(audio):
-                self.fed.append(len(audio) / STT_SAMPLE_RATE)
-                return feed(audio)
-
-            stream.feed = counted
-            return stream
-
-    engine = Counting()
+    engine = CountingPocketsphinx()
     stt = PocketsphinxSTTService(engine=engine)  # no interim frames: the stream serves the final alone
     frames = utterance(speech("flite_meeting_rms.wav"), sleep_every_s=0.2, sleep_s=0.1)
     stop = frames.pop()
@@ -302,23 +305,7 @@ async def test_a_backlog_goes_to_a_gil_holding_engine_one_piece_per_call():
     waits for one piece's decode at a time (the worker lets go of the GIL between calls), not for the whole backlog
     (measured: the longest stall 42-66 ms instead of 300-330 ms for this clip)."""
 
-    class Counting(PocketsphinxEngine):
-        def __init__(self):
-            super().__init__()
-            self.fed: list[float] = []
-
-        def open_stream(self, source_rate=STT_SAMPLE_RATE):
-            stream = super().open_stream(source_rate)
-            feed = stream.feed
-
-            def counted(audio):
-                self.fed.append(len(audio) / STT_SAMPLE_RATE)
-                return feed(audio)
-
-            stream.feed = counted
-            return stream
-
-    engine = Counting()
+    engine = CountingPocketsphinx()
     stt = PocketsphinxSTTService(engine=engine, interim_interval_s=1.0)
     frames = utterance(speech("flite_meeting_rms.wav"), sleep_every_s=0.2, sleep_s=0.1)
     start = next(i for i, f in enumerate(frames) if isinstance(f, VADUserStartedSpeakingFrame))
