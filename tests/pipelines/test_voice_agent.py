@@ -90,6 +90,23 @@ def settings_for(**turn) -> AgentOptions:
     return s
 
 
+def virtual_time_agent(settings, utterances, replies, *, stt_engine=None, tts_rate=220, telephony=None):
+    """The agent of an ``on_virtual_time`` test: ``utterances`` through a ``VirtualTransport``, pocketsphinx (or
+    ``stt_engine``), the scripted LLM's ``replies``, espeak at ``tts_rate``. Returns (agent, transport, llm)."""
+    transport = VirtualTransport(utterances)
+    llm = ScriptedLLMService(replies)
+    agent = build_voice_agent(
+        transport,
+        settings,
+        stt=stt_service(PocketsphinxEngine() if stt_engine is None else stt_engine, settings.stt),
+        llm=llm,
+        tts=EspeakTTSService(rate=tts_rate),
+        telephony=telephony,
+        clock=virtual_clock(),
+    )
+    return agent, transport, llm
+
+
 def assert_stopped_within_one_chunk(barge, chunks) -> None:
     """No bot audio after VAD start + one output chunk: the InterruptionFrame crosses LLM, TTS and filter to the
     output quickly (2-6 ms idle; 36 ms measured with the local LLM thread and another busy process contending for
@@ -365,20 +382,13 @@ async def test_held_barge_in_is_decided_on_words_the_stt_decodes_while_the_bot_i
     LLM replies. On the virtual clock, so the decision time counts audio, not this machine's load."""
     settings = settings_for()
     settings.stt = settings.stt.model_copy(update={"interim_interval_s": 0.5})  # interim words, as served
-    transport = VirtualTransport(
+    agent, transport, _ = virtual_time_agent(
+        settings,
         [
             UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
             UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=1.0, label="barge"),
-        ]
-    )
-    llm = ScriptedLLMService([LONG_REPLY, "Yes, a table for two."])
-    agent = build_voice_agent(
-        transport,
-        settings,
-        stt=stt_service(PocketsphinxEngine(), settings.stt),
-        llm=llm,
-        tts=EspeakTTSService(rate=220),
-        clock=virtual_clock(),
+        ],
+        [LONG_REPLY, "Yes, a table for two."],
     )
     assert agent.policy.barge_in_hold
     told = []  # what the STT was told, and the hold's last step when it was
@@ -484,21 +494,16 @@ async def test_cough_during_reply_resumes():
     remainder is checked). Immediate interruption (no hold): the false-interruption recovery is what brings the
     reply back (with the hold the cough does not interrupt at all: examples/replay/cough.yaml)."""
     settings = settings_for(false_interruption_timeout_s=1.0, barge_in_hold=False)
-    transport = VirtualTransport(
+    stt_engine = ScriptedSTTEngine(["what is the weather like today", ""])
+    agent, transport, llm = virtual_time_agent(
+        settings,
         [
             UserUtterance(speech("espeak_weather_en-us_175.wav"), at_s=0.2, label="question"),
             UserUtterance(cough_like(), after="bot_started_speaking", offset_s=1.0, label="cough"),
-        ]
-    )
-    stt_engine = ScriptedSTTEngine(["what is the weather like today", ""])
-    llm = ScriptedLLMService([SHORT_REPLY])
-    agent = build_voice_agent(
-        transport,
-        settings,
-        stt=stt_service(stt_engine, settings.stt),
-        llm=llm,
-        tts=EspeakTTSService(rate=240),
-        clock=virtual_clock(),
+        ],
+        [SHORT_REPLY],
+        stt_engine=stt_engine,
+        tts_rate=240,
     )
 
     def done():
@@ -532,20 +537,14 @@ async def test_cough_during_reply_resumes():
 async def test_speech_while_bot_silent_sends_no_interruption():
     """Real: flite speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies (short, fast)."""
     settings = settings_for()
-    transport = VirtualTransport(
+    agent, transport, _ = virtual_time_agent(
+        settings,
         [
             UserUtterance(speech("flite_lights_slt.wav"), at_s=0.2, label="first"),
             UserUtterance(speech("flite_table_rms.wav"), after="bot_stopped_speaking", offset_s=1.0, label="second"),
-        ]
-    )
-    llm = ScriptedLLMService(["Done, the lights are off.", "Yes, a table for two is booked."])
-    agent = build_voice_agent(
-        transport,
-        settings,
-        stt=stt_service(PocketsphinxEngine(), settings.stt),
-        llm=llm,
-        tts=EspeakTTSService(rate=240),
-        clock=virtual_clock(),
+        ],
+        ["Done, the lights are off.", "Yes, a table for two is booked."],
+        tts_rate=240,
     )
     await run_agent(agent, transport, lambda: kinds(transport).count("bot_stopped_speaking") >= 2, timeout=40)
 
@@ -617,22 +616,15 @@ async def test_echo_guard_ignores_short_burst(offset_s):
     settings = settings_for(barge_in_hold=False)
     settings.vad = settings.vad.model_copy(update={"onset_bridge_s": 0.0, "onset_volume": "smoothed"})
     burst = speech("espeak_yes_please_en-f3_150.wav")[: int(0.4 * 16000)]
-    transport = VirtualTransport(
+    reply = "It is sunny and warm in Paris today. You will not need an umbrella."
+    agent, transport, _ = virtual_time_agent(
+        settings,
         [
             UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
             UserUtterance(burst, after="bot_started_speaking", offset_s=offset_s, label="burst"),
-        ]
-    )
-    reply = "It is sunny and warm in Paris today. You will not need an umbrella."
-    llm = ScriptedLLMService([reply])
-    agent = build_voice_agent(
-        transport,
-        settings,
-        stt=stt_service(PocketsphinxEngine(), settings.stt),
-        llm=llm,
-        tts=EspeakTTSService(rate=220),
+        ],
+        [reply],
         telephony=True,
-        clock=virtual_clock(),
     )
     assert agent.policy.echo_guard
     await run_agent(
@@ -656,20 +648,13 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
     """Real: flite/espeak speech, Silero VAD, pocketsphinx STT, espeak TTS. Scripted: the LLM replies.
     The user talks over the bot 0.3 s into its reply, for longer than echo_guard_min_speech_s. No hold."""
     settings = settings_for(echo_guard="on", barge_in_hold=False)
-    transport = VirtualTransport(
+    agent, transport, _ = virtual_time_agent(
+        settings,
         [
             UserUtterance(speech("flite_weather_kal16.wav"), at_s=0.2, label="question"),
             UserUtterance(speech("flite_table_rms.wav"), after="bot_started_speaking", offset_s=0.3, label="over"),
-        ]
-    )
-    llm = ScriptedLLMService([LONG_REPLY, "Yes."])
-    agent = build_voice_agent(
-        transport,
-        settings,
-        stt=stt_service(PocketsphinxEngine(), settings.stt),
-        llm=llm,
-        tts=EspeakTTSService(rate=220),
-        clock=virtual_clock(),
+        ],
+        [LONG_REPLY, "Yes."],
     )
     await run_agent(
         agent,
