@@ -42,9 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write", action="store_true", help="also write this run into docs/benchmarks.md")
 
 
-async def one_run(question: str, args, llm_engine) -> tuple[list, object, object]:
-
-    from agent.settings import Settings
+async def one_run(question: str, settings, args, llm_engine) -> tuple[list, object, object]:
     from pipelines.metrics import apply_ground_truth
     from pipelines.virtual_transport import UserUtterance, VirtualTransport
     from pipelines.voice_agent import build_voice_agent
@@ -54,9 +52,6 @@ async def one_run(question: str, args, llm_engine) -> tuple[list, object, object
     from processors.pocketsphinx_stt import PocketsphinxEngine
     from testkit.clips import speech
 
-    settings = Settings()
-    if not args.interim:
-        settings.stt = settings.stt.model_copy(update={"interim_interval_s": None})
     transport = VirtualTransport(
         [
             UserUtterance(speech(question), at_s=0.3, label="question"),
@@ -90,13 +85,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from agent.settings import Settings
     from processors.llm.local_engine import get_shared_engine
 
+    settings = Settings()  # the served defaults; the caption is written from these
+    if not args.interim:
+        settings.stt = settings.stt.model_copy(update={"interim_interval_s": None})
     engine = get_shared_engine(None)
     load_before = os.getloadavg()[0]
     answered, barges = [], []
     for i in range(args.runs):
-        turns, _, _ = asyncio.run(one_run(QUESTIONS[i % len(QUESTIONS)], args, engine))
+        turns, _, _ = asyncio.run(one_run(QUESTIONS[i % len(QUESTIONS)], settings, args, engine))
         for t in turns:
             if t.voice_to_voice is not None:
                 answered.append(t)
@@ -131,9 +130,6 @@ def run(args: argparse.Namespace) -> int:
         ],
     ]
     table = markdown_table(["stage", "median ms", "min ms", "max ms"], rows)
-    from agent.settings import Settings
-
-    settings = Settings()
     hold = (
         "barge-in hold on: the last bot audio is the hold's, the InterruptionFrame comes when the words decide"
         if settings.turn.barge_in_hold

@@ -202,13 +202,13 @@ def build_user_turn_strategies(
     stt_name: str | None = None,
     stt_reports_segments: bool = False,
     hold: PlaybackHold | None = None,
-    vad_stop_secs: float | None = None,
+    vad_stop_secs: float = VADOptions().stop_secs,
 ) -> UserTurnStrategies:
     """Start strategies (barge-in decision or echo guard, VAD, transcription) and stop strategies (speech timeout or
     Smart Turn, then false-interruption recovery) for ``LLMUserAggregatorParams.user_turn_strategies``. ``stt_name``:
     the STT processor's name, so decisions wait for its verdict on the speech. ``hold``: the session's
     ``PlaybackHold`` (installed on its output transport), needed for ``turn.barge_in_hold``. ``vad_stop_secs``: the
-    VAD's ``stop_secs`` (default ``VADOptions``'), which the echo guard's speech count allows for."""
+    VAD's ``stop_secs``, which the echo guard's speech count allows for."""
     interrupt = turn.barge_in
     start: list = []
     if interrupt and turn.barge_in_hold and hold is not None:
@@ -230,7 +230,7 @@ def build_user_turn_strategies(
                 window_s=turn.echo_guard_window_s,
                 min_speech_s=turn.echo_guard_min_speech_s,
                 min_words=turn.echo_guard_min_words,
-                stop_secs=VADOptions().stop_secs if vad_stop_secs is None else vad_stop_secs,
+                stop_secs=vad_stop_secs,
             )
         )
     start.append(VADUserTurnStartStrategy(enable_interruptions=interrupt))
