@@ -338,7 +338,8 @@ class EngineSTTService(SegmentedSTTService):
     # --- the stream -------------------------------------------------------------------------------------------
     def _maybe_feed(self, u: _Utterance) -> None:
         """Hand the pending audio to the stream once a piece has gathered and the previous piece is done."""
-        if u.failed or len(u.pending) < int(self._piece_s * self.sample_rate) * 2:
+        piece_bytes = int(self._piece_s * self.sample_rate) * 2
+        if u.failed or len(u.pending) < piece_bytes:
             return
         if self._bot_speaking and self._hold_while_bot_speaks and not self._bot_paused:
             self.pieces_held_for_bot += 1  # fed once the bot stops or pauses, or decoded at the VAD stop
@@ -349,8 +350,7 @@ class EngineSTTService(SegmentedSTTService):
         if self._hold_while_bot_speaks:
             # a backlog (the pre-roll at the VAD start, what gathered while the bot spoke) goes one piece per call:
             # the worker lets go of the GIL between calls, so the loop stalls for one piece's decode, not the lot
-            cut = int(self._piece_s * self.sample_rate) * 2
-            pcm, u.pending = bytes(u.pending[:cut]), u.pending[cut:]
+            pcm, u.pending = bytes(u.pending[:piece_bytes]), u.pending[piece_bytes:]
         else:
             pcm, u.pending = bytes(u.pending), bytearray()
         u.feeding = self.create_task(self._feed(u, pcm), name="stt_stream_feed")
