@@ -69,6 +69,12 @@ def kinds(transport: VirtualTransport) -> list[str]:
     return [e.kind for e in transport.events]
 
 
+def second_turn_interrupted(agent) -> bool:
+    """The user's second turn barged in and its interruption has been sent (a ``run_agent`` end condition)."""
+    turns = agent.metrics.turns
+    return len(turns) > 1 and turns[1].barge_in is not None and turns[1].barge_in.interruption is not None
+
+
 class TextRecorder(BaseObserver):
     """The LLM text one processor pushed, per reply."""
 
@@ -394,17 +400,7 @@ async def test_held_barge_in_is_decided_on_words_the_stt_decodes_while_the_bot_i
     told = []  # what the STT was told, and the hold's last step when it was
     pause = agent.stt.bot_audio_paused
     agent.stt.bot_audio_paused = lambda paused: (told.append((agent.playback.events[-1].kind, paused)), pause(paused))
-    await run_agent(
-        agent,
-        transport,
-        lambda: (
-            len(agent.metrics.turns) > 1
-            and agent.metrics.turns[1].barge_in
-            and agent.metrics.turns[1].barge_in.interruption
-        ),
-        timeout=40,
-        settle_s=0.2,
-    )
+    await run_agent(agent, transport, lambda: second_turn_interrupted(agent), timeout=40, settle_s=0.2)
 
     strategy = agent.user_aggregator._params.user_turn_strategies.start[0]
     decision = strategy.decisions[-1]
@@ -457,17 +453,7 @@ async def test_barge_in_real_engines_closes_the_llm_stream(local_llm_engine):
     )
     clock = InterruptionClock(agent.user_aggregator)
     agent.worker.add_observer(clock)
-    await run_agent(
-        agent,
-        transport,
-        lambda: (
-            len(agent.metrics.turns) > 1
-            and agent.metrics.turns[1].barge_in
-            and agent.metrics.turns[1].barge_in.interruption
-        ),
-        timeout=40,
-        settle_s=0.3,
-    )
+    await run_agent(agent, transport, lambda: second_turn_interrupted(agent), timeout=40, settle_s=0.3)
 
     stats = local_llm_engine.last_stats
     assert stats.cancelled and stats.new_tokens < 200  # the generation was stopped, not finished
@@ -656,17 +642,7 @@ async def test_echo_guard_lets_sustained_speech_interrupt():
         ],
         [LONG_REPLY, "Yes."],
     )
-    await run_agent(
-        agent,
-        transport,
-        lambda: (
-            len(agent.metrics.turns) >= 2
-            and agent.metrics.turns[1].barge_in
-            and agent.metrics.turns[1].barge_in.interruption
-        ),
-        timeout=40,
-        settle_s=0.2,
-    )
+    await run_agent(agent, transport, lambda: second_turn_interrupted(agent), timeout=40, settle_s=0.2)
 
     turn = agent.metrics.turns[1]
     onset = next(e.t for e in transport.events if e.kind == "user_speech_start" and e.label == "over")
